@@ -1,0 +1,36 @@
+"""fastmi: how much of a sentence each layer of a language model keeps, as mutual information.
+
+Public names (shared/DESIGN.md section 4) are imported lazily so that ``import fastmi`` stays
+cheap and does not pull transformers in until a model is needed.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "BagTargets": "fastmi.bags",
+    "Corpus": "fastmi.corpus",
+    "extract": "fastmi.extract",
+    "ActivationCache": "fastmi.cache",
+    "recoverability": "fastmi.probe",
+    "RecoverabilityResult": "fastmi.result",
+    "RecoverabilityLoss": "fastmi.loss",
+    "load_model": "fastmi.models",
+}
+_SUBMODULES = {"bounds", "kernels", "models", "corpus", "cache", "extract", "probe", "result", "report", "sweep", "cli"}
+
+__all__ = sorted([*_LAZY, *_SUBMODULES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"fastmi.{name}")
+    else:
+        raise AttributeError(f"module 'fastmi' has no attribute {name!r}")
+    globals()[name] = value
+    return value

@@ -1,0 +1,48 @@
+"""The ``fastmi`` command line: one subcommand per module in :mod:`fastmi.commands`.
+
+Each command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their subcommand is listed or run, so ``fastmi --help`` is quick.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ("demo", "extract", "probe", "sweep", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastmi",
+        description="Measure, layer by layer, how much of a sentence a language model keeps "
+        "(mutual-information lower bounds from token recoverability).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"fastmi.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"fastmi.commands.{name}":
+                raise
+            continue  # a command not built yet
+        command = sub.add_parser(
+            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # Bad input is the user's to fix: one clear line, no traceback.
+        print(f"fastmi {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the fastmi CLI (see fastmi.cli)."""

@@ -1,0 +1,15 @@
+"""Fused ops of fastmi (import name ``fastmi.kernels``).
+
+* :func:`bag_cross_entropy`: linear + softmax + bag-of-tokens cross-entropy, never a [B, V] tensor.
+* :func:`bag_topk`: top-k ids and log-sum-exp of ``W z + b``, never a [B, V] tensor.
+* :func:`masked_pool`: mean / first / last / max pooling of [B, T, d] under a padding mask.
+
+Each runs Triton on CUDA and a chunked torch path on CPU; :mod:`fastmi.kernels.reference` holds
+the plain torch ground truth.  :func:`backend` forces one implementation (tests use it).
+"""
+from ._dispatch import BACKENDS, backend, choose_backend
+from .bag_cross_entropy import bag_cross_entropy
+from .bag_topk import bag_topk
+from .masked_pool import masked_pool
+
+__all__ = ["BACKENDS", "backend", "choose_backend", "bag_cross_entropy", "bag_topk", "masked_pool"]
