@@ -78,7 +78,8 @@ def masked_pool_reference(hidden: torch.Tensor, mask: torch.Tensor, mode: str = 
     h, m = hidden.float(), mask.bool()
     valid = m.any(dim=1, keepdim=True)
     if mode == "mean":
-        return (h * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+        # masked_fill, not a multiply: a NaN at a padded position must not leak into the mean.
+        return h.masked_fill(~m.unsqueeze(-1), 0.0).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
     if mode == "max":
         pooled = h.masked_fill(~m.unsqueeze(-1), float("-inf")).amax(1)
         return torch.where(valid, pooled, torch.zeros_like(pooled))
