@@ -1,2 +1,241 @@
-"""Placeholder: forwards to the reference until the fused paths land (issue 4)."""
-from .reference import bag_cross_entropy_reference as bag_cross_entropy  # noqa: F401
+"""Fused linear + softmax + bag-of-tokens cross-entropy: the probe's loss, never a [B, V] tensor.
+
+Per row ``C * LSE(W z + b) - sum_k c_k (W z + b)_{t_k}`` (divided by ``C`` when normalize="row"),
+``C`` the row's token count; :func:`fastmi.kernels.reference.bag_cross_entropy_reference` is the
+ground truth.  This module holds the public function, the argument checks, and the autograd
+Function that hands the work to a backend:
+
+* CPU (``bag_cross_entropy_cpu``): row blocks of logits through torch's matmul.  For a scalar loss
+  the gradients are formed during the forward (one pass, as cheap as the naive version) and only
+  scaled by the incoming gradient in the backward.
+* Triton (``bag_cross_entropy_triton``): a forward kernel with an online LSE over vocabulary tiles;
+  the backward recomputes logit tiles from the saved LSE.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import bag_cross_entropy_cpu
+from ._dispatch import choose_backend
+from .reference import NORMALIZATIONS, REDUCTIONS, bag_cross_entropy_reference
+
+__all__ = ["bag_cross_entropy", "PreparedBags"]
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# Dynamo cannot trace the host-side parts (argument checks that read ids, block loops over the CSR
+# offsets), so under torch.compile the op runs eagerly between the compiled graphs: one graph
+# break, the same results as eager, and no re-tracing on every new bag layout.
+@torch.compiler.disable
+def bag_cross_entropy(
+    z: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets,
+    reduction: str = "mean",
+    normalize: str = "row",
+    *,
+    validate: bool = True,
+    block_rows: int | None = None,
+) -> torch.Tensor:
+    """Bag-of-tokens cross-entropy of ``softmax(W z + b)`` in nats, fp32.
+
+    Args:
+        z: [B, d], or [L, B, d] for L layers at once.
+        weight: [V, d] or [L, V, d]; bias: [V] or [L, V] or None.  fp32, bf16 or fp16.
+        targets: bags in CSR form (anything with int64 ``offsets``/``ids``/``counts``, e.g.
+            :class:`fastmi.BagTargets`) with B rows, shared by all layers.
+        reduction: "mean" over non-empty rows, "sum", or "none" (per row).  Acts on the row axis
+            only: layer-batched calls return [L] (or [L, B]).
+        normalize: "row" divides each row's loss by its token count C; "none" does not.
+        validate: check that every id lies in [0, V).  On a GPU this costs a host sync; a
+            training loop that checked its targets once may pass False.
+        block_rows: rows per block of the CPU path (default: a ~48 MiB logits block).
+
+    Rows with an empty bag give 0 and no gradient.  Gradients come back in the inputs' dtypes.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    _check_inputs(z, weight, bias, targets, validate)
+    implementation = choose_backend(z)
+    if implementation == "reference":
+        return bag_cross_entropy_reference(z, weight, bias, targets, reduction, normalize)
+    offsets, ids, counts = (t.to(z.device) for t in (targets.offsets, targets.ids, targets.counts))
+    return _apply(z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows)
+
+
+def _apply(z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows):
+    # Inside Function.forward grad mode is off and needs_input_grad ignores an outer no_grad,
+    # so whether gradients will be wanted at all is decided here.
+    grad_enabled = torch.is_grad_enabled()
+    return _BagCrossEntropy.apply(
+        z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows, grad_enabled
+    )
+
+
+class PreparedBags:
+    """The CSR bags plus what every backend derives from them once per call (all on one device).
+
+    ``row_of`` [nnz] row of each entry; ``lengths`` [B] token counts C (fp32); ``counts`` fp32.
+    """
+
+    def __init__(self, offsets: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, vocab_size: int):
+        num_rows = offsets.numel() - 1
+        self.offsets, self.ids, self.vocab_size = offsets, ids, vocab_size
+        self.counts = counts.to(torch.float32)
+        # output_size keeps repeat_interleave free of a host sync on a GPU.
+        self.row_of = torch.repeat_interleave(
+            torch.arange(num_rows, device=offsets.device), offsets[1:] - offsets[:-1], output_size=ids.numel()
+        )
+        self.lengths = torch.zeros(num_rows, dtype=torch.float32, device=offsets.device).index_add_(
+            0, self.row_of, self.counts
+        )
+        self._host_offsets: list[int] | None = None
+
+    def block(self, start: int, stop: int) -> "_BagBlock":
+        """The entries of rows [start, stop) with row-local indices (CPU path)."""
+        if self._host_offsets is None:
+            self._host_offsets = self.offsets.tolist()
+        lo, hi = self._host_offsets[start], self._host_offsets[stop]
+        local_rows = self.row_of[lo:hi] - start
+        return _BagBlock(
+            local_rows=local_rows,
+            flat_index=local_rows * self.vocab_size + self.ids[lo:hi],
+            counts=self.counts[lo:hi],
+            lengths=self.lengths[start:stop],
+        )
+
+
+class _BagBlock:
+    __slots__ = ("local_rows", "flat_index", "counts", "lengths")
+
+    def __init__(self, local_rows, flat_index, counts, lengths):
+        self.local_rows, self.flat_index, self.counts, self.lengths = local_rows, flat_index, counts, lengths
+
+
+class _BagCrossEntropy(torch.autograd.Function):
+    """Works on layer-batched views ([L, B, d], [L, V, d], [L, V]); a single layer is L = 1.
+
+    The views are taken here, not by the caller, so the gradients autograd receives are plain
+    tensors it can keep without a copy.
+    """
+
+    @staticmethod
+    def forward(ctx, z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows, grad_enabled):
+        ctx.shapes = (z.shape, weight.shape, None if bias is None else bias.shape)
+        if z.dim() == 2:
+            z, weight, bias = z[None], weight[None], None if bias is None else bias[None]
+        bags = PreparedBags(offsets, ids, counts, weight.shape[1])
+        row_norm = 1.0 / bags.lengths.clamp(min=1) if normalize == "row" else torch.ones_like(bags.lengths)
+        nonempty = (bags.lengths > 0).sum().clamp(min=1)
+        needs = tuple(grad_enabled and bool(n) for n in ctx.needs_input_grad[:3])
+        # CPU, scalar loss: form the gradients in the forward's pass, scale them in the backward.
+        fused = implementation == "cpu" and reduction != "none" and any(needs)
+        grads = None
+        if implementation == "cpu":
+            coef = None
+            if fused:
+                coef = row_norm / nonempty if reduction == "mean" else row_norm
+                coef = coef.expand(z.shape[0], -1)
+            lse, target_sum, grads = bag_cross_entropy_cpu.sweep(
+                z, weight, bias, bags, row_coef=coef, needs=needs, block_rows=block_rows
+            )
+        else:
+            from . import bag_cross_entropy_triton
+
+            lse, target_sum = bag_cross_entropy_triton.forward(z, weight, bias, bags)
+        row_loss = (bags.lengths * lse - target_sum) * row_norm
+        if reduction == "none":
+            loss = row_loss
+        else:
+            loss = row_loss.sum(-1)
+            if reduction == "mean":
+                loss = loss / nonempty
+        single_layer = len(ctx.shapes[0]) == 2
+        ctx.setup = (reduction, implementation, block_rows, needs, bags, row_norm, nonempty)
+        ctx.dtypes = (z.dtype, weight.dtype, None if bias is None else bias.dtype)
+        if fused:
+            ctx.fused_grads = grads
+            ctx.save_for_backward()
+        else:
+            ctx.fused_grads = None
+            ctx.save_for_backward(z, weight, bias, lse)
+        return loss[0] if single_layer else loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        reduction, implementation, block_rows, needs, bags, row_norm, nonempty = ctx.setup
+        num_layers = ctx.shapes[1][0] if len(ctx.shapes[1]) == 3 else 1
+        grad_loss = grad_loss.float().reshape(num_layers, -1) if reduction == "none" else grad_loss.float().reshape(num_layers)
+        if ctx.fused_grads is not None:
+            grads, ctx.fused_grads = ctx.fused_grads, None
+            per_layer = grad_loss.view(-1)
+            dz = None if grads.z is None else grads.z.mul_(per_layer.view(-1, 1, 1))
+            dw = None if grads.weight is None else grads.weight.mul_(per_layer.view(-1, 1, 1))
+            db = None if grads.bias is None else grads.bias.mul_(per_layer.view(-1, 1))
+        else:
+            z, weight, bias, lse = ctx.saved_tensors
+            if reduction == "none":
+                coef = grad_loss * row_norm
+            elif reduction == "sum":
+                coef = grad_loss[:, None] * row_norm
+            else:
+                coef = grad_loss[:, None] * row_norm / nonempty
+            if implementation == "cpu":
+                _, _, grads = bag_cross_entropy_cpu.sweep(
+                    z, weight, bias, bags, lse=lse, row_coef=coef, needs=needs, block_rows=block_rows
+                )
+                dz, dw, db = grads.z, grads.weight, grads.bias
+            else:
+                from . import bag_cross_entropy_triton
+
+                dz, dw, db = bag_cross_entropy_triton.backward(z, weight, bias, bags, lse, coef, needs)
+        z_dtype, w_dtype, b_dtype = ctx.dtypes
+        z_shape, w_shape, b_shape = ctx.shapes
+        dz = None if dz is None else dz.to(z_dtype).view(z_shape)
+        dw = None if dw is None else dw.to(w_dtype).view(w_shape)
+        db = None if db is None else db.to(b_dtype).view(b_shape)
+        return dz, dw, db, None, None, None, None, None, None, None, None
+
+
+def _check_inputs(z, weight, bias, targets, validate: bool) -> None:
+    layered = z.dim() == 3
+    if z.dim() not in (2, 3):
+        raise ValueError(f"z must be [B, d] or [L, B, d], got shape {tuple(z.shape)}")
+    if weight.dim() != z.dim():
+        raise ValueError(f"weight must be {'[L, V, d]' if layered else '[V, d]'} to match z, got {tuple(weight.shape)}")
+    if weight.shape[-1] != z.shape[-1]:
+        raise ValueError(f"z has d={z.shape[-1]} but weight has d={weight.shape[-1]}")
+    if layered and weight.shape[0] != z.shape[0]:
+        raise ValueError(f"z has L={z.shape[0]} layers but weight has {weight.shape[0]}")
+    if bias is not None and bias.shape != weight.shape[:-1]:
+        raise ValueError(f"bias must have shape {tuple(weight.shape[:-1])}, got {tuple(bias.shape)}")
+    for name, t in (("z", z), ("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be fp32, bf16 or fp16, got {t.dtype}")
+        if t is not None and t.device != z.device:
+            raise ValueError(f"{name} is on {t.device} but z is on {z.device}")
+    offsets, ids, counts = targets.offsets, targets.ids, targets.counts
+    for name, t in (("offsets", offsets), ("ids", ids), ("counts", counts)):
+        if t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"targets.{name} must be a 1-D int64 tensor, got {t.dtype} {tuple(t.shape)}")
+    if offsets.numel() - 1 != z.shape[-2]:
+        raise ValueError(f"targets have {offsets.numel() - 1} rows but z has {z.shape[-2]}")
+    if ids.numel() != counts.numel():
+        raise ValueError(f"targets have {ids.numel()} ids but {counts.numel()} counts")
+    if validate and int(offsets[-1]) != ids.numel():
+        raise ValueError(f"targets.offsets[-1] = {int(offsets[-1])} but there are {ids.numel()} ids")
+    if validate and ids.numel():
+        vocab = weight.shape[-2]
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            entry = int(torch.nonzero(ids == bad)[0])
+            row = int(torch.searchsorted(offsets, torch.tensor(entry, device=offsets.device), right=True)) - 1
+            raise ValueError(
+                f"target id {bad} (row {row}) is out of range for a vocabulary of {vocab} (weight has V={vocab} rows)"
+            )

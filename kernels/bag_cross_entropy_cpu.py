@@ -1,0 +1,116 @@
+"""CPU path of the bag-of-tokens cross-entropy: row blocks, one matmul each, never a [B, V] tensor.
+
+For a block of ``Bc`` rows the logits ``[Bc, V]`` are one ``addmm``; the exact LSE and the softmax
+are formed in place in that buffer, which then becomes the logit gradient
+``coef_b * (C_b * softmax_b - counts_b)`` and is consumed at once by the two gradient products
+(``grad_z[block] = dlogits @ W`` and ``grad_W += dlogits^T @ z[block]``, one fp32 accumulator,
+blocks in order, so the result is deterministic).  The block is sized to stay a small fraction of
+what a [B, V] tensor would take, yet large enough for the matmuls to run at full speed.
+
+:func:`sweep` does either job, or both in one pass:
+
+* ``lse=None``: compute the LSE and the target sums ``sum_k c_k logit_{t_k}`` (the forward);
+* ``row_coef`` given: also (or, with ``lse`` given, only) form the gradients.  With both, the
+  gradients come out of the forward's own pass: 6*B*d*V flops for forward + backward, like a naive
+  implementation, instead of the 8 that recomputing the logits in the backward would cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Bytes of the per-block logits buffer: small next to a [B, V] tensor (it is one of its
+# B / block_rows slices), big enough that each block's matmuls reach the machine's matmul rate.
+BLOCK_BYTES = 48 * 2**20
+
+
+@dataclass
+class LayerGrads:
+    """fp32 gradient accumulators of every layer ([L, B, d], [L, V, d], [L, V]); None where not wanted."""
+
+    z: torch.Tensor | None
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+
+def default_block_rows(vocab_size: int) -> int:
+    rows = BLOCK_BYTES // (4 * max(vocab_size, 1))
+    return max(16, min(1024, rows // 16 * 16))
+
+
+def sweep(
+    z: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    bags,
+    lse: torch.Tensor | None = None,
+    row_coef: torch.Tensor | None = None,
+    needs: tuple[bool, bool, bool] = (False, False, False),
+    block_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, LayerGrads]:
+    """One pass over the row blocks of every layer.
+
+    ``z`` [L, B, d], ``weight`` [L, V, d], ``bias`` [L, V] or None; ``bags`` a
+    :class:`~fastmi.kernels.bag_cross_entropy.PreparedBags`.  ``row_coef`` [L, B] is the gradient
+    of the output with respect to each row's raw loss ``C * LSE - sum_k c_k logit_k``.
+
+    Returns ``(lse [L, B], target_sum [L, B] or None, grads)``, all fp32.
+    """
+    num_layers, num_rows, hidden = z.shape
+    vocab = weight.shape[1]
+    block_rows = block_rows or default_block_rows(vocab)
+    forward = lse is None
+    with_grads = row_coef is not None and any(needs)
+    if forward:
+        lse = torch.empty(num_layers, num_rows, dtype=torch.float32, device=z.device)
+        target_sum = torch.zeros(num_layers, num_rows, dtype=torch.float32, device=z.device)
+    else:
+        target_sum = None
+    fp32 = {"dtype": torch.float32, "device": z.device}
+    grads = LayerGrads(
+        z=torch.empty(num_layers, num_rows, hidden, **fp32) if with_grads and needs[0] else None,
+        weight=torch.zeros(num_layers, vocab, hidden, **fp32) if with_grads and needs[1] else None,
+        bias=torch.zeros(num_layers, vocab, **fp32) if with_grads and needs[2] else None,
+    )
+    buffer = torch.empty(min(block_rows, num_rows) * vocab, **fp32)
+    for layer in range(num_layers):
+        # Low-precision inputs are widened once per layer: fp32 accumulation without a cast per block.
+        w = weight[layer].float()
+        b = None if bias is None else bias[layer].float()
+        zl = z[layer].float()
+        for start in range(0, num_rows, block_rows):
+            stop = min(start + block_rows, num_rows)
+            block = bags.block(start, stop)
+            logits = buffer[: (stop - start) * vocab].view(stop - start, vocab)
+            if b is None:
+                torch.mm(zl[start:stop], w.t(), out=logits)
+            else:
+                torch.addmm(b, zl[start:stop], w.t(), out=logits)
+            flat_targets = logits.view(-1)
+            if forward:
+                # The bag's logits are read from the block just computed: exactly the values the
+                # LSE sees, a gather of nnz entries rather than a scan over V.
+                picked = flat_targets[block.flat_index] * block.counts
+                target_sum[layer, start:stop].index_add_(0, block.local_rows, picked)
+                peak = logits.amax(1, keepdim=True)
+                logits.sub_(peak).exp_()
+                sum_exp = logits.sum(1)
+                lse[layer, start:stop] = peak.squeeze(1) + sum_exp.log()
+                if not with_grads:
+                    continue
+                scale = row_coef[layer, start:stop] * block.lengths / sum_exp
+            else:
+                logits.sub_(lse[layer, start:stop, None]).exp_()
+                scale = row_coef[layer, start:stop] * block.lengths
+            # logits -> dlogits = coef * (C * softmax - counts at the bag's ids)
+            logits.mul_(scale[:, None])
+            coef = row_coef[layer, start:stop]
+            flat_targets.index_add_(0, block.flat_index, -(coef[block.local_rows] * block.counts))
+            if grads.z is not None:
+                torch.mm(logits, w, out=grads.z[layer, start:stop])
+            if grads.weight is not None:
+                grads.weight[layer].addmm_(logits.t(), zl[start:stop])
+            if grads.bias is not None:
+                grads.bias[layer].add_(logits.sum(0))
+    return lse, target_sum, grads
