@@ -13,14 +13,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "BagTargets": "fastmi.bags",
     "Corpus": "fastmi.corpus",
-    "extract": "fastmi.extract",
+    "extract": "fastmi.extraction",  # not fastmi.extract: a submodule would shadow the function
     "ActivationCache": "fastmi.cache",
     "recoverability": "fastmi.probe",
     "RecoverabilityResult": "fastmi.result",
     "RecoverabilityLoss": "fastmi.loss",
     "load_model": "fastmi.models",
 }
-_SUBMODULES = {"bounds", "kernels", "models", "corpus", "cache", "extract", "probe", "result", "report", "sweep", "cli"}
+_SUBMODULES = {"bounds", "kernels", "models", "corpus", "cache", "extraction", "hooks", "probe", "result", "report", "sweep", "cli"}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES])
 

@@ -1,0 +1,68 @@
+"""Pool every layer's hidden states of a model over a corpus into an activation cache.
+
+The cache (safetensors shards + manifest.json) is keyed by model, revision, dtype, pooling,
+max length and corpus; an interrupted run picks up at the first unfinished shard when started
+again with the same arguments.  Example:
+
+    fastmi extract --model minilm --corpus demo --out runs/minilm
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+HELP = "pool each layer's hidden states over a corpus into an activation cache"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="'minilm' or 'smollm2' (bundled demos), a local model directory, a .gguf file, or a hub id")
+    parser.add_argument("--corpus", required=True,
+                        help="'demo' (BBC News sentences), a .txt file (one sentence per line) or a .jsonl file")
+    parser.add_argument("--field", default="text", help="JSON field holding the sentence, for .jsonl corpora")
+    parser.add_argument("--max-sentences", type=int, default=None,
+                        help="use only the first N sentences of the corpus (default: all; 2000 for 'demo')")
+    parser.add_argument("--out", default=None,
+                        help="cache directory (default: $FASTMI_HOME/activations/<model>-<hash>, "
+                        "FASTMI_HOME defaulting to ~/.cache/fastmi)")
+    parser.add_argument("--pooling", default="mean", choices=("mean", "first", "last", "max"),
+                        help="how a sentence's token states become one vector (padding never counts)")
+    parser.add_argument("--layers", default="all",
+                        help="'all', 'last', a list '0,3,6', a range '2-5', or a mix; 0 is the embedding output")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence (longer ones are truncated)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="model compute dtype (default: float32 on CPU, bfloat16 on CUDA); embeddings are stored fp32")
+    parser.add_argument("--revision", default=None, help="hub commit, branch or tag (hub ids only)")
+    parser.add_argument("--shard-rows", type=int, default=None,
+                        help="sentences per shard, the unit of work and of resumption (default: ~1 GB of all layers)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="continue a cache of the same model/corpus/settings; --no-resume refuses a started cache")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing cache in --out even if it was built for something else")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a hub model's own Python code to run (off unless asked)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cache import format_layers
+    from ..corpus import Corpus
+    from ..extraction import extract
+    from ..models import load_model
+
+    started = time.perf_counter()
+    corpus = Corpus.load(args.corpus, field=args.field, max_sentences=args.max_sentences)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
+                       trust_remote_code=args.trust_remote_code)
+    cache = extract(model, corpus, pooling=args.pooling, layers=args.layers, cache_dir=args.out,
+                    resume=args.resume, overwrite=args.overwrite, batch_size=args.batch_size,
+                    max_length=args.max_length, shard_rows=args.shard_rows, progress=args.progress)
+    meta = cache.metadata
+    print(f"cache: {cache.directory}")
+    print(f"{meta['model']} ({meta['architecture']}, {meta['num_layers']} blocks, d={meta['hidden_size']}, "
+          f"{meta['dtype']}) on {meta['corpus_name']} ({meta['num_rows']} sentences): layers "
+          f"{format_layers(cache.layers)} ({len(cache.layers)}), {meta['pooling']} pooling, max_length {meta['max_length']}, "
+          f"{time.perf_counter() - started:.1f}s")
+    return 0

@@ -1,0 +1,327 @@
+"""The function ``fastmi.extract``: every requested layer's pooled sentence embeddings, into an activation cache.
+
+Work is cut into shards of consecutive corpus rows.  Inside a shard, rows are sorted by length into
+batches (less padding), the forward pass is tapped by :class:`fastmi.hooks.LayerPooler`, and the
+pooled rows are put back in corpus order in host memory; then one safetensors file per layer is
+written and the shard is listed in the manifest.  A killed run resumes at the first unfinished
+(layer, shard): shards are a pure function of their rows, so the result is bit-identical.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .cache import ActivationCache, CacheWriter, default_cache_dir
+from .corpus import Corpus
+from .hooks import LayerPooler, find_layer_taps, forward_parameters, hidden_states_pooled
+from .kernels.reference import POOL_MODES
+
+__all__ = ["extract", "parse_layers", "batch_plan", "batches_by_length", "collate", "NonFiniteActivationError"]
+
+DEFAULT_SHARD_BYTES = 1 << 30  # one shard of all requested layers, fp32, in host memory
+_VERIFY_ROWS = 4
+
+
+class NonFiniteActivationError(RuntimeError):
+    """A pooled embedding came out NaN or infinite (overflow in fp16, a broken checkpoint, ...)."""
+
+
+def extract(
+    model,
+    corpus,
+    pooling: str = "mean",
+    layers: str | Sequence[int] = "all",
+    cache_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    batch_size: int = 32,
+    max_length: int = 128,
+    progress: bool = True,
+    shard_rows: int | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    padding_side: str | None = None,
+    verify: bool = True,
+) -> ActivationCache:
+    """Pool the hidden states of ``layers`` for every sentence of ``corpus`` into an activation cache.
+
+    ``model``: a :class:`fastmi.models.LoadedModel` or a spec for :func:`fastmi.load_model` (hub id,
+    local directory, .gguf file, "minilm", "smollm2").  ``corpus``: a :class:`fastmi.Corpus`, a list
+    of sentences, or a spec for :meth:`Corpus.load` ("demo", a .txt or .jsonl path).
+    ``pooling``: mean | first | last | max over the non-padding tokens (special tokens included, as
+    the model sees them).  ``layers``: "all", "last", "0,3,6", "2-5" or a list of ints (layer 0 is
+    the embedding output, L the last block).  ``cache_dir``: default
+    ``$FASTMI_HOME/activations/<model>-<hash>``.  ``resume`` continues a cache of the same identity
+    (model, revision, dtype, pooling, max_length, corpus); ``overwrite`` replaces whatever is there.
+    ``shard_rows`` (default: as many as keep one shard of all layers under ``shard_bytes``) fixes
+    the unit of work and of resumption.  ``verify`` checks once, on a few sentences, that the taps
+    reproduce ``output_hidden_states=True`` of the same model.
+    """
+    if pooling not in POOL_MODES:
+        raise ValueError(f"pooling must be one of {POOL_MODES}, got {pooling!r}")
+    for name, value in (("batch_size", batch_size), ("max_length", max_length), ("shard_bytes", shard_bytes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    corpus = _as_corpus(corpus)
+    loaded = _as_loaded_model(model, device, dtype)
+    tokenizer = loaded.tokenizer
+    if padding_side is not None:
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    side = padding_side or getattr(tokenizer, "padding_side", "right")
+    wanted = parse_layers(layers, loaded.num_layers)
+    taps = find_layer_taps(loaded.model, loaded.num_layers)
+
+    token_lists = corpus.tokenize(tokenizer, max_length)
+    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+    metadata = _metadata(loaded, corpus, pooling, max_length, batch_size, side, taps.sources)
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir(metadata, loaded.name)
+    requested_rows = shard_rows
+    if shard_rows is None:
+        shard_rows = max(1, min(len(corpus), shard_bytes // (len(wanted) * loaded.hidden_size * 4)))
+    elif not isinstance(shard_rows, int) or isinstance(shard_rows, bool) or shard_rows < 1:
+        raise ValueError(f"shard_rows must be a positive int, got {shard_rows!r}")
+
+    with CacheWriter.prepare(directory, metadata, shard_rows, resume=resume, overwrite=overwrite) as writer:
+        if requested_rows is not None and writer.shard_rows != requested_rows:
+            warnings.warn(f"the cache at {directory} was started with shard_rows={writer.shard_rows}; "
+                          f"continuing with it, not {requested_rows}", stacklevel=2)
+        if not writer.targets_ok():
+            from .bags import BagTargets
+
+            targets = BagTargets.from_token_lists(token_lists, exclude=loaded.special_ids, vocab_size=loaded.vocab_size)
+            writer.write_targets(targets, torch.from_numpy(lengths))
+        writer.drop_bad_units()
+        todo = [(s, writer.missing_layers(s, wanted)) for s in range(writer.num_shards)]
+        todo = [(s, missing) for s, missing in todo if missing]
+        if todo:
+            run = _Run(loaded, taps, token_lists, lengths, pooling, side, batch_size)
+            if verify:
+                run.verify_taps(wanted)
+            sizes = {s: writer.shard_range(s)[1] - writer.shard_range(s)[0] for s, _ in todo}
+            with _progress(sum(sizes.values()), progress, loaded.name) as bar:
+                for shard, missing in todo:
+                    writer.write_shard(shard, run.shard(writer.shard_range(shard), missing, shard))
+                    bar.update(sizes[shard])
+    return ActivationCache.open(directory)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+def parse_layers(layers: str | int | Sequence[int], num_layers: int) -> list[int]:
+    """ "all" -> [0..L]; "last" -> [L]; "0,3,6"; "2-5" (inclusive); "0,2-4"; ints (negative: from L)."""
+    L = num_layers
+    if isinstance(layers, str):
+        text = layers.strip().lower()
+        if text == "all":
+            return list(range(L + 1))
+        if text == "last":
+            return [L]
+        values: list[int] = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            m = re.fullmatch(r"(-?\d+)(?:\s*-\s*(\d+))?", part)
+            if m is None:
+                raise ValueError(f"cannot read layers {layers!r}: expected 'all', 'last', '0,3,6' or '2-5'")
+            lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+            if m.group(2) is not None and hi < lo:
+                raise ValueError(f"empty layer range {part!r} in {layers!r}")
+            values.extend(range(lo, hi + 1))
+    elif isinstance(layers, int) and not isinstance(layers, bool):
+        values = [layers]
+    else:
+        values = [int(v) for v in layers]
+    resolved = sorted({v + L + 1 if v < 0 else v for v in values})
+    bad = [v for v in values if not -(L + 1) <= v <= L]
+    if bad or not resolved:
+        raise ValueError(f"layers {bad or layers!r} out of range: this model has layers 0..{L} "
+                         "(0 = embedding output, negative counts from the last)")
+    return resolved
+
+
+def _as_corpus(corpus) -> Corpus:
+    if isinstance(corpus, Corpus):
+        return corpus
+    if isinstance(corpus, (str, os.PathLike)):
+        return Corpus.load(corpus)
+    if isinstance(corpus, Sequence):
+        return Corpus.from_sentences(list(corpus))
+    raise TypeError(f"corpus must be a fastmi.Corpus, a list of sentences or a corpus spec, not {type(corpus).__name__}")
+
+
+def _as_loaded_model(model, device, dtype):
+    from .models import LoadedModel, load_model
+
+    if isinstance(model, LoadedModel):
+        want_device = torch.device(device) if device is not None else None
+        want_dtype = _torch_dtype(dtype) if dtype is not None else None
+        if (want_device is not None and torch.device(model.device) != want_device) or (
+                want_dtype is not None and model.dtype != want_dtype):
+            raise ValueError(f"the model is loaded on {model.device} in {model.dtype}; pass device/dtype to "
+                             "load_model (or pass the model spec to extract) to change them")
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, device=device if device is not None else "cpu", dtype=dtype)
+    raise TypeError(f"model must be a LoadedModel or a model spec, not {type(model).__name__}")
+
+
+def _torch_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return value
+
+
+def _metadata(loaded, corpus: Corpus, pooling, max_length, batch_size, side, sources) -> dict:
+    return {
+        "model": loaded.name, "revision": loaded.revision, "architecture": loaded.architecture,
+        "kind": loaded.kind, "num_layers": loaded.num_layers, "hidden_size": loaded.hidden_size,
+        "vocab_size": loaded.vocab_size, "excluded_ids": sorted(int(i) for i in loaded.special_ids),
+        "pooling": pooling, "max_length": max_length, "dtype": str(loaded.dtype).replace("torch.", ""),
+        "corpus_name": corpus.name, "corpus_fingerprint": corpus.fingerprint, "num_rows": len(corpus),
+        "fastmi_version": __version__, "batch_size": batch_size, "padding_side": side,
+        "layer_sources": list(sources),
+    }
+
+
+# ---- batching ---------------------------------------------------------------------------------------
+def batches_by_length(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Positions of ``lengths`` grouped into batches of similar length, longest first.
+
+    Zero-length rows are left out (they pool to zeros without a forward).  The sort is stable, so
+    the batches, and therefore every bit of the result, depend only on the lengths.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    order = order[lengths[order] > 0]
+    return [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
+
+
+def batch_plan(lengths: np.ndarray, shard_rows: int, batch_size: int) -> list[np.ndarray]:
+    """Corpus rows of every batch, in the order :func:`extract` runs them (shard by shard)."""
+    return [positions + start for start in range(0, lengths.size, shard_rows)
+            for positions in batches_by_length(lengths[start : start + shard_rows], batch_size)]
+
+
+def collate(token_lists: Sequence[Sequence[int]], pad_id: int, side: str, device, parameters: set[str]) -> dict:
+    """Pad to the longest row on ``side``; positions count real tokens only, so padding never shifts them."""
+    width = max(len(t) for t in token_lists)
+    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for i, row in enumerate(token_lists):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if "position_ids" in parameters:
+        inputs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(device)
+    if "use_cache" in parameters:
+        inputs["use_cache"] = False
+    return inputs
+
+
+@dataclass
+class _Run:
+    """One extraction pass over a model and the tokenized corpus."""
+
+    loaded: object
+    taps: object
+    token_lists: list[list[int]]
+    lengths: np.ndarray
+    pooling: str
+    side: str
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        model = self.loaded.model
+        self.parameters = forward_parameters(model)
+        self.input_device = model.get_input_embeddings().weight.device
+        pad = self.loaded.tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else 0  # masked out anyway
+
+    def inputs(self, rows: Sequence[int]) -> dict:
+        return collate([self.token_lists[r] for r in rows], self.pad_id, self.side, self.input_device, self.parameters)
+
+    @torch.inference_mode()
+    def shard(self, row_range: tuple[int, int], layers: list[int], shard: int) -> dict[int, np.ndarray]:
+        """fp32 [rows, d] per layer for corpus rows ``row_range``, in corpus order."""
+        start, stop = row_range
+        out = {l: np.zeros((stop - start, self.loaded.hidden_size), dtype=np.float32) for l in layers}
+        with LayerPooler(self.loaded.model, self.taps, layers, self.pooling) as pooler:
+            for b, positions in enumerate(batches_by_length(self.lengths[start:stop], self.batch_size)):
+                rows = positions + start
+                pooled = _to_host(pooler.run(self.inputs(rows)), layers)
+                for layer in layers:
+                    _check_finite(pooled[layer], layer, shard, b, rows)
+                    out[layer][positions] = pooled[layer]
+        return out
+
+    def verify_taps(self, layers: list[int]) -> None:
+        """The taps must reproduce ``output_hidden_states=True`` on a few real sentences."""
+        rows = np.flatnonzero(self.lengths > 0)[:_VERIFY_ROWS]
+        if rows.size == 0:
+            return
+        inputs = self.inputs(rows)
+        with torch.inference_mode(), LayerPooler(self.loaded.model, self.taps, layers, self.pooling) as pooler:
+            tapped = pooler.run(inputs)
+        expected = hidden_states_pooled(self.loaded.model, inputs, layers, self.pooling)
+        for layer in layers:
+            got, want = tapped[layer].float().cpu(), expected[layer].float().cpu()
+            if not torch.allclose(got, want, rtol=1e-4, atol=1e-5, equal_nan=True):
+                raise RuntimeError(
+                    f"the hook for layer {layer} ({self.taps.sources[layer]}) does not reproduce hidden_states[{layer}] "
+                    f"of {self.loaded.architecture} (max difference {float((got - want).abs().max()):.3g}); "
+                    "this architecture needs its own layer taps in fastmi.hooks")
+
+
+def _to_host(pooled: dict[int, torch.Tensor], layers: list[int]) -> dict[int, np.ndarray]:
+    """fp32 numpy copies, one device-to-host transfer per device (not one per layer)."""
+    host: dict[int, np.ndarray] = {}
+    by_device: dict[torch.device, list[int]] = {}
+    for layer in layers:
+        by_device.setdefault(pooled[layer].device, []).append(layer)
+    for group in by_device.values():
+        stacked = torch.stack([pooled[l] for l in group]).float().cpu().numpy()
+        host.update(zip(group, stacked))
+    return host
+
+
+def _check_finite(values: np.ndarray, layer: int, shard: int, batch: int, rows: np.ndarray) -> None:
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        bad = rows[~finite]
+        shown = ", ".join(map(str, bad[:8])) + (", ..." if bad.size > 8 else "")
+        raise NonFiniteActivationError(
+            f"layer {layer}: non-finite pooled values in batch {batch} of shard {shard} "
+            f"(corpus rows {shown}); nothing of this shard was written. Try dtype=float32 if the model runs in "
+            "float16, or check the checkpoint")
+
+
+class _progress:
+    """A tqdm bar in sentences, or nothing."""
+
+    def __init__(self, total: int, enabled: bool, name: str) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=int(total), unit="sent", desc=f"extract {Path(str(name)).name}", dynamic_ncols=True)
+
+    def __enter__(self):
+        return self
+
+    def update(self, n) -> None:
+        if self.bar is not None:
+            self.bar.update(int(n))
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
