@@ -12,6 +12,18 @@ import sys
 COMMANDS = ("demo", "extract", "probe", "sweep", "report")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks (examples) and appends a default only where the help
+    text does not already state one and there is one worth stating."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastmi",
@@ -27,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # a command not built yet
         command = sub.add_parser(
-            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+            name, help=module.HELP, description=module.__doc__, formatter_class=_HelpFormatter
         )
         module.add_arguments(command)
         command.set_defaults(_run=module.run)

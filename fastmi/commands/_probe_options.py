@@ -1,0 +1,28 @@
+"""Options shared by the commands that probe (probe, sweep, demo): one definition, one --help text."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("probe")
+    group.add_argument("--vocab", default="observed", choices=("observed", "full"),
+                       help="alphabet of T: token ids seen in the corpus, or the whole vocabulary minus special tokens")
+    group.add_argument("--test-fraction", type=float, default=0.2, help="share of sentences held out for the bounds")
+    group.add_argument("--seed", type=int, default=0, help="seed of the split, the training order and the bootstrap")
+    group.add_argument("--k", type=int, default=5, help="list size of the top-k (list-decoding Fano) bound")
+    group.add_argument("--level", type=float, default=0.95, help="confidence level of the lower bounds")
+    group.add_argument("--entropy", default="plugin", choices=("plugin", "miller_madow"),
+                       help="estimator of H(T) on the held-out sentences (plug-in is biased low: conservative)")
+    group.add_argument("--max-epochs", type=int, default=None, help="upper bound on training epochs per layer")
+    group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def probe_settings(args: argparse.Namespace):
+    from ..sweep import ProbeSettings
+    from ..training import TrainConfig
+
+    train = TrainConfig() if args.max_epochs is None else TrainConfig(max_epochs=args.max_epochs)
+    return ProbeSettings(vocab=args.vocab, test_fraction=args.test_fraction, seed=args.seed, k=args.k,
+                         level=args.level, entropy=args.entropy, device=args.device, train=train)

@@ -1,0 +1,44 @@
+"""Probe every layer of an activation cache and write the per-layer bounds on I(T; z).
+
+Reads a cache made by ``fastmi extract``; writes results.csv, results.json, results.png and
+split.json to --out and prints the table.  Pass --split to score on the held-out sentences of an
+earlier run (e.g. another model's, same corpus).  Example:
+
+    fastmi probe --cache runs/minilm --out runs/minilm-probe
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._probe_options import add_probe_arguments, probe_settings
+
+HELP = "probe each layer of an activation cache and bound its mutual information"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", required=True, help="activation cache directory (from fastmi extract)")
+    parser.add_argument("--out", required=True, help="directory for results.csv/json/png and split.json")
+    parser.add_argument("--split", default=None,
+                        help="split.json to reuse (default: OUT/split.json if present, else a new split)")
+    add_probe_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cache import ActivationCache
+    from ..split import Split
+    from ..sweep import load_or_make_split, print_summary, probe_cache, write_outputs
+
+    cache = ActivationCache.open(args.cache)
+    settings = probe_settings(args)
+    out = Path(args.out)
+    meta = cache.metadata
+    if args.split is not None:
+        split = Split.load(args.split)
+        split.check(int(meta["num_rows"]), meta.get("corpus_fingerprint"))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        split = load_or_make_split(out, int(meta["num_rows"]), meta.get("corpus_fingerprint"), settings)
+    result = probe_cache(cache, split, settings, progress=args.progress)
+    print_summary(result, write_outputs(result, out, split))
+    return 0

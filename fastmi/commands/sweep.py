@@ -1,0 +1,48 @@
+"""Extract and probe several models on one corpus, all scored on the same held-out sentences.
+
+Each model's cache goes to OUT/cache/<model> and is reused when the sweep runs again; finished
+per-model results (OUT/models/<model>.json) are reused when their settings match.  Writes
+OUT/results.csv, results.json, results.png and split.json and prints the table.  Example:
+
+    fastmi sweep --model minilm --model smollm2 --corpus demo --max-sentences 500 --out runs/demo
+"""
+from __future__ import annotations
+
+import argparse
+
+from ._probe_options import add_probe_arguments, probe_settings
+
+HELP = "extract and probe several models on one corpus, on a shared split"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", required=True, dest="models",
+                        help="model to sweep (repeat for several): 'minilm', 'smollm2', a directory, a .gguf file or a hub id")
+    parser.add_argument("--corpus", default="demo", help="'demo', a .txt file (one sentence per line) or a .jsonl file")
+    parser.add_argument("--out", required=True, help="output directory (caches, split, results)")
+    parser.add_argument("--max-sentences", type=int, default=None, help="use only the first N sentences")
+    parser.add_argument("--pooling", default="mean", choices=("mean", "first", "last", "max"),
+                        help="how a sentence's token states become one vector")
+    parser.add_argument("--layers", default="all", help="'all', 'last', '0,3,6', '2-5'; 0 is the embedding output")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence (longer ones are truncated)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="model compute dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--overwrite", action="store_true", help="replace caches in OUT built with other settings")
+    add_probe_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..split import Split
+    from ..sweep import print_summary, sweep
+
+    result = sweep(args.models, args.corpus, args.out, settings=probe_settings(args), max_sentences=args.max_sentences,
+                   pooling=args.pooling, layers=args.layers, batch_size=args.batch_size, max_length=args.max_length,
+                   dtype=args.dtype, overwrite=args.overwrite, progress=args.progress)
+    out = Path(args.out)
+    paths = {name: out / f"results.{name}" for name in ("csv", "json", "png")}
+    paths["split"] = out / "split.json"
+    print_summary(result, paths)
+    return 0

@@ -1,0 +1,268 @@
+"""``fastmi.recoverability``: per layer, how well a linear probe recovers a sentence's tokens from
+its pooled embedding, and the mutual-information lower bounds that follow (shared/DESIGN.md §1).
+
+Steps: resolve the source (an :class:`fastmi.ActivationCache` or a ``{layer: Tensor[N, d]}`` dict),
+compact the target ids onto the alphabet, split sentences into train / validation / held-out
+(a :class:`fastmi.split.Split`, reusable across models), group layers to fit ``max_memory``, fit
+each group as one layer-batched problem (:mod:`fastmi.training`), score it on the held-out rows
+(:mod:`fastmi.evaluation`) and turn the per-sentence scores into bounds (:mod:`fastmi.bounds`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import bounds
+from .alphabet import Alphabet
+from .bags import BagTargets
+from .evaluation import score_probes
+from .split import Split
+from .training import TrainConfig, fit_probes, probe_bytes, standardize
+
+__all__ = ["recoverability", "ProbeSource", "TrainConfig"]
+
+
+@dataclass
+class ProbeSource:
+    """What the probe needs from a cache or from raw tensors, in one shape."""
+
+    layers: list[int]
+    load: Callable[[int], torch.Tensor]  # layer -> [N, d]
+    targets: BagTargets  # vocabulary ids, one row per sentence
+    vocab_size: int
+    num_layers: int  # depth used for rel_depth = layer / num_layers
+    excluded_ids: list[int] = field(default_factory=list)
+    model: str = "embeddings"
+    revision: str | None = None
+    pooling: str | None = None
+    corpus_fingerprint: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_cache(cls, cache: Any, layers: Sequence[int] | None = None) -> "ProbeSource":
+        meta = dict(cache.metadata)
+        available = list(cache.layers)
+        chosen = _choose_layers(available, layers)
+        return cls(
+            layers=chosen,
+            load=cache.embeddings,
+            targets=cache.targets,
+            vocab_size=int(meta["vocab_size"]),
+            num_layers=int(meta.get("num_layers") or max(available) or 1),
+            excluded_ids=[int(i) for i in meta.get("excluded_ids", [])],
+            model=str(meta.get("model", "model")),
+            revision=meta.get("revision"),
+            pooling=meta.get("pooling"),
+            corpus_fingerprint=meta.get("corpus_fingerprint"),
+            metadata=meta,
+        )
+
+    @classmethod
+    def from_tensors(
+        cls,
+        embeddings: Mapping[Any, torch.Tensor],
+        targets: BagTargets | None,
+        vocab_size: int | None,
+        model: str = "embeddings",
+        excluded_ids: Sequence[int] = (),
+        layers: Sequence[int] | None = None,
+    ) -> "ProbeSource":
+        if targets is None or vocab_size is None:
+            raise ValueError("raw embeddings need targets=BagTargets and vocab_size=M")
+        if not embeddings:
+            raise ValueError("no layers given: the embeddings dict is empty")
+        tensors = {int(layer): torch.as_tensor(x) for layer, x in embeddings.items()}
+        for layer, x in tensors.items():
+            if x.dim() != 2:
+                raise ValueError(f"layer {layer}: embeddings must be [N, d], got shape {tuple(x.shape)}")
+        chosen = _choose_layers(sorted(tensors), layers)
+        return cls(
+            layers=chosen,
+            load=tensors.__getitem__,
+            targets=targets,
+            vocab_size=int(vocab_size),
+            num_layers=max(max(tensors), 1),
+            excluded_ids=list(excluded_ids),
+            model=model,
+        )
+
+
+def _choose_layers(available: Sequence[int], wanted: Sequence[int] | None) -> list[int]:
+    if wanted is None:
+        return list(available)
+    missing = sorted(set(wanted) - set(available))
+    if missing:
+        raise ValueError(f"layers {missing} are not available; the source has layers {list(available)}")
+    return list(wanted)
+
+
+def _default_max_memory(device: torch.device) -> int:
+    """Half of what is free now: the probe shares the machine with the extraction and the OS."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _load_layer(source: ProbeSource, layer: int, rows: int) -> torch.Tensor:
+    x = torch.as_tensor(source.load(layer))
+    if x.dim() != 2 or x.shape[0] != rows:
+        raise ValueError(
+            f"layer {layer} has {tuple(x.shape)} embeddings but there are {rows} target rows; "
+            "every layer needs one row per sentence"
+        )
+    x = x.float()
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        row = int(torch.nonzero(~finite.all(dim=1))[0])
+        raise ValueError(f"layer {layer} has NaN or infinite embeddings (first at row {row})")
+    return x
+
+
+def recoverability(
+    source: Any,
+    targets: BagTargets | None = None,
+    vocab_size: int | None = None,
+    vocab: str = "observed",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    k: int = 5,
+    level: float = 0.95,
+    device: str | torch.device | None = None,
+    split: Split | None = None,
+    layers: Sequence[int] | None = None,
+    entropy: str = "plugin",
+    validation_fraction: float = 0.1,
+    train: TrainConfig | None = None,
+    max_memory: int | None = None,
+    n_bootstrap: int = 2000,
+    model: str | None = None,
+    excluded_ids: Sequence[int] = (),
+    progress: bool = True,
+):
+    """Probe every layer of ``source`` and bound I(T; z) per layer; returns a RecoverabilityResult.
+
+    ``source``: an ActivationCache, or ``{layer: Tensor[N, d]}`` with ``targets`` (BagTargets of
+    vocabulary ids, N rows) and ``vocab_size``.  ``vocab``: "observed" (M = ids seen in the corpus)
+    or "full" (M = vocab_size minus ``excluded_ids``).  ``split``: reuse a Split (same corpus) so that
+    several models are scored on the same held-out sentences; otherwise one is made from
+    ``test_fraction``, ``validation_fraction`` and ``seed``.  ``entropy``: H(T) estimator on the held-out
+    bags, "plugin" (biased low, hence conservative for lower bounds) or "miller_madow".
+    ``max_memory``: bytes the layer-batched training may use (default: half the free memory).
+    """
+    from .result import RecoverabilityResult
+
+    if isinstance(source, Mapping):
+        probe_source = ProbeSource.from_tensors(
+            source, targets, vocab_size, model=model or "embeddings", excluded_ids=excluded_ids, layers=layers
+        )
+    else:
+        if targets is not None or vocab_size is not None:
+            raise ValueError("targets and vocab_size are read from the cache; pass them only with raw embeddings")
+        probe_source = ProbeSource.from_cache(source, layers=layers)
+        if model:
+            probe_source.model = model
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    train = train or TrainConfig()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    src = probe_source
+    num_rows = src.targets.num_rows
+
+    alphabet = Alphabet.build(vocab, src.targets, src.vocab_size, src.excluded_ids)
+    bags = alphabet.compact(src.targets)
+    if split is None:
+        split = Split.make(num_rows, test_fraction, seed, validation_fraction, src.corpus_fingerprint)
+    split.check(num_rows, src.corpus_fingerprint)
+
+    nonempty = (bags.lengths > 0).numpy()
+    part_rows = {name: rows[nonempty[rows]] for name, rows in
+                 (("train", split.train), ("validation", split.validation), ("test", split.test))}
+    for name, rows in part_rows.items():
+        if rows.size == 0:
+            raise ValueError(f"the {name} part of the split has no sentence with a non-empty bag")
+    part_bags = {name: bags.select(rows).to(device) for name, rows in part_rows.items()}
+    entropy_bits = bounds.token_entropy_bits(part_bags["test"], method=entropy)
+
+    # Layers are checked before any training so a bad layer fails fast and nothing is half-done.
+    first = _load_layer(src, src.layers[0], num_rows)
+    dim = first.shape[1]
+    budget = max_memory if max_memory is not None else _default_max_memory(device)
+    per_layer = probe_bytes(num_rows, dim, alphabet.size, train.batch_size)
+    group_size = max(1, min(len(src.layers), budget // max(per_layer, 1)))
+    groups = [src.layers[i : i + group_size] for i in range(0, len(src.layers), group_size)]
+
+    rows_out: list[dict] = []
+    training_log: dict[str, Any] = {}
+    index = {name: torch.as_tensor(rows, device=device) for name, rows in part_rows.items()}
+    for group in tqdm(groups, desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):
+        z = torch.stack([_load_layer(src, layer, num_rows) for layer in group]).to(device)
+        if z.shape[-1] != dim:
+            raise ValueError(f"layers {group} have width {z.shape[-1]}, layer {src.layers[0]} has {dim}")
+        z = standardize(z, index["train"])
+        fitted = fit_probes(
+            z[:, index["train"]], part_bags["train"], z[:, index["validation"]], part_bags["validation"],
+            alphabet.size, train, seed=seed, progress=progress, description=f"{src.model} layers {group[0]}-{group[-1]}",
+        )
+        scores = score_probes(z[:, index["test"]], fitted.weight, fitted.bias, part_bags["test"], alphabet.size, k)
+        del z
+        for i, layer in enumerate(group):
+            row = {
+                "model": src.model,
+                "revision": src.revision,
+                "layer": layer,
+                "rel_depth": layer / src.num_layers,
+                "pooling": src.pooling,
+                "vocab": vocab,
+                "M": alphabet.size,
+                "n_train": int(part_rows["train"].size),
+                "n_test": int(part_rows["test"].size),
+                "n_skipped": int((~nonempty).sum()),
+                "bag_recall": float(scores.bag_recall[i].mean()),
+            }
+            row.update(bounds.layer_bounds(
+                scores.errors[i].numpy(), scores.errors_k[i].numpy(), scores.ce_bits[i].numpy(),
+                entropy_bits, alphabet.size, k, level=level, seed=seed, n_bootstrap=n_bootstrap,
+            ))
+            rows_out.append(row)
+            training_log[str(layer)] = {
+                "best_epoch": fitted.best_epoch[i],
+                "validation_ce_bits": float(fitted.validation_ce_nats[i] / np.log(2)),
+                "epochs_run": fitted.epochs_run,
+            }
+
+    config = {
+        "model": src.model,
+        "revision": src.revision,
+        "pooling": src.pooling,
+        "vocab": vocab,
+        "alphabet_size": alphabet.size,
+        "vocab_size": src.vocab_size,
+        "k": k,
+        "level": level,
+        "seed": seed,
+        "entropy_method": entropy,
+        "n_bootstrap": n_bootstrap,
+        "layers": list(src.layers),
+        "layer_groups": [list(g) for g in groups],
+        "device": str(device),
+        "train": asdict(train),
+        "training": training_log,
+        "split": split.to_dict(),
+        "source": {key: value for key, value in src.metadata.items() if _is_json_scalar(value)},
+    }
+    return RecoverabilityResult(rows_out, config)
+
+
+def _is_json_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool)) or (
+        isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value)
+    )

@@ -1,0 +1,192 @@
+"""Sweeps: several models on one corpus, every model scored on the same held-out sentences.
+
+An output directory holds everything a sweep makes and is its checkpoint::
+
+    OUT/split.json             the train / validation / held-out split of the corpus (made once)
+    OUT/cache/<slug>/          each model's activation cache (extraction resumes in it)
+    OUT/models/<slug>.json     each model's finished result, reused when its settings match
+    OUT/results.{csv,json,png} all models together
+
+Rerunning a finished sweep reads its caches and results and redoes nothing.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .corpus import Corpus
+from .result import RecoverabilityResult
+from .split import Split
+from .training import TrainConfig
+
+__all__ = ["ProbeSettings", "sweep", "probe_cache", "model_slug", "write_outputs", "load_or_make_split"]
+
+
+@dataclass
+class ProbeSettings:
+    """Everything :func:`fastmi.recoverability` is called with in a sweep (a finished result is
+    reused only if it was made with equal settings)."""
+
+    vocab: str = "observed"
+    test_fraction: float = 0.2
+    seed: int = 0
+    k: int = 5
+    level: float = 0.95
+    entropy: str = "plugin"
+    device: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def key(self) -> dict:
+        """The settings that change the numbers (not the device)."""
+        key = asdict(self)
+        key.pop("device")
+        return key
+
+
+def model_slug(spec: str) -> str:
+    """A directory name for a model spec: "org/name" -> "org--name", a path -> its last part."""
+    text = str(spec).rstrip("/\\")
+    if Path(text).expanduser().exists():
+        text = Path(text).expanduser().name
+    text = text.replace("/", "--")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "model"
+
+
+def load_or_make_split(out: Path, num_rows: int, fingerprint: str | None, settings: ProbeSettings) -> Split:
+    """OUT/split.json if it exists (and fits this corpus), else a new split saved there."""
+    path = out / "split.json"
+    if path.exists():
+        split = Split.load(path)
+        try:
+            split.check(num_rows, fingerprint)
+        except ValueError as err:
+            raise ValueError(f"{path} belongs to another corpus ({err}); use a new --out directory") from None
+        if (split.seed, split.test_fraction) != (settings.seed, settings.test_fraction):
+            raise ValueError(
+                f"{path} was made with seed={split.seed}, test_fraction={split.test_fraction}; "
+                f"use those or a new --out directory"
+            )
+        return split
+    split = Split.make(num_rows, settings.test_fraction, settings.seed, corpus_fingerprint=fingerprint)
+    split.save(path)
+    return split
+
+
+def probe_cache(cache: Any, split: Split, settings: ProbeSettings, done_path: Path | None = None,
+                progress: bool = True) -> RecoverabilityResult:
+    """Probe one cache on ``split``; reuse ``done_path`` if it holds a result of the same settings."""
+    from .probe import recoverability
+
+    identity = {key: cache.metadata.get(key) for key in
+                ("model", "revision", "dtype", "pooling", "max_length", "corpus_fingerprint", "num_rows")}
+    wanted = {"settings": settings.key(), "split": split.to_dict(), "cache": identity}
+    if done_path is not None and done_path.exists():
+        previous = RecoverabilityResult.from_json(done_path)
+        if previous.config.get("sweep_key") == _jsonable(wanted):
+            return previous
+    result = recoverability(
+        cache, vocab=settings.vocab, seed=settings.seed, k=settings.k, level=settings.level,
+        device=settings.device, split=split, entropy=settings.entropy, train=settings.train, progress=progress,
+    )
+    result.config["sweep_key"] = _jsonable(wanted)
+    if done_path is not None:
+        result.to_json(done_path)
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    """The value as it reads back from JSON (tuples become lists), so stored keys compare equal."""
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def sweep(
+    models: Sequence[str],
+    corpus: Corpus | str,
+    out: str | Path,
+    settings: ProbeSettings | None = None,
+    max_sentences: int | None = None,
+    pooling: str = "mean",
+    layers: str | Sequence[int] = "all",
+    batch_size: int = 32,
+    max_length: int = 128,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> RecoverabilityResult:
+    """Extract (or reuse) each model's cache under ``out``, probe all on one split, write the results."""
+    from .extraction import extract
+
+    if not models:
+        raise ValueError("a sweep needs at least one model")
+    slugs = [model_slug(m) for m in models]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"models {list(models)} are not distinct")
+    settings = settings or ProbeSettings()
+    out = Path(out)
+    if not isinstance(corpus, Corpus):
+        corpus = Corpus.load(corpus, max_sentences=max_sentences)
+    elif max_sentences is not None:
+        corpus = corpus.head(max_sentences)
+    out.mkdir(parents=True, exist_ok=True)
+    split = load_or_make_split(out, len(corpus), corpus.fingerprint, settings)
+
+    results = []
+    for spec, slug in zip(models, slugs):
+        cache_dir = out / "cache" / slug
+        cache = None if overwrite else _finished_cache(cache_dir, corpus, pooling, layers, max_length, dtype)
+        if cache is None:  # extract() loads the model; a finished cache does not need it
+            cache = extract(
+                spec, corpus, pooling=pooling, layers=layers, cache_dir=cache_dir, resume=True,
+                overwrite=overwrite, device=settings.device, dtype=dtype, batch_size=batch_size,
+                max_length=max_length, progress=progress,
+            )
+        results.append(probe_cache(cache, split, settings, out / "models" / f"{slug}.json", progress=progress))
+    combined = RecoverabilityResult.concat(results)
+    write_outputs(combined, out, split)
+    return combined
+
+
+def _finished_cache(directory: Path, corpus: Corpus, pooling: str, layers, max_length: int, dtype: str | None):
+    """The cache in ``directory`` if it is complete for these settings, else None (extract decides).
+
+    The directory is the model's own (OUT/cache/<slug>), so the model is not reloaded to check
+    its identity: that is what makes a rerun of a finished sweep take seconds.
+    """
+    from .cache import ActivationCache
+    from .extraction import parse_layers
+
+    if not (directory / "manifest.json").is_file():
+        return None
+    try:
+        cache = ActivationCache.open(directory)
+        meta = cache.metadata
+        wanted = parse_layers(layers, int(meta["num_layers"]))
+    except (ValueError, KeyError, OSError):
+        return None
+    same = (meta.get("corpus_fingerprint") == corpus.fingerprint and meta.get("pooling") == pooling
+            and int(meta.get("max_length", -1)) == max_length and (dtype is None or meta.get("dtype") == dtype))
+    return cache if same and set(wanted) <= set(cache.layers) else None
+
+
+def write_outputs(result: RecoverabilityResult, out: Path, split: Split | None = None) -> dict[str, Path]:
+    """results.csv, results.json, results.png (and split.json) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "csv": result.to_csv(out / "results.csv"),
+        "json": result.to_json(out / "results.json"),
+        "png": result.plot(out / "results.png"),
+    }
+    if split is not None:
+        paths["split"] = split.save(out / "split.json")
+    return paths
+
+
+def print_summary(result: RecoverabilityResult, paths: dict[str, Path], stream=None) -> None:
+    stream = stream or sys.stdout
+    print(result.format_table(), file=stream)
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()), file=stream)
