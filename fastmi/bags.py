@@ -111,12 +111,19 @@ class BagTargets:
         return BagTargets(self.offsets.to(device), self.ids.to(device), self.counts.to(device))
 
     def remap(self, mapping: torch.Tensor) -> "BagTargets":
-        """Ids replaced by ``mapping[id]`` (e.g. vocabulary id -> observed-alphabet index).
-
-        The mapping must be injective on the ids present, so rows stay sorted only if it is
-        monotone; both uses in fastmi (compaction to observed ids) are.
-        """
-        return BagTargets(self.offsets, mapping.to(self.ids.device)[self.ids], self.counts)
+        """Ids replaced by ``mapping[id]``; ids that land on the same new id in a row are merged
+        (counts added), and rows come back sorted.  Used to compact ids onto an alphabet."""
+        new_ids = mapping.to(self.ids.device)[self.ids]
+        if new_ids.numel() == 0:
+            return BagTargets(self.offsets, new_ids, self.counts)
+        # Row-major keys: unique() sorts them, which sorts rows and the ids within each row at once.
+        width = int(new_ids.max()) + 1
+        keys, slot = torch.unique(self.row_index * width + new_ids, return_inverse=True)
+        counts = torch.zeros(keys.numel(), dtype=torch.long, device=keys.device).index_add_(0, slot, self.counts)
+        sizes = torch.bincount(keys // width, minlength=self.num_rows)
+        offsets = torch.zeros(self.num_rows + 1, dtype=torch.long, device=keys.device)
+        torch.cumsum(sizes, 0, out=offsets[1:])
+        return BagTargets(offsets, keys % width, counts)
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         return {"offsets": self.offsets.contiguous(), "ids": self.ids.contiguous(), "counts": self.counts.contiguous()}

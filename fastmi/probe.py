@@ -152,9 +152,10 @@ def recoverability(
 
     ``source``: an ActivationCache, or ``{layer: Tensor[N, d]}`` with ``targets`` (BagTargets of
     vocabulary ids, N rows) and ``vocab_size``.  ``vocab``: "observed" (M = ids seen in the corpus)
-    or "full" (M = vocab_size minus ``excluded_ids``).  ``split``: reuse a Split (same corpus) so that
+    "full" (M = vocab_size minus ``excluded_ids``), or "top:K" (the K-1 most frequent ids and
+    one "other" symbol: a bound on I(f(T); z) <= I(T; z), see :mod:`fastmi.alphabet`).  ``split``: reuse a Split (same corpus) so that
     several models are scored on the same held-out sentences; otherwise one is made from
-    ``test_fraction``, ``validation_fraction`` and ``seed``.  ``entropy``: H(T) estimator on the held-out
+    ``test_fraction``, ``validation_fraction`` and ``seed``.  ``entropy``: H(T) estimator over all non-empty
     bags, "plugin" (biased low, hence conservative for lower bounds) or "miller_madow".
     ``max_memory``: bytes the layer-batched training may use (default: half the free memory).
     """
@@ -190,7 +191,9 @@ def recoverability(
         if rows.size == 0:
             raise ValueError(f"the {name} part of the split has no sentence with a non-empty bag")
     part_bags = {name: bags.select(rows).to(device) for name, rows in part_rows.items()}
-    entropy_bits = bounds.token_entropy_bits(part_bags["test"], method=entropy)
+    # H(T) is a property of the corpus, not of the probe: every non-empty sentence estimates it.
+    # The plug-in estimate is biased low, more so on fewer sentences, so this is still conservative.
+    entropy_bits = bounds.token_entropy_bits(bags, method=entropy)
 
     # Layers are checked before any training so a bad layer fails fast and nothing is half-done.
     first = _load_layer(src, src.layers[0], num_rows)

@@ -111,7 +111,7 @@ def test_bad_inputs_get_clear_errors():
         probe({0: z}, bags, vocab, test_fraction=0.001)
     with pytest.raises(ValueError, match="need targets"):
         fastmi.recoverability({0: z}, vocab_size=vocab)
-    with pytest.raises(ValueError, match="vocab must be one of"):
+    with pytest.raises(ValueError, match="vocab must be"):
         probe({0: z}, bags, vocab, vocab="everything")
 
 
@@ -214,3 +214,27 @@ def test_tiny_model_extract_then_probe(tmp_path):
     assert result.config["split"]["corpus_fingerprint"] == corpus.fingerprint
     for r in rows:
         assert 0 <= r["variational_lcb"] <= r["H_T"] and 0 <= r["p_error"] <= 1
+
+
+def test_top_k_alphabet_merges_rare_ids_into_other():
+    from fastmi.alphabet import Alphabet
+
+    # id 7 carries the most mass, then 3, then 9 and 4 (rare); K=3 keeps 7 and 3, merges the rest.
+    bags = BagTargets.from_token_lists([[7, 7, 3, 9], [7, 3, 4], [7, 7, 7], [3, 9, 4, 4]])
+    alphabet = Alphabet.build("top:3", bags, vocab_size=12)
+    assert alphabet.size == 3 and alphabet.other
+    assert alphabet.vocab_ids.tolist() == [3, 7]
+    compact = alphabet.compact(bags)
+    rows = [dict(zip(compact.select([r]).ids.tolist(), compact.select([r]).counts.tolist())) for r in range(4)]
+    assert rows == [{0: 1, 1: 2, 2: 1}, {0: 1, 1: 1, 2: 1}, {1: 3}, {0: 1, 2: 3}]
+    assert torch.equal(compact.lengths, bags.lengths)  # merging never loses a token
+    # A K that covers every observed id merges nothing.
+    assert not Alphabet.build("top:10", bags, vocab_size=12).other
+
+
+@pytest.mark.parametrize("setting", ["top:1", "top:x", "top", "frequent"])
+def test_bad_vocab_setting_is_refused(setting):
+    from fastmi.alphabet import Alphabet
+
+    with pytest.raises(ValueError, match="vocab must be"):
+        Alphabet.build(setting, BagTargets.from_token_lists([[1, 2]]), vocab_size=4)

@@ -6,14 +6,16 @@ import argparse
 
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("probe")
-    group.add_argument("--vocab", default="observed", choices=("observed", "full"),
-                       help="alphabet of T: token ids seen in the corpus, or the whole vocabulary minus special tokens")
+    group.add_argument("--vocab", default="observed", metavar="{observed,full,top:K}",
+                       help="alphabet of T: token ids seen in the corpus, the whole vocabulary minus special "
+                       "tokens, or the K-1 most frequent ids plus one 'other' symbol (a bound on I(f(T); z) "
+                       "<= I(T; z), far tighter on small corpora)")
     group.add_argument("--test-fraction", type=float, default=0.2, help="share of sentences held out for the bounds")
     group.add_argument("--seed", type=int, default=0, help="seed of the split, the training order and the bootstrap")
     group.add_argument("--k", type=int, default=5, help="list size of the top-k (list-decoding Fano) bound")
     group.add_argument("--level", type=float, default=0.95, help="confidence level of the lower bounds")
     group.add_argument("--entropy", default="plugin", choices=("plugin", "miller_madow"),
-                       help="estimator of H(T) on the held-out sentences (plug-in is biased low: conservative)")
+                       help="estimator of H(T) over all sentences (plug-in is biased low: conservative)")
     group.add_argument("--max-epochs", type=int, default=None, help="upper bound on training epochs per layer")
     group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
