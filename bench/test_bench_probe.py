@@ -3,7 +3,7 @@
     python -m pytest bench/test_bench_probe.py --benchmark-only -s
 
 For each demo model (``minilm``: 7 layers, d = 384; ``smollm2``: 31 layers, d = 576) on the demo
-corpus at the demo's size (``fastmi demo`` defaults), the whole ``fastmi.recoverability`` call is
+corpus at the demo's size and alphabet (``fastmi demo`` defaults), the whole ``fastmi.recoverability`` call is
 timed: loading the layers, standardising, training all layers as one batched problem with early
 stopping, scoring the held-out rows and the bootstrap bounds.  Throughput = sentences x layers /
 seconds.  Baseline, timed in the same round just before: one epoch of the bare fused loss, forward
@@ -20,7 +20,7 @@ import torch
 
 import fastmi
 from fastmi.alphabet import Alphabet
-from fastmi.commands.demo import DEMO_MAX_LENGTH, DEMO_SENTENCES
+from fastmi.commands.demo import DEMO_MAX_LENGTH, DEMO_SENTENCES, DEMO_VOCAB
 from fastmi.split import Split
 
 ROUNDS = 2
@@ -37,7 +37,7 @@ def demo_caches(tmp_path_factory):
 def one_epoch_of_the_loss(cache) -> None:
     """Forward + backward of the fused loss over the training rows of every layer, batch 256."""
     targets = cache.targets
-    alphabet = Alphabet.build("observed", targets, int(cache.metadata["vocab_size"]))
+    alphabet = Alphabet.build(DEMO_VOCAB, targets, int(cache.metadata["vocab_size"]))
     bags = alphabet.compact(targets)
     train = torch.as_tensor(Split.make(targets.num_rows).train)
     z = torch.stack([cache.embeddings(layer)[train] for layer in cache.layers])
@@ -58,7 +58,7 @@ def test_probe_throughput(benchmark, demo_caches, model):
         one_epoch_of_the_loss(cache)
         baseline.append(time.perf_counter() - start)
 
-    result = benchmark.pedantic(lambda: fastmi.recoverability(cache, progress=False), setup=time_baseline,
+    result = benchmark.pedantic(lambda: fastmi.recoverability(cache, vocab=DEMO_VOCAB, progress=False), setup=time_baseline,
                                 rounds=ROUNDS, iterations=1)
     seconds = benchmark.stats.stats.min
     sentence_layers = cache.metadata["num_rows"] * len(cache.layers)
