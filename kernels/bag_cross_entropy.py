@@ -10,8 +10,16 @@ Function that hands the work to a backend:
   scaled by the incoming gradient in the backward.
 * Triton (``bag_cross_entropy_triton``): a forward kernel with an online LSE over vocabulary tiles;
   the backward recomputes logit tiles from the saved LSE.
+
+Optional gradient filtering (``filter_eps``): the gradient products skip the vocabulary columns
+whose softmax is below ``filter_eps`` in every row of a group of rows and that hold none of the
+group's target ids.  The group is a row block on the CPU path and all B rows (one vocabulary chunk
+at a time) on the Triton path.  Only the gradients of z and W are approximated: each dropped
+dlogit is below ``|coef_b| * C_b * filter_eps``; the loss and the bias gradient stay exact.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -38,6 +46,7 @@ def bag_cross_entropy(
     *,
     validate: bool = True,
     block_rows: int | None = None,
+    filter_eps: float | None = None,
 ) -> torch.Tensor:
     """Bag-of-tokens cross-entropy of ``softmax(W z + b)`` in nats, fp32.
 
@@ -52,6 +61,13 @@ def bag_cross_entropy(
         validate: check that every id lies in [0, V).  On a GPU this costs a host sync; a
             training loop that checked its targets once may pass False.
         block_rows: rows per block of the CPU path (default: a ~48 MiB logits block).
+        filter_eps: gradient filtering, off (None) by default.  When set (a float in (0, inf)),
+            the z and W gradients leave out the vocabulary columns whose softmax probability is
+            below ``filter_eps`` in every row of a row block (CPU) / of the batch (Triton, per
+            vocabulary chunk) and that hold no target id of those rows: a column holding a target
+            is never skipped.  The loss and the bias gradient are exact; each left-out dlogit is
+            below ``|coef| * C * filter_eps`` (coef the row's incoming gradient factor).  The
+            reference backend ignores it (exact gradients).
 
     Rows with an empty bag give 0 and no gradient.  Gradients come back in the inputs' dtypes.
     """
@@ -59,20 +75,34 @@ def bag_cross_entropy(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    _check_filter_eps(filter_eps)
     _check_inputs(z, weight, bias, targets, validate)
     implementation = choose_backend(z)
     if implementation == "reference":
         return bag_cross_entropy_reference(z, weight, bias, targets, reduction, normalize)
     offsets, ids, counts = (t.to(z.device) for t in (targets.offsets, targets.ids, targets.counts))
-    return _apply(z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows)
+    return _apply(
+        z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows,
+        None if filter_eps is None else float(filter_eps),
+    )
 
 
-def _apply(z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows):
+def _check_filter_eps(filter_eps) -> None:
+    if filter_eps is None:
+        return
+    if isinstance(filter_eps, bool) or not isinstance(filter_eps, (int, float)):
+        raise TypeError(f"filter_eps must be a float or None, got {type(filter_eps).__name__}")
+    if not (filter_eps > 0 and math.isfinite(filter_eps)):  # NaN fails the comparison
+        raise ValueError(f"filter_eps must be a positive finite float (a softmax threshold) or None, got {filter_eps!r}")
+
+
+def _apply(z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows, filter_eps=None):
     # Inside Function.forward grad mode is off and needs_input_grad ignores an outer no_grad,
     # so whether gradients will be wanted at all is decided here.
     grad_enabled = torch.is_grad_enabled()
     return _BagCrossEntropy.apply(
-        z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows, grad_enabled
+        z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows, filter_eps,
+        grad_enabled,
     )
 
 
@@ -103,6 +133,7 @@ class PreparedBags:
         local_rows = self.row_of[lo:hi] - start
         return _BagBlock(
             local_rows=local_rows,
+            ids=self.ids[lo:hi],
             flat_index=local_rows * self.vocab_size + self.ids[lo:hi],
             counts=self.counts[lo:hi],
             lengths=self.lengths[start:stop],
@@ -110,10 +141,11 @@ class PreparedBags:
 
 
 class _BagBlock:
-    __slots__ = ("local_rows", "flat_index", "counts", "lengths")
+    __slots__ = ("local_rows", "ids", "flat_index", "counts", "lengths")
 
-    def __init__(self, local_rows, flat_index, counts, lengths):
-        self.local_rows, self.flat_index, self.counts, self.lengths = local_rows, flat_index, counts, lengths
+    def __init__(self, local_rows, ids, flat_index, counts, lengths):
+        self.local_rows, self.ids, self.flat_index = local_rows, ids, flat_index
+        self.counts, self.lengths = counts, lengths
 
 
 class _BagCrossEntropy(torch.autograd.Function):
@@ -124,7 +156,8 @@ class _BagCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows, grad_enabled):
+    def forward(ctx, z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows,
+                filter_eps, grad_enabled):
         ctx.shapes = (z.shape, weight.shape, None if bias is None else bias.shape)
         if z.dim() == 2:
             z, weight, bias = z[None], weight[None], None if bias is None else bias[None]
@@ -141,7 +174,7 @@ class _BagCrossEntropy(torch.autograd.Function):
                 coef = row_norm / nonempty if reduction == "mean" else row_norm
                 coef = coef.expand(z.shape[0], -1)
             lse, target_sum, grads = bag_cross_entropy_cpu.sweep(
-                z, weight, bias, bags, row_coef=coef, needs=needs, block_rows=block_rows
+                z, weight, bias, bags, row_coef=coef, needs=needs, block_rows=block_rows, filter_eps=filter_eps
             )
         else:
             from . import bag_cross_entropy_triton
@@ -155,7 +188,7 @@ class _BagCrossEntropy(torch.autograd.Function):
             if reduction == "mean":
                 loss = loss / nonempty
         single_layer = len(ctx.shapes[0]) == 2
-        ctx.setup = (reduction, implementation, block_rows, needs, bags, row_norm, nonempty)
+        ctx.setup = (reduction, implementation, block_rows, needs, bags, row_norm, nonempty, filter_eps)
         ctx.dtypes = (z.dtype, weight.dtype, None if bias is None else bias.dtype)
         if fused:
             ctx.fused_grads = grads
@@ -168,7 +201,7 @@ class _BagCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        reduction, implementation, block_rows, needs, bags, row_norm, nonempty = ctx.setup
+        reduction, implementation, block_rows, needs, bags, row_norm, nonempty, filter_eps = ctx.setup
         num_layers = ctx.shapes[1][0] if len(ctx.shapes[1]) == 3 else 1
         grad_loss = grad_loss.float().reshape(num_layers, -1) if reduction == "none" else grad_loss.float().reshape(num_layers)
         if ctx.fused_grads is not None:
@@ -187,19 +220,22 @@ class _BagCrossEntropy(torch.autograd.Function):
                 coef = grad_loss[:, None] * row_norm / nonempty
             if implementation == "cpu":
                 _, _, grads = bag_cross_entropy_cpu.sweep(
-                    z, weight, bias, bags, lse=lse, row_coef=coef, needs=needs, block_rows=block_rows
+                    z, weight, bias, bags, lse=lse, row_coef=coef, needs=needs, block_rows=block_rows,
+                    filter_eps=filter_eps,
                 )
                 dz, dw, db = grads.z, grads.weight, grads.bias
             else:
                 from . import bag_cross_entropy_triton
 
-                dz, dw, db = bag_cross_entropy_triton.backward(z, weight, bias, bags, lse, coef, needs)
+                dz, dw, db = bag_cross_entropy_triton.backward(
+                    z, weight, bias, bags, lse, coef, needs, filter_eps=filter_eps
+                )
         z_dtype, w_dtype, b_dtype = ctx.dtypes
         z_shape, w_shape, b_shape = ctx.shapes
         dz = None if dz is None else dz.to(z_dtype).view(z_shape)
         dw = None if dw is None else dw.to(w_dtype).view(w_shape)
         db = None if db is None else db.to(b_dtype).view(b_shape)
-        return dz, dw, db, None, None, None, None, None, None, None, None
+        return dz, dw, db, None, None, None, None, None, None, None, None, None
 
 
 def _check_inputs(z, weight, bias, targets, validate: bool) -> None:

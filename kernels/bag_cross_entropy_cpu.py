@@ -13,6 +13,14 @@ what a [B, V] tensor would take, yet large enough for the matmuls to run at full
 * ``row_coef`` given: also (or, with ``lse`` given, only) form the gradients.  With both, the
   gradients come out of the forward's own pass: 6*B*d*V flops for forward + backward, like a naive
   implementation, instead of the 8 that recomputing the logits in the backward would cost.
+
+Gradient filtering (``filter_eps``), per row block: the columns whose softmax is below
+``filter_eps`` in every row of the block that takes part in the gradient (a non-empty bag and a
+non-zero coefficient), and that hold none of the block's target ids, are left out of the two
+gradient products: the kept columns of dlogits and the kept rows of W are gathered and the products
+run on them only; grad_W rows of skipped columns get nothing from this block.  Per block because
+that is the unit the products already run on; when nothing can be skipped the dense products run
+unchanged.  The bias gradient (one cheap column sum) stays exact.
 """
 from __future__ import annotations
 
@@ -48,12 +56,15 @@ def sweep(
     row_coef: torch.Tensor | None = None,
     needs: tuple[bool, bool, bool] = (False, False, False),
     block_rows: int | None = None,
+    filter_eps: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, LayerGrads]:
     """One pass over the row blocks of every layer.
 
     ``z`` [L, B, d], ``weight`` [L, V, d], ``bias`` [L, V] or None; ``bags`` a
     :class:`~fastmi.kernels.bag_cross_entropy.PreparedBags`.  ``row_coef`` [L, B] is the gradient
     of the output with respect to each row's raw loss ``C * LSE - sum_k c_k logit_k``.
+
+    ``filter_eps`` turns on gradient filtering (module docstring).
 
     Returns ``(lse [L, B], target_sum [L, B] or None, grads)``, all fp32.
     """
@@ -100,17 +111,44 @@ def sweep(
                 if not with_grads:
                     continue
                 scale = row_coef[layer, start:stop] * block.lengths / sum_exp
+                # logits hold exp(l - peak): softmax < eps  <=>  logits < eps * sum_exp
+                threshold = None if filter_eps is None else filter_eps * sum_exp
             else:
                 logits.sub_(lse[layer, start:stop, None]).exp_()
                 scale = row_coef[layer, start:stop] * block.lengths
+                threshold = None if filter_eps is None else torch.full_like(scale, filter_eps)
+            kept = None if threshold is None else _kept_columns(logits, threshold, scale, block.ids)
             # logits -> dlogits = coef * (C * softmax - counts at the bag's ids)
             logits.mul_(scale[:, None])
             coef = row_coef[layer, start:stop]
             flat_targets.index_add_(0, block.flat_index, -(coef[block.local_rows] * block.counts))
-            if grads.z is not None:
-                torch.mm(logits, w, out=grads.z[layer, start:stop])
-            if grads.weight is not None:
-                grads.weight[layer].addmm_(logits.t(), zl[start:stop])
+            if kept is None:
+                if grads.z is not None:
+                    torch.mm(logits, w, out=grads.z[layer, start:stop])
+                if grads.weight is not None:
+                    grads.weight[layer].addmm_(logits.t(), zl[start:stop])
+            else:
+                kept_dlogits = logits.index_select(1, kept)
+                if grads.z is not None:
+                    torch.mm(kept_dlogits, w.index_select(0, kept), out=grads.z[layer, start:stop])
+                if grads.weight is not None:
+                    grads.weight[layer].index_add_(0, kept, kept_dlogits.t() @ zl[start:stop])
             if grads.bias is not None:
                 grads.bias[layer].add_(logits.sum(0))
     return lse, target_sum, grads
+
+
+def _kept_columns(
+    exp_logits: torch.Tensor, threshold: torch.Tensor, scale: torch.Tensor, target_ids: torch.Tensor
+) -> torch.Tensor | None:
+    """Ids of the columns the block's gradient products must keep, or None to keep them all.
+
+    ``exp_logits`` [Bc, V] is proportional per row to the softmax (``threshold`` [Bc] the matching
+    per-row threshold); rows with a zero ``scale`` (empty bag, zero coefficient) have zero
+    dlogits and decide nothing.  Target columns are always kept.
+    """
+    threshold = torch.where(scale != 0, threshold, torch.inf)
+    keep = (exp_logits >= threshold[:, None]).any(0)
+    keep[target_ids] = True
+    kept = keep.nonzero().squeeze(1)
+    return None if kept.numel() == keep.numel() else kept

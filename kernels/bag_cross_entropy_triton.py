@@ -12,6 +12,13 @@ row block's entries, exact in fp32), then torch's matmuls take the two gradient 
 (``grad_z += dlogits @ W_chunk``, ``grad_W[chunk] = dlogits^T @ z``), deterministic, at the
 library's matmul speed.  No host sync anywhere: loop bounds come from tensors read in-kernel.
 
+Gradient filtering (``filter_eps``), per column of a vocabulary chunk over all B rows, done in
+torch on the kernel's dlogits: for a non-target entry ``|dlogit| = |coef_b| C_b softmax``, so a
+column is skipped when ``|dlogit| < eps |coef_b| C_b`` in every row and no row's bag holds it.
+The kept columns (dlogits and rows of W) are gathered and the two products run on them only.
+This costs one host sync per chunk (the number of kept columns) and a [B, Vc] comparison; the
+kernel itself is unchanged.
+
 Kernel rules (DESIGN section 5): bf16/fp16 tiles are widened to fp32 before ``tl.dot`` under the
 interpreter (``UPCAST``), all reductions are fp32, no libdevice, no block pointers.
 """
@@ -173,7 +180,7 @@ def forward(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ba
     return lse, target_sum
 
 
-def backward(z, weight, bias, bags, lse, coef, needs):
+def backward(z, weight, bias, bags, lse, coef, needs, filter_eps=None):
     """Gradients (z fp32 [L, B, d], weight [L, V, d] in its dtype, bias fp32 [L, V]); None where not needed."""
     z, weight = z.contiguous(), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
@@ -187,6 +194,12 @@ def backward(z, weight, bias, bags, lse, coef, needs):
     grad_w = torch.empty_like(weight) if needs[1] else None
     grad_b = torch.empty(num_layers, vocab, dtype=torch.float32, device=z.device) if needs[2] else None
     upcast, precision = _dot_flags(z.dtype)
+    if filter_eps is not None:
+        is_target = torch.zeros(vocab, dtype=torch.bool, device=z.device)
+        is_target[bags.ids] = True
+        # Per-row threshold on |dlogit|; rows with zero dlogits (empty bag, zero coef) decide nothing.
+        row_scale = (coef * bags.lengths).abs()
+        thresholds = torch.where(row_scale > 0, filter_eps * row_scale, torch.inf).to(compute_dtype)
     for layer in range(num_layers):
         z_layer = z[layer].to(compute_dtype)
         for start in range(0, vocab, chunk):
@@ -199,10 +212,25 @@ def backward(z, weight, bias, bags, lse, coef, needs):
                 num_rows, vocab, hidden, start, stop, z.stride(1), weight.stride(1), dl.stride(0),
                 HAS_BIAS=bias is not None, UPCAST=upcast, DOT_PRECISION=precision,
             )
-            if grad_z is not None:
-                grad_z[layer] += (dl @ weight[layer, start:stop].to(compute_dtype)).float()
-            if grad_w is not None:
-                grad_w[layer, start:stop] = dl.t() @ z_layer
+            kept = None
+            if filter_eps is not None:
+                keep = (dl.abs() >= thresholds[layer, :, None]).any(0) | is_target[start:stop]
+                kept = keep.nonzero().squeeze(1)
+                if kept.numel() == stop - start:
+                    kept = None
+            if kept is None:
+                if grad_z is not None:
+                    grad_z[layer] += (dl @ weight[layer, start:stop].to(compute_dtype)).float()
+                if grad_w is not None:
+                    grad_w[layer, start:stop] = dl.t() @ z_layer
+            else:
+                kept_dl = dl.index_select(1, kept)
+                if grad_z is not None:
+                    kept_w = weight[layer, start:stop].index_select(0, kept).to(compute_dtype)
+                    grad_z[layer] += (kept_dl @ kept_w).float()
+                if grad_w is not None:
+                    grad_w[layer, start:stop] = 0
+                    grad_w[layer, start:stop].index_copy_(0, kept, (kept_dl.t() @ z_layer).to(grad_w.dtype))
             if grad_b is not None:
                 grad_b[layer, start:stop] = dl.float().sum(0)
     return grad_z, grad_w, grad_b

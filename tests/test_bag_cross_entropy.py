@@ -258,3 +258,87 @@ def test_no_tensor_as_large_as_the_logits(path):
         fn(z, weight, bias, targets, "mean", "row").backward()
     # The reference is the control: it must trip the check the fused paths pass.
     assert (watch.largest >= 13 * VOCAB) == (path == "reference")
+
+
+# ---- gradient filtering (filter_eps) -------------------------------------------------------------
+HOT_IDS = torch.arange(5) * 60  # the few ids that take nearly all the probability mass
+
+
+def peaked_inputs(num_rows, seed=0):
+    """Logits of the hot ids ~20 above the rest: every other softmax is ~1e-9."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(num_rows, HIDDEN, generator=gen).requires_grad_()
+    weight = (0.1 * torch.randn(VOCAB, HIDDEN, generator=gen)).requires_grad_()
+    bias = torch.zeros(VOCAB).index_fill_(0, HOT_IDS, 20.0).requires_grad_()
+    return z, weight, bias
+
+
+def filtered(path, filter_eps, **options):
+    def fn(*args):
+        if path == "triton":
+            with backend("triton"):
+                return bag_cross_entropy(*args, filter_eps=filter_eps)
+        return bag_cross_entropy(*args, filter_eps=filter_eps, **options)
+
+    return fn
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_filter_off_or_unable_to_skip_is_bit_identical(path):
+    z, weight, bias = make_inputs(2, 13)
+    targets = make_bags(13)
+    exact = loss_and_grads(PATHS[path], z, weight, bias, targets, "mean", "row")
+    options = {"block_rows": 4} if path == "cpu" else {}
+    # 1e-30 is below every softmax of these inputs: nothing is skipped, the dense products run.
+    for eps in (None, 1e-30):
+        loss, grads = loss_and_grads(filtered(path, eps, **options), z, weight, bias, targets, "mean", "row")
+        assert torch.equal(loss, exact[0])
+        assert all(torch.equal(a, b) for a, b in zip(grads, exact[1]))
+
+
+@pytest.mark.parametrize(
+    "path,reduction", [("cpu", "sum"), ("cpu", "none"), ("triton", "sum")]  # cpu: fused / lse backward
+)
+def test_filtered_gradients_within_the_dropped_mass(path, reduction):
+    eps = 1e-6
+    z, weight, bias = peaked_inputs(13)
+    targets = make_bags(13, max_size=3)
+    fn = filtered(path, eps, block_rows=4)
+    # normalize="none" and an upstream gradient of ones: every row's coefficient is 1, so each
+    # dropped dlogit is C_b * softmax < C_b * eps.
+    loss = fn(z, weight, bias, targets, reduction, "none")
+    dz, dw, db = torch.autograd.grad(loss, (z, weight, bias), torch.ones_like(loss))
+    ref_loss = bag_cross_entropy_reference(z, weight, bias, targets, reduction, "none")
+    ref_dz, ref_dw, ref_db = torch.autograd.grad(ref_loss, (z, weight, bias), torch.ones_like(ref_loss))
+    assert_close(loss, ref_loss, 2e-5)  # the loss is never filtered
+    assert_close(db, ref_db, 2e-5)
+    lengths = targets.lengths.float()
+    dz_bound = eps * lengths[:, None] * weight.detach().abs().sum(0)[None, :]
+    dw_bound = eps * (lengths[:, None] * z.detach().abs()).sum(0)[None, :]
+    assert bool(((dz - ref_dz).abs() <= dz_bound + 1e-5).all())
+    assert bool(((dw - ref_dw).abs() <= dw_bound + 1e-5).all())
+    # The filter did act: most W rows got nothing, where every exact row is non-zero.
+    skipped = (dw == 0).all(1)
+    assert int(skipped.sum()) > VOCAB // 2 and not bool((ref_dw == 0).all(1).any())
+    assert not bool(skipped[HOT_IDS].any()) and not bool(skipped[targets.ids].any())
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_filter_never_skips_a_target_column(path):
+    z, weight, bias = peaked_inputs(4, seed=1)
+    rare = VOCAB - 1  # softmax ~1e-9, far below eps, but row 0's bag holds it
+    targets = fastmi.BagTargets(torch.tensor([0, 2, 3, 3, 4]), torch.tensor([rare, 60, 120, 7]), torch.ones(4, dtype=torch.long))
+    loss, (dz, dw, db) = loss_and_grads(filtered(path, 1e-4), z, weight, bias, targets, "mean", "row")
+    _, (ref_dz, ref_dw, ref_db) = loss_and_grads(bag_cross_entropy_reference, z, weight, bias, targets, "mean", "row")
+    # One row block (CPU default) / all rows (Triton): the target columns' grad_W rows are exact.
+    for column in (rare, 60, 120, 7):
+        assert_close(dw[column], ref_dw[column], 2e-5)
+    assert bool((dw[1:7] == 0).all())  # while ordinary cold columns were skipped
+    assert bool((ref_dw[1:7] != 0).any())
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-6, float("nan"), float("inf")])
+def test_bad_filter_eps_is_a_value_error(eps):
+    z, weight, bias = make_inputs(None, 4)
+    with pytest.raises(ValueError, match="filter_eps"):
+        bag_cross_entropy(z, weight, bias, make_bags(4), filter_eps=eps)
