@@ -92,9 +92,13 @@ def load_model(
         _no_revision(revision, name)
         local_dir, rev = gguf_to_local_dir(path, cache_dir)
         source, kwargs = str(local_dir), {}
+        if name not in DEMO_MODELS:
+            name = str(path.resolve())
     elif path.is_dir():
         _no_revision(revision, name)
         source, kwargs, rev = str(path), {}, weights_revision(path, cache_dir)
+        # "./m" and "/abs/m" are one model: the absolute path names it in caches and results.
+        name = str(path.resolve())
     elif _looks_like_path(name):
         raise FileNotFoundError(f"model path not found: {name}")
     else:

@@ -47,6 +47,16 @@ def test_local_directory(arch, tiny_dirs, tmp_path):
     torch.testing.assert_close(again.model(**enc).last_hidden_state, out[-1], rtol=0, atol=0)
 
 
+def test_relative_and_absolute_paths_name_one_model(tiny_dirs, tmp_path, monkeypatch):
+    directory = Path(tiny_dirs["gpt2"])
+    monkeypatch.chdir(directory.parent)
+    relative = load_model(f"./{directory.name}", model_cache_dir=tmp_path)
+    absolute = load_model(directory, model_cache_dir=tmp_path)
+    # Caches are keyed by the name: "./m" and "/abs/m" must not look like two models.
+    assert relative.name == absolute.name == str(directory.resolve())
+    assert relative.revision == absolute.revision
+
+
 def test_dtype_and_revision_arguments(tiny_dirs, tmp_path):
     m = load_model(tiny_dirs["llama"], dtype="bf16", model_cache_dir=tmp_path)
     assert m.dtype == torch.bfloat16 and next(m.model.parameters()).dtype == torch.bfloat16
