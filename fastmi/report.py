@@ -62,6 +62,11 @@ def bounds_figure(result, bound: str = "all", fraction: bool = False) -> Figure:
             if any(r.get(column) is None for r in rows):
                 raise ValueError(f"cannot plot {name!r}: some rows have no {column!r}")
 
+    # When every bound sits far below the ceiling (large alphabets, small corpora), a full-height
+    # axis flattens the curves into the floor: zoom on the data and name the ceiling instead.
+    data_top = max(r[_columns(name, fraction)[0]] for name in bounds for r in rows)
+    ceiling_top = 1.0 if fraction else max(r["H_T"] for r in rows)
+    zoomed = 0 < data_top < ceiling_top / 3
     colors = plt.get_cmap("tab10").colors
     fig, axes = plt.subplots(1, len(bounds), figsize=(max(8.5, 5.0 * len(bounds) + 0.6), 4.6), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], bounds):
@@ -83,7 +88,12 @@ def bounds_figure(result, bound: str = "all", fraction: bool = False) -> Figure:
         ax.set_title(_TITLES[name].format(k=k), fontsize=11)
         ax.set_xlabel("relative depth (layer / number of layers)")
         ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(bottom=0)
+        if zoomed:
+            ax.set_ylim(0, data_top * 1.25)
+            ax.text(0.98, 0.97, "H(T) ceiling off scale", transform=ax.transAxes, ha="right", va="top",
+                    fontsize=8, color="0.35")
+        else:
+            ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("recoverable fraction of H(T)" if fraction else "lower bound on I(T; z) [bits]")
 
@@ -95,7 +105,8 @@ def bounds_figure(result, bound: str = "all", fraction: bool = False) -> Figure:
     ]
     handles += [
         Patch(color="0.5", alpha=0.3, label=f"{level_text} lower confidence band"),
-        Line2D([], [], color="0.35", linestyle="--", label="H(T) ceiling" + (" (= 1)" if fraction else "")),
+        Line2D([], [], color="0.35", linestyle="--",
+               label="H(T) ceiling" + (" (= 1)" if fraction else "") + (", off scale" if zoomed else "")),
     ]
     per_row = 2 if len(bounds) == 1 else 4
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), per_row), frameon=False, fontsize=9)
