@@ -112,17 +112,13 @@ def bag_ce_logit_grad_kernel(z_ptr, w_ptr, b_ptr, lse_ptr, coef_ptr, lengths_ptr
     row_mask = rows < num_rows
     cols = (chunk_start + tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
     col_mask = cols < chunk_stop
-    logits = _logit_tile(z_ptr, w_ptr, b_ptr, rows, row_mask, cols, col_mask, hidden, stride_z, stride_w,
-                         HAS_BIAS, UPCAST, DOT_PRECISION, BLOCK_B, BLOCK_V, BLOCK_D)
-    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-    lengths = tl.load(lengths_ptr + rows, mask=row_mask, other=0.0)
-    coef = tl.load(coef_ptr + rows, mask=row_mask, other=0.0)
-    grad = lengths[:, None] * tl.exp(logits - lse[:, None])
 
     # counts[b, v] of this tile = onehot(rows)^T @ (counts * onehot(cols)) over the row block's
-    # entries; exact in fp32 ("ieee") and free of atomics.
+    # entries; exact in fp32 ("ieee") and free of atomics.  Built before the logit tile so that
+    # the one-hot operands are dead while the logits accumulate.
     entry_start = tl.load(offsets_ptr + first_row)
     entry_stop = tl.load(offsets_ptr + tl.minimum(first_row + BLOCK_B, num_rows))
+    counts = tl.zeros([BLOCK_B, BLOCK_V], dtype=tl.float32)
     for e0 in range(entry_start, entry_stop, BLOCK_N):
         entries = e0 + tl.arange(0, BLOCK_N)
         entry_mask = entries < entry_stop
@@ -131,22 +127,36 @@ def bag_ce_logit_grad_kernel(z_ptr, w_ptr, b_ptr, lse_ptr, coef_ptr, lengths_ptr
         entry_count = tl.load(counts_ptr + entries, mask=entry_mask, other=0.0)
         in_row = tl.where(rows[:, None] == entry_row[None, :], 1.0, 0.0)
         in_col = tl.where(entry_id[:, None] == cols[None, :], entry_count[:, None], 0.0)
-        grad -= tl.dot(in_row, in_col, input_precision="ieee")
+        counts = tl.dot(in_row, in_col, counts, input_precision="ieee")
+
+    logits = _logit_tile(z_ptr, w_ptr, b_ptr, rows, row_mask, cols, col_mask, hidden, stride_z, stride_w,
+                         HAS_BIAS, UPCAST, DOT_PRECISION, BLOCK_B, BLOCK_V, BLOCK_D)
+    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+    lengths = tl.load(lengths_ptr + rows, mask=row_mask, other=0.0)
+    coef = tl.load(coef_ptr + rows, mask=row_mask, other=0.0)
+    grad = lengths[:, None] * tl.exp(logits - lse[:, None]) - counts
     grad = coef[:, None] * grad
     out = dl_ptr + rows[:, None] * stride_dl + (cols - chunk_start)[None, :]
     tl.store(out, grad.to(dl_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
 
+# CUDA tile candidates (BLOCK_B, BLOCK_V, BLOCK_D, num_warps, num_stages), tuned once per (vocab,
+# hidden); the first is the one aot_specs() compiles.  Each compiles for sm_90a without register
+# spills (ptxas figures; every entry compiled as tests/test_aot_compile.py compiles aot_specs()): 8 warps spread the
+# fp32 [BLOCK_B, BLOCK_V] accumulator over two warpgroups, and 128 x 128 tiles only fit with a
+# 32-wide d step.
+GPU_TILES = ((64, 128, 64, 8, 3), (128, 64, 64, 8, 4), (128, 128, 32, 8, 3))
+BLOCK_N = 32  # bag entries per step of the indexed dot / one-hot product
+
+
 def _tile_configs() -> list[triton.Config]:
-    # The interpreter runs one program per ~ms: one config with large tiles.  On a GPU, a few
-    # candidates tuned once per (vocab, hidden).
+    # The interpreter runs one program per ~ms: one config with large tiles.  On a GPU, the
+    # candidates above.
     if interpreter_enabled() or not torch.cuda.is_available():
-        return [triton.Config({"BLOCK_B": 16, "BLOCK_V": 128, "BLOCK_D": 64, "BLOCK_N": 32})]
+        return [triton.Config({"BLOCK_B": 16, "BLOCK_V": 128, "BLOCK_D": 64, "BLOCK_N": BLOCK_N})]
     return [
-        triton.Config({"BLOCK_B": bb, "BLOCK_V": bv, "BLOCK_D": bd, "BLOCK_N": 32}, num_warps=w, num_stages=s)
-        for bb, bv, bd, w, s in (
-            (64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 256, 64, 8, 3),
-        )
+        triton.Config({"BLOCK_B": bb, "BLOCK_V": bv, "BLOCK_D": bd, "BLOCK_N": BLOCK_N}, num_warps=w, num_stages=s)
+        for bb, bv, bd, w, s in GPU_TILES
     ]
 
 
@@ -237,8 +247,22 @@ def backward(z, weight, bias, bags, lse, coef, needs, filter_eps=None):
 
 
 def aot_specs() -> list[tuple[str, object, dict[str, str], dict[str, object]]]:
-    """(name, jit function, signature, constexprs) of each kernel, bf16 with GPU block sizes."""
-    blocks = {"BLOCK_B": 64, "BLOCK_V": 128, "BLOCK_D": 64, "BLOCK_N": 32}
+    """(name, jit function, signature, constexprs) of each kernel, bf16 with GPU_TILES[0]."""
+    return [
+        (name, fn, signature, {**constexprs, **tile_constexprs(GPU_TILES[0])})
+        for name, fn, signature, constexprs in _specs_without_tile()
+    ]
+
+
+def tile_constexprs(tile: tuple[int, int, int, int, int]) -> dict[str, int]:
+    """Block sizes and compile options of one GPU_TILES entry, in aot_specs()' constexpr form."""
+    block_b, block_v, block_d, num_warps, num_stages = tile
+    return {"BLOCK_B": block_b, "BLOCK_V": block_v, "BLOCK_D": block_d, "BLOCK_N": BLOCK_N,
+            "num_warps": num_warps, "num_stages": num_stages}
+
+
+def _specs_without_tile():
+    """aot_specs() before the tile: bf16 signatures and the GPU flags."""
     flags = {"HAS_BIAS": True, "UPCAST": False, "DOT_PRECISION": "tf32"}
     forward_sig = {
         "z_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "offsets_ptr": "*i64", "ids_ptr": "*i64",
@@ -252,6 +276,6 @@ def aot_specs() -> list[tuple[str, object, dict[str, str], dict[str, object]]]:
         "chunk_start": "i32", "chunk_stop": "i32", "stride_z": "i32", "stride_w": "i32", "stride_dl": "i32",
     }
     return [
-        ("bag_ce_forward", bag_ce_forward_kernel, forward_sig, {**flags, **blocks}),
-        ("bag_ce_logit_grad", bag_ce_logit_grad_kernel, grad_sig, {**flags, **blocks}),
+        ("bag_ce_forward", bag_ce_forward_kernel, forward_sig, flags),
+        ("bag_ce_logit_grad", bag_ce_logit_grad_kernel, grad_sig, flags),
     ]
