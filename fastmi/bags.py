@@ -80,7 +80,7 @@ class BagTargets:
     def row_index(self) -> torch.Tensor:
         """Row of each stored id, int64 [nnz]."""
         return torch.repeat_interleave(
-            torch.arange(self.num_rows, device=self.offsets.device), self.bag_sizes
+            torch.arange(self.num_rows, device=self.offsets.device), self.bag_sizes, output_size=self.ids.numel()
         )
 
     @property
@@ -88,6 +88,18 @@ class BagTargets:
         return int(self.ids.max()) if self.ids.numel() else -1
 
     # ---- checks and views --------------------------------------------------------------------
+    def id_bounds(self) -> tuple[int, int]:
+        """(low, high) with low <= every id <= high; (0, -1) without ids.
+
+        Computed once (one host sync) and cached; a ``select``-ed subset inherits its parent's
+        bounds, which contain its ids, so the fused ops validate a training batch without a sync.
+        """
+        bounds = self.__dict__.get("_id_bounds")
+        if bounds is None:
+            bounds = (int(self.ids.min()), int(self.ids.max())) if self.ids.numel() else (0, -1)
+            object.__setattr__(self, "_id_bounds", bounds)
+        return bounds
+
     def check_vocab(self, vocab_size: int) -> None:
         """Raise a clear error if any id is outside ``[0, vocab_size)``."""
         if self.ids.numel() and self.max_id >= vocab_size:
@@ -102,10 +114,22 @@ class BagTargets:
         starts, sizes = self.offsets[rows], self.bag_sizes[rows]
         offsets = torch.zeros(rows.numel() + 1, dtype=torch.long, device=rows.device)
         torch.cumsum(sizes, 0, out=offsets[1:])
-        gather = torch.repeat_interleave(starts - offsets[:-1], sizes) + torch.arange(
-            int(offsets[-1]), device=rows.device
+        nnz = int(offsets[-1])  # the one host sync: the subset's size
+        gather = torch.repeat_interleave(starts - offsets[:-1], sizes, output_size=nnz) + torch.arange(
+            nnz, device=rows.device
         )
-        return BagTargets(offsets, self.ids[gather], self.counts[gather])
+        # A subset of valid bags is valid: built without __post_init__'s checks (and their syncs).
+        subset = BagTargets._trusted(offsets, self.ids[gather], self.counts[gather])
+        object.__setattr__(subset, "_id_bounds", self.id_bounds())
+        return subset
+
+    @classmethod
+    def _trusted(cls, offsets: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> "BagTargets":
+        """A BagTargets of int64 tensors already known to be valid, without the checks."""
+        bags = object.__new__(cls)
+        for name, t in (("offsets", offsets), ("ids", ids), ("counts", counts)):
+            object.__setattr__(bags, name, t)
+        return bags
 
     def to(self, device: torch.device | str) -> "BagTargets":
         return BagTargets(self.offsets.to(device), self.ids.to(device), self.counts.to(device))

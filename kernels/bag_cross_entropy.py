@@ -5,11 +5,16 @@ Per row ``C * LSE(W z + b) - sum_k c_k (W z + b)_{t_k}`` (divided by ``C`` when 
 ground truth.  This module holds the public function, the argument checks, and the autograd
 Function that hands the work to a backend:
 
-* CPU (``bag_cross_entropy_cpu``): row blocks of logits through torch's matmul.  For a scalar loss
-  the gradients are formed during the forward (one pass, as cheap as the naive version) and only
-  scaled by the incoming gradient in the backward.
-* Triton (``bag_cross_entropy_triton``): a forward kernel with an online LSE over vocabulary tiles;
-  the backward recomputes logit tiles from the saved LSE.
+* Scalar loss with gradients (training): the row-block sweep of ``bag_cross_entropy_cpu``.  The
+  gradients are formed during the forward (one pass, 6*B*d*V flops, as cheap as the naive
+  version) and only scaled by the incoming gradient in the backward.  On CPU the logit product is
+  torch's matmul; on the Triton path it is a Triton kernel (fp32 logits of bf16 operands).
+* Otherwise (no gradient, or reduction="none"): on CPU the same sweep; on Triton
+  (``bag_cross_entropy_triton``) a forward split over vocabulary and layers, and a backward that
+  recomputes logit tiles from the saved LSE.
+
+Compute dtype (``_dtypes.compute_dtype``): z and W are rounded to one dtype before their products,
+the weight's (or autocast's when it is on); products, LSE and gradients accumulate in fp32.
 
 Optional gradient filtering (``filter_eps``): the gradient products skip the vocabulary columns
 whose softmax is below ``filter_eps`` in every row of a group of rows and that hold none of the
@@ -20,11 +25,13 @@ dlogit is below ``|coef_b| * C_b * filter_eps``; the loss and the bias gradient 
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
 from . import bag_cross_entropy_cpu
 from ._dispatch import choose_backend
+from ._dtypes import compute_dtype
 from .reference import NORMALIZATIONS, REDUCTIONS, bag_cross_entropy_reference
 
 __all__ = ["bag_cross_entropy", "PreparedBags"]
@@ -32,10 +39,6 @@ __all__ = ["bag_cross_entropy", "PreparedBags"]
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-# Dynamo cannot trace the host-side parts (argument checks that read ids, block loops over the CSR
-# offsets), so under torch.compile the op runs eagerly between the compiled graphs: one graph
-# break, the same results as eager, and no re-tracing on every new bag layout.
-@torch.compiler.disable
 def bag_cross_entropy(
     z: torch.Tensor,
     weight: torch.Tensor,
@@ -52,31 +55,61 @@ def bag_cross_entropy(
 
     Args:
         z: [B, d], or [L, B, d] for L layers at once.
-        weight: [V, d] or [L, V, d]; bias: [V] or [L, V] or None.  fp32, bf16 or fp16.
+        weight: [V, d] or [L, V, d]; bias: [V] or [L, V] or None.  fp32, bf16 or fp16, in any mix:
+            z and W are rounded to one compute dtype before their products (the weight's dtype, or
+            autocast's dtype when autocast is on; :func:`fastmi.kernels.compute_dtype`), and every
+            product accumulates in fp32.  The bias is added in fp32.
         targets: bags in CSR form (anything with int64 ``offsets``/``ids``/``counts``, e.g.
             :class:`fastmi.BagTargets`) with B rows, shared by all layers.
         reduction: "mean" over non-empty rows, "sum", or "none" (per row).  Acts on the row axis
             only: layer-batched calls return [L] (or [L, B]).
         normalize: "row" divides each row's loss by its token count C; "none" does not.
-        validate: check that every id lies in [0, V).  On a GPU this costs a host sync; a
-            training loop that checked its targets once may pass False.
-        block_rows: rows per block of the CPU path (default: a ~48 MiB logits block).
+        validate: check that every id lies in [0, V).  A :class:`fastmi.BagTargets` remembers its
+            id range (and hands it to its ``select``-ed subsets), so this costs one host sync per
+            bag set, not per call; other targets are checked on every call.
+        block_rows: rows per block of the row-block sweep (CPU path; Triton path for a scalar
+            loss).  Default: a ~48 MiB (CPU) / 256 MiB (GPU) fp32 logits block.
         filter_eps: gradient filtering, off (None) by default.  When set (a float in (0, inf)),
             the z and W gradients leave out the vocabulary columns whose softmax probability is
-            below ``filter_eps`` in every row of a row block (CPU) / of the batch (Triton, per
-            vocabulary chunk) and that hold no target id of those rows: a column holding a target
-            is never skipped.  The loss and the bias gradient are exact; each left-out dlogit is
-            below ``|coef| * C * filter_eps`` (coef the row's incoming gradient factor).  The
-            reference backend ignores it (exact gradients).
+            below ``filter_eps`` in every row of a row block (scalar loss) / of the batch (Triton,
+            reduction="none", per vocabulary chunk) and that hold no target id of those rows: a
+            column holding a target is never skipped.  The loss and the bias gradient are exact;
+            each left-out dlogit is below ``|coef| * C * filter_eps`` (coef the row's incoming
+            gradient factor).  The reference backend ignores it (exact gradients).  Opt-in: it
+            costs a host sync per block (the count of kept columns).
 
     Rows with an empty bag give 0 and no gradient.  Gradients come back in the inputs' dtypes.
+    Under ``torch.compile`` the op runs eagerly between the compiled graphs (one graph break).
     """
+    if "torch._dynamo" in sys.modules:  # only then can a compile be tracing this call
+        return _compiler_disabled()(z, weight, bias, targets, reduction, normalize, validate=validate,
+                                    block_rows=block_rows, filter_eps=filter_eps)
+    return _bag_cross_entropy(z, weight, bias, targets, reduction, normalize, validate=validate,
+                              block_rows=block_rows, filter_eps=filter_eps)
+
+
+_DISABLED: dict[str, object] = {}
+
+
+def _compiler_disabled():
+    # Dynamo cannot trace the host-side parts (argument checks that read ids, block loops over the
+    # CSR offsets), so under torch.compile the op runs eagerly between the compiled graphs: one graph
+    # break, the same results as eager, no re-tracing on every new bag layout.  Built on first use
+    # once dynamo is loaded: importing torch._dynamo costs seconds, which a plain import must not pay.
+    if "fn" not in _DISABLED:
+        _DISABLED["fn"] = torch.compiler.disable(_bag_cross_entropy)
+    return _DISABLED["fn"]
+
+
+def _bag_cross_entropy(z, weight, bias, targets, reduction, normalize, *, validate, block_rows, filter_eps):
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     _check_filter_eps(filter_eps)
     _check_inputs(z, weight, bias, targets, validate)
+    dtype = compute_dtype(z, weight)
+    z, weight = z.to(dtype), weight.to(dtype)  # autograd casts the gradients back
     implementation = choose_backend(z)
     if implementation == "reference":
         return bag_cross_entropy_reference(z, weight, bias, targets, reduction, normalize)
@@ -100,10 +133,12 @@ def _apply(z, weight, bias, offsets, ids, counts, reduction, normalize, implemen
     # Inside Function.forward grad mode is off and needs_input_grad ignores an outer no_grad,
     # so whether gradients will be wanted at all is decided here.
     grad_enabled = torch.is_grad_enabled()
-    return _BagCrossEntropy.apply(
-        z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows, filter_eps,
-        grad_enabled,
-    )
+    # The compute dtype is settled (z and W cast above): autocast must not re-cast the matmuls inside.
+    with torch.autocast(z.device.type, enabled=False):
+        return _BagCrossEntropy.apply(
+            z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows, filter_eps,
+            grad_enabled,
+        )
 
 
 class PreparedBags:
@@ -165,21 +200,29 @@ class _BagCrossEntropy(torch.autograd.Function):
         row_norm = 1.0 / bags.lengths.clamp(min=1) if normalize == "row" else torch.ones_like(bags.lengths)
         nonempty = (bags.lengths > 0).sum().clamp(min=1)
         needs = tuple(grad_enabled and bool(n) for n in ctx.needs_input_grad[:3])
-        # CPU, scalar loss: form the gradients in the forward's pass, scale them in the backward.
-        fused = implementation == "cpu" and reduction != "none" and any(needs)
+        # Scalar loss: form the gradients in the forward's own pass, scale them in the backward.
+        fused = reduction != "none" and any(needs)
         grads = None
+        coef = None
+        if fused:
+            coef = row_norm / nonempty if reduction == "mean" else row_norm
+            coef = coef.expand(z.shape[0], -1)
         if implementation == "cpu":
-            coef = None
-            if fused:
-                coef = row_norm / nonempty if reduction == "mean" else row_norm
-                coef = coef.expand(z.shape[0], -1)
             lse, target_sum, grads = bag_cross_entropy_cpu.sweep(
                 z, weight, bias, bags, row_coef=coef, needs=needs, block_rows=block_rows, filter_eps=filter_eps
             )
         else:
-            from . import bag_cross_entropy_triton
+            from . import bag_cross_entropy_triton as triton_path
 
-            lse, target_sum = bag_cross_entropy_triton.forward(z, weight, bias, bags)
+            if fused:
+                # The row-block sweep with the Triton logit product: 6*B*d*V flops in all.
+                lse, target_sum, grads = bag_cross_entropy_cpu.sweep(
+                    z, weight, bias, bags, row_coef=coef, needs=needs,
+                    block_rows=block_rows or triton_path.block_rows(weight.shape[1]), filter_eps=filter_eps,
+                    logit_product=triton_path.logits_into, target_sum=triton_path.target_sums(z, weight, bias, bags),
+                )
+            else:
+                lse, target_sum = triton_path.forward(z, weight, bias, bags)
         row_loss = (bags.lengths * lse - target_sum) * row_norm
         if reduction == "none":
             loss = row_loss
@@ -201,6 +244,11 @@ class _BagCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
+        with torch.autocast(grad_loss.device.type, enabled=False):
+            return _BagCrossEntropy._backward(ctx, grad_loss)
+
+    @staticmethod
+    def _backward(ctx, grad_loss):
         reduction, implementation, block_rows, needs, bags, row_norm, nonempty, filter_eps = ctx.setup
         num_layers = ctx.shapes[1][0] if len(ctx.shapes[1]) == 3 else 1
         grad_loss = grad_loss.float().reshape(num_layers, -1) if reduction == "none" else grad_loss.float().reshape(num_layers)
@@ -263,11 +311,16 @@ def _check_inputs(z, weight, bias, targets, validate: bool) -> None:
         raise ValueError(f"targets have {offsets.numel() - 1} rows but z has {z.shape[-2]}")
     if ids.numel() != counts.numel():
         raise ValueError(f"targets have {ids.numel()} ids but {counts.numel()} counts")
-    if validate and int(offsets[-1]) != ids.numel():
+    # A BagTargets checked its offsets when it was built and caches bounds on its ids (one host
+    # sync per bag set); duck-typed targets are checked on every call.
+    id_bounds = getattr(targets, "id_bounds", None)
+    if validate and id_bounds is None and int(offsets[-1]) != ids.numel():
         raise ValueError(f"targets.offsets[-1] = {int(offsets[-1])} but there are {ids.numel()} ids")
     if validate and ids.numel():
         vocab = weight.shape[-2]
-        low, high = int(ids.min()), int(ids.max())
+        low, high = id_bounds() if id_bounds is not None else (int(ids.min()), int(ids.max()))
+        if low < 0 or high >= vocab:
+            low, high = int(ids.min()), int(ids.max())  # bounds inherited by a subset may be loose
         if low < 0 or high >= vocab:
             bad = low if low < 0 else high
             entry = int(torch.nonzero(ids == bad)[0])

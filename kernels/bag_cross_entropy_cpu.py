@@ -25,6 +25,7 @@ unchanged.  The bias gradient (one cheap column sum) stays exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -57,6 +58,8 @@ def sweep(
     needs: tuple[bool, bool, bool] = (False, False, False),
     block_rows: int | None = None,
     filter_eps: float | None = None,
+    logit_product: Callable | None = None,
+    target_sum: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, LayerGrads]:
     """One pass over the row blocks of every layer.
 
@@ -66,6 +69,13 @@ def sweep(
 
     ``filter_eps`` turns on gradient filtering (module docstring).
 
+    ``logit_product(z_rows, w, b, out)`` writes a block's fp32 logits (default: torch's ``addmm``
+    on fp32 copies; the Triton path passes its kernel, which takes bf16 operands as they are).  With
+    it, the gradient products run in the operands' dtype (tensor cores), accumulated in fp32.
+    ``target_sum`` [L, B], when given, is used as the forward's target sums instead of gathering
+    them from the blocks (the Triton path computes them in a fixed order; a scatter-add of the
+    gathered logits would use float atomics on a GPU).
+
     Returns ``(lse [L, B], target_sum [L, B] or None, grads)``, all fp32.
     """
     num_layers, num_rows, hidden = z.shape
@@ -73,9 +83,11 @@ def sweep(
     block_rows = block_rows or default_block_rows(vocab)
     forward = lse is None
     with_grads = row_coef is not None and any(needs)
+    gather_targets = forward and target_sum is None
     if forward:
         lse = torch.empty(num_layers, num_rows, dtype=torch.float32, device=z.device)
-        target_sum = torch.zeros(num_layers, num_rows, dtype=torch.float32, device=z.device)
+        if gather_targets:
+            target_sum = torch.zeros(num_layers, num_rows, dtype=torch.float32, device=z.device)
     else:
         target_sum = None
     fp32 = {"dtype": torch.float32, "device": z.device}
@@ -86,15 +98,20 @@ def sweep(
     )
     buffer = torch.empty(min(block_rows, num_rows) * vocab, **fp32)
     for layer in range(num_layers):
-        # Low-precision inputs are widened once per layer: fp32 accumulation without a cast per block.
-        w = weight[layer].float()
-        b = None if bias is None else bias[layer].float()
-        zl = z[layer].float()
+        if logit_product is None:
+            # Low-precision inputs are widened once per layer: fp32 accumulation without a cast per block.
+            w = weight[layer].float()
+            b = None if bias is None else bias[layer].float()
+            zl = z[layer].float()
+        else:
+            w, zl, b = weight[layer], z[layer], None if bias is None else bias[layer]
         for start in range(0, num_rows, block_rows):
             stop = min(start + block_rows, num_rows)
             block = bags.block(start, stop)
             logits = buffer[: (stop - start) * vocab].view(stop - start, vocab)
-            if b is None:
+            if logit_product is not None:
+                logit_product(zl[start:stop], w, b, logits)
+            elif b is None:
                 torch.mm(zl[start:stop], w.t(), out=logits)
             else:
                 torch.addmm(b, zl[start:stop], w.t(), out=logits)
@@ -102,8 +119,9 @@ def sweep(
             if forward:
                 # The bag's logits are read from the block just computed: exactly the values the
                 # LSE sees, a gather of nnz entries rather than a scan over V.
-                picked = flat_targets[block.flat_index] * block.counts
-                target_sum[layer, start:stop].index_add_(0, block.local_rows, picked)
+                if gather_targets:
+                    picked = flat_targets[block.flat_index] * block.counts
+                    target_sum[layer, start:stop].index_add_(0, block.local_rows, picked)
                 peak = logits.amax(1, keepdim=True)
                 logits.sub_(peak).exp_()
                 sum_exp = logits.sum(1)
@@ -122,20 +140,41 @@ def sweep(
             logits.mul_(scale[:, None])
             coef = row_coef[layer, start:stop]
             flat_targets.index_add_(0, block.flat_index, -(coef[block.local_rows] * block.counts))
+            # the products' operands: fp32 here, or the inputs' low precision (fp32 accumulation)
+            dlogits = logits if w.dtype == torch.float32 else logits.to(w.dtype)
             if kept is None:
                 if grads.z is not None:
-                    torch.mm(logits, w, out=grads.z[layer, start:stop])
+                    _product_into(grads.z[layer, start:stop], dlogits, w)
                 if grads.weight is not None:
-                    grads.weight[layer].addmm_(logits.t(), zl[start:stop])
+                    if w.dtype == torch.float32:
+                        grads.weight[layer].addmm_(dlogits.t(), zl[start:stop])
+                    else:
+                        grads.weight[layer].add_(_fp32_product(dlogits.t(), zl[start:stop]))
             else:
-                kept_dlogits = logits.index_select(1, kept)
+                kept_dlogits = dlogits.index_select(1, kept)
                 if grads.z is not None:
-                    torch.mm(kept_dlogits, w.index_select(0, kept), out=grads.z[layer, start:stop])
+                    _product_into(grads.z[layer, start:stop], kept_dlogits, w.index_select(0, kept))
                 if grads.weight is not None:
-                    grads.weight[layer].index_add_(0, kept, kept_dlogits.t() @ zl[start:stop])
+                    grads.weight[layer].index_add_(0, kept, _fp32_product(kept_dlogits.t(), zl[start:stop]))
             if grads.bias is not None:
                 grads.bias[layer].add_(logits.sum(0))
     return lse, target_sum, grads
+
+
+def _fp32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b as fp32; bf16/fp16 operands keep an fp32 result on CUDA (no rounding to their dtype)."""
+    if a.dtype == torch.float32:
+        return a @ b
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return (a @ b).float()
+
+
+def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.dtype == torch.float32:
+        torch.mm(a, b, out=out)
+    else:
+        out.copy_(_fp32_product(a, b))
 
 
 def _kept_columns(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ._dispatch import choose_backend
+from ._dtypes import compute_dtype
 from .bag_topk_cpu import bag_topk_cpu
 from .reference import bag_topk_reference
 
@@ -46,11 +47,14 @@ def bag_topk(
         ids [..., B, k] int64, best first; equal logits are ordered by the smaller id.
         lse [..., B] fp32, log-sum-exp over the whole vocabulary (nats).
 
-    fp32 accumulation whatever the input dtype.  No autograd.  On CUDA the Triton kernel runs for
+    z and W may differ in dtype: both are rounded to :func:`~fastmi.kernels._dtypes.compute_dtype`
+    (the weight's, or autocast's), and the products accumulate in fp32.  No autograd.  On CUDA the Triton kernel runs for
     k <= 64; larger k runs the chunked torch path on the GPU (one [rows, V] block at a time, and a
     host sync when ties at the k-th value need repair).
     """
     _check(z, weight, bias, k)
+    dtype = compute_dtype(z, weight)  # one operand dtype for the products (fp32 accumulation)
+    z, weight = z.to(dtype), weight.to(dtype)
     which = choose_backend(z)
     if which == "reference":
         return bag_topk_reference(z, weight, bias, k)

@@ -133,7 +133,7 @@ def bag_topk_triton(
     """Layer-batched contract: z [L, B, d], weight [L, V, d], bias [L, V] or None; k <= MAX_K."""
     num_layers, num_rows, dim = z.shape
     vocab = weight.shape[1]
-    z = z.to(weight.dtype)  # tl.dot takes one input dtype; z is the small operand
+    z = z.to(weight.dtype)  # tl.dot takes one input dtype (bag_topk has already made them equal)
     z = z if z.stride(-1) == 1 else z.contiguous()
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
     k_bucket = triton.next_power_of_2(k)
