@@ -186,7 +186,7 @@ GPU_TILES = {
     (2, "small"): (64, 128, 64, 8, 3),
     (2, "large"): (128, 128, 32, 8, 3),
     (4, "small"): (64, 64, 32, 8, 3),
-    (4, "large"): (128, 64, 32, 8, 3),
+    (4, "large"): (64, 64, 32, 8, 3),  # 128-row fp32 tiles spill with "ieee" dots
 }
 SMALL_BATCH = 1024
 INTERPRETER_TILE = (16, 128, 64, 4, 1)  # one interpreted program costs ~1 ms: few, large ones
@@ -379,20 +379,24 @@ def tile_constexprs(tile: tuple[int, int, int, int, int]) -> dict[str, int]:
 def aot_specs() -> list[tuple[str, object, dict[str, str], dict[str, object]]]:
     """(name, jit function, signature, constexprs) of every kernel at every GPU tile and dtype.
 
-    fp32 operands compile with "ieee" dots (torch's default precision); bf16 with a bf16 bias and,
-    as the mixed case, an fp32 bias.  Divisibility hints: see tests/test_aot_compile.py.
+    fp32 operands compile with "ieee" dots (torch's default precision) and "tf32" ones; bf16 with a
+    bf16 bias and, as the mixed case, an fp32 bias.  Divisibility hints: see tests/test_aot_compile.py.
     """
-    specs = []
+    specs, seen = [], set()
     for (itemsize, bucket), tile in GPU_TILES.items():
+        if (itemsize, tile) in seen:  # one compile per distinct tile
+            continue
+        seen.add((itemsize, tile))
         dtype = torch.float32 if itemsize == 4 else torch.bfloat16
-        bias_types = ("fp32",) if dtype == torch.float32 else ("bf16", "fp32")
-        for bias_type in bias_types:
+        # (bias dtype, dot precision): fp32 operands run "ieee" dots, or "tf32" when torch allows TF32
+        variants = (("fp32", "ieee"), ("fp32", "tf32")) if itemsize == 4 else (("bf16", "tf32"), ("fp32", "tf32"))
+        for bias_type, precision in variants:
             for name, fn, signature in _signatures(_TYPE[dtype], bias_type):
-                flags = {"HAS_BIAS": True, "UPCAST": False, "DOT_PRECISION": "ieee" if itemsize == 4 else "tf32"}
+                flags = {"HAS_BIAS": True, "UPCAST": False, "DOT_PRECISION": precision}
                 if fn is bag_ce_lse_partial_kernel:
-                    flags["NUM_SPLITS"] = 4
-                specs.append((f"{name}_{_TYPE[dtype]}_b{bias_type}_{bucket}", fn, signature,
-                              {**flags, **tile_constexprs(tile)}))
+                    flags.update(NUM_SPLITS=4, _not_divisible=("tiles_per_split",))
+                label = f"{_TYPE[dtype]}_{precision}" if itemsize == 4 else f"{_TYPE[dtype]}_b{bias_type}"
+                specs.append((f"{name}_{label}_{bucket}", fn, signature, {**flags, **tile_constexprs(tile)}))
     for dtype in ("fp32", "bf16"):
         specs.append((f"bag_ce_target_{dtype}", bag_ce_target_kernel, _target_signature(dtype),
                       {"HAS_BIAS": True, "BLOCK_N": BLOCK_N, "BLOCK_D": TARGET_BLOCK_D, "num_warps": 4}))

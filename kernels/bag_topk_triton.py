@@ -111,12 +111,14 @@ def _bag_topk_kernel(
     tl.store(keys_ptr + out_rows[:, None] * K + ks[None, :], best, mask=row_ok[:, None])
 
 
-def _block_sizes(k_bucket: int, interpreted: bool | None = None) -> dict:
+def _block_sizes(k_bucket: int, interpreted: bool | None = None, itemsize: int = 2) -> dict:
     if interpreter_enabled() if interpreted is None else interpreted:
         # one interpreted program costs ~1 ms whatever its size: few, large programs
         return dict(BLOCK_B=32, BLOCK_V=64, BLOCK_D=64, num_warps=4, num_stages=1)
-    # the [BLOCK_B, K] int64 running set lives in registers: halve the rows for large K (no spills)
-    return dict(BLOCK_B=64 if k_bucket <= 16 else 32, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3)
+    # the [BLOCK_B, K] int64 running set lives in registers: halve the rows for large K or fp32
+    # operands, and the d step for fp32 (no spills: tests/test_aot_compile.py)
+    return dict(BLOCK_B=64 if k_bucket <= 16 and itemsize == 2 else 32, BLOCK_V=128, BLOCK_D=64 if itemsize == 2 else 32,
+                num_warps=8, num_stages=3)
 
 
 def _num_splits(row_blocks: int, tiles: int, device: torch.device) -> int:
@@ -137,7 +139,7 @@ def bag_topk_triton(
     z = z if z.stride(-1) == 1 else z.contiguous()
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
     k_bucket = triton.next_power_of_2(k)
-    blocks = _block_sizes(k_bucket)
+    blocks = _block_sizes(k_bucket, itemsize=weight.element_size())
     row_blocks = triton.cdiv(num_rows, blocks["BLOCK_B"])
     tiles = triton.cdiv(vocab, blocks["BLOCK_V"])
     splits = num_splits or _num_splits(row_blocks * num_layers, tiles, z.device)
@@ -166,18 +168,22 @@ def bag_topk_triton(
 
 
 def aot_specs() -> list:
-    """Realistic GPU configurations for the ahead-of-time compile test (tests/test_aot_compile.py).
+    """GPU configurations for the ahead-of-time compile test (tests/test_aot_compile.py).
 
-    bf16 only: the fp32 ("ieee" dot) variant also compiles but takes ~40 s of ptxas time.
+    k = 1, 5 and 64 (buckets 1, 8, 64: both block sizes), fp32 ("ieee" dots) and bf16 operands,
+    and the mixed case: bf16 operands with an fp32 bias.
     """
-    signature = {
-        "z_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "keys_ptr": "*i64", "max_ptr": "*fp32",
-        "sum_ptr": "*fp32", "B": "i32", "V": "i32", "D": "i32", "tiles_per_split": "i32",
-        "stride_zl": "i64", "stride_zb": "i32", "stride_wl": "i64", "stride_wv": "i32", "stride_bl": "i32",
-    }
-    return [
-        (f"bag_topk_bf16_k{k}", _bag_topk_kernel, signature,
-         dict(HAS_BIAS=True, K=k, NUM_SPLITS=2, UPCAST=False, INPUT_PRECISION="tf32",
-              **_block_sizes(k, interpreted=False)))
-        for k in (16, MAX_K)
-    ]
+    specs = []
+    for k in (1, 5, MAX_K):
+        bucket = triton.next_power_of_2(k)
+        for operands, bias, precision in (("fp32", "fp32", "ieee"), ("bf16", "bf16", "tf32"), ("bf16", "fp32", "tf32")):
+            signature = {
+                "z_ptr": f"*{operands}", "w_ptr": f"*{operands}", "b_ptr": f"*{bias}", "keys_ptr": "*i64",
+                "max_ptr": "*fp32", "sum_ptr": "*fp32", "B": "i32", "V": "i32", "D": "i32", "tiles_per_split": "i32",
+                "stride_zl": "i64", "stride_zb": "i32", "stride_wl": "i64", "stride_wv": "i32", "stride_bl": "i32",
+            }
+            constexprs = dict(HAS_BIAS=True, K=bucket, NUM_SPLITS=2, UPCAST=False, INPUT_PRECISION=precision,
+                              _not_divisible=("tiles_per_split",),
+                              **_block_sizes(bucket, interpreted=False, itemsize=4 if operands == "fp32" else 2))
+            specs.append((f"bag_topk_{operands}_b{bias}_k{k}", _bag_topk_kernel, signature, constexprs))
+    return specs

@@ -97,10 +97,14 @@ def masked_pool_triton(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> t
 
 def aot_specs() -> list:
     """Realistic GPU configurations for the ahead-of-time compile test (tests/test_aot_compile.py)."""
-    signature = {
-        "h_ptr": "*bf16", "m_ptr": "*u8", "out_ptr": "*fp32", "T": "i32", "D": "i32",
-        "stride_hb": "i64", "stride_ht": "i32", "stride_mb": "i32", "stride_mt": "i32", "stride_ob": "i32",
-    }
     gpu = _block_sizes(2048, 4096, interpreted=False)
-    return [(f"masked_pool_{mode}_bf16", _masked_pool_kernel, signature, dict(MODE=code, **gpu))
-            for mode, code in MODES.items()]
+    specs = []
+    for dtype in ("bf16", "fp32"):
+        signature = {
+            "h_ptr": f"*{dtype}", "m_ptr": "*u8", "out_ptr": "*fp32", "T": "i32", "D": "i32",
+            "stride_hb": "i64", "stride_ht": "i32", "stride_mb": "i32", "stride_mt": "i32", "stride_ob": "i32",
+        }
+        # T is a padded batch length: not a multiple of 16 in general
+        specs += [(f"masked_pool_{mode}_{dtype}", _masked_pool_kernel, signature,
+                   dict(MODE=code, _not_divisible=("T",), **gpu)) for mode, code in MODES.items()]
+    return specs
