@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import kernels
 from .bags import BagTargets
+from .precision import loss_operands, matmul_precision
 
 __all__ = ["TrainConfig", "FittedProbes", "fit_probes", "standardize", "token_marginal", "probe_bytes"]
 
@@ -43,6 +44,9 @@ class TrainConfig:
     """Validation gains (nats) below this do not reset the patience counter."""
     prior_smoothing: float = 0.05
     """Share of uniform mass mixed into the training marginal that initialises the bias."""
+    precision: str = "fp32"
+    """Products of the training loss: "fp32", "tf32" or "bf16" (bf16 operands, fp32 accumulation,
+    fp32 master weights); validation and held-out scoring are always fp32 (fastmi/precision.py)."""
 
 
 @dataclass
@@ -158,7 +162,9 @@ def fit_probes(
         order = torch.randperm(num_rows, generator=generator).to(device)
         for start in range(0, num_rows, chunk):
             rows = order[start : start + chunk]
-            losses = kernels.bag_cross_entropy(z_train[:, rows], weight, bias, targets_train.select(rows), reduction="mean")
+            with matmul_precision(config.precision):
+                z_loss, w_loss = loss_operands(config.precision, z_train[:, rows], weight)
+                losses = kernels.bag_cross_entropy(z_loss, w_loss, bias, targets_train.select(rows), reduction="mean")
             weight.grad = bias.grad = None
             losses.sum().backward()
             optimizer.step()
