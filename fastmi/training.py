@@ -44,9 +44,10 @@ class TrainConfig:
     """Validation gains (nats) below this do not reset the patience counter."""
     prior_smoothing: float = 0.05
     """Share of uniform mass mixed into the training marginal that initialises the bias."""
-    precision: str = "fp32"
-    """Products of the training loss: "fp32", "tf32" or "bf16" (bf16 operands, fp32 accumulation,
-    fp32 master weights); validation and held-out scoring are always fp32 (fastmi/precision.py)."""
+    precision: str = "auto"
+    """Products of the training loss: "fp32", "tf32", "bf16" (bf16 operands, fp32 accumulation,
+    fp32 master weights) or "auto" (bf16 on a GPU, fp32 on a CPU); validation and held-out scoring
+    are always fp32 (fastmi/precision.py)."""
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastmi.precision import loss_operands, matmul_precision
+from fastmi.precision import loss_operands, matmul_precision, resolve_precision
 from fastmi.training import TrainConfig, fit_probes
 from test_bag_cross_entropy import make_bags
 
@@ -16,6 +16,13 @@ def test_bf16_operands_keep_fp32_master_gradients():
     (w16.float() * 2).sum().backward()
     assert weight.grad.dtype == torch.float32 and torch.equal(weight.grad, torch.full_like(weight, 2.0))
     assert loss_operands("fp32", z, weight)[1] is weight
+
+
+def test_auto_is_bf16_on_a_gpu_and_fp32_on_a_cpu():
+    assert TrainConfig().precision == "auto"
+    assert resolve_precision("auto", "cuda:0") == "bf16" and resolve_precision("auto", "cpu") == "fp32"
+    z, weight = torch.randn(2, 3), torch.randn(4, 3)
+    assert loss_operands("auto", z, weight) == (z, weight)  # CPU tensors: fp32 as they are
 
 
 def test_tf32_is_scoped_and_bad_names_are_rejected():
