@@ -19,6 +19,7 @@ _LAZY = {
     "RecoverabilityResult": "fastmi.result",
     "RecoverabilityLoss": "fastmi.loss",
     "load_model": "fastmi.models",
+    "plan": "fastmi.planner",  # not fastmi.plan, for the same reason as extract
 }
 _SUBMODULES = {"bounds", "kernels", "models", "corpus", "cache", "extraction", "hooks", "probe", "result", "report", "sweep", "cli"}
 

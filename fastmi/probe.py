@@ -22,7 +22,8 @@ from .alphabet import Alphabet
 from .bags import BagTargets
 from .evaluation import score_probes
 from .split import Split
-from .training import TrainConfig, fit_probes, probe_bytes, standardize
+from .memory import layer_groups, layers_per_group
+from .training import TrainConfig, fit_probes, standardize
 
 __all__ = ["recoverability", "ProbeSource", "TrainConfig"]
 
@@ -199,9 +200,9 @@ def recoverability(
     first = _load_layer(src, src.layers[0], num_rows)
     dim = first.shape[1]
     budget = max_memory if max_memory is not None else _default_max_memory(device)
-    per_layer = probe_bytes(num_rows, dim, alphabet.size, train.batch_size)
-    group_size = max(1, min(len(src.layers), budget // max(per_layer, 1)))
-    groups = [src.layers[i : i + group_size] for i in range(0, len(src.layers), group_size)]
+    # The planner sizes groups with this same memory model (fastmi.memory), so a plan is what runs.
+    group_size = layers_per_group(budget, len(src.layers), num_rows, dim, alphabet.size, train.batch_size)
+    groups = layer_groups(src.layers, group_size)
 
     rows_out: list[dict] = []
     training_log: dict[str, Any] = {}

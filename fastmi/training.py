@@ -83,12 +83,10 @@ def token_marginal(targets: BagTargets, alphabet_size: int) -> torch.Tensor:
 
 
 def probe_bytes(num_rows: int, dim: int, alphabet_size: int, batch_size: int) -> int:
-    """Bytes one layer needs while training: its features, W with its gradient, two Adam moments
-    and the best copy, and the logit-sized temporaries of a batch (the reference path makes them)."""
-    features = num_rows * dim
-    parameters = 5 * alphabet_size * (dim + 1)
-    temporaries = 4 * batch_size * alphabet_size
-    return 4 * (features + parameters + temporaries)
+    """Bytes one layer needs while training; kept for callers of the old name (see :mod:`fastmi.memory`)."""
+    from .memory import probe_layer_bytes
+
+    return probe_layer_bytes(num_rows, dim, alphabet_size, batch_size)
 
 
 class _Adam:

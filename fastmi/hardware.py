@@ -1,0 +1,148 @@
+"""What the planner assumes about the machine: devices, memory, and rates measured in-process.
+
+The matmul rate is measured, not looked up: one large matmul in the dtype extraction would run
+(fp32 on a CPU, bf16 on a GPU), timed after a warm-up, best of a few.  On a CPU shared with other
+work that is the rate this process gets now, which is what makes an estimate honest there.  The
+elementwise rate (elements/s of a 1M-element op) and the per-operation cost (one 64k-element op) price
+the passes of norms, activations and softmaxes and the many small steps of a small model, where the
+matmuls alone would promise too much.  Both use the intra-op thread pool, so on a CPU crowded with
+other processes they show the stalls that the model's own operations will meet.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Hardware", "detect_hardware", "measure_matmul_flops", "measure_op_seconds", "measure_bandwidth",
+           "measure_elementwise_rate", "H200_BANDWIDTH", "GPU_PRECISION_SPEED"]
+
+H200_BANDWIDTH = 4.8e12  # bytes/s of HBM3e, the default for GPUs not present here
+GPU_OP_SECONDS = 10e-6  # a kernel launch, when no GPU is present to measure one
+# Probe matmul speed relative to bf16 on a GPU (H100/H200 dense: 989 bf16, 494 TF32, 67 fp32 TFLOPS;
+# fastmi's fp32 kernels use full-precision dots, kernels/bag_cross_entropy_triton.py).  On a CPU
+# every precision runs fp32 matmuls.
+GPU_PRECISION_SPEED = {"bf16": 1.0, "tf32": 494 / 989, "fp32": 67 / 989}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str  # "cuda" | "cpu"
+    count: int  # devices (GPUs; 1 for the CPU)
+    memory: int  # bytes per device
+    host_memory: int  # bytes of host RAM available for offload
+    matmul_flops: float  # FLOP/s of one device in the extraction dtype
+    bandwidth: float  # device memory bytes/s
+    op_seconds: float  # cost of one small operation (launch, dispatch, thread wake-up)
+    elementwise_rate: float  # elements/s of one elementwise pass (fp32 read + write)
+    source: str  # how the figures were found, printed with the plan
+
+    def probe_flops(self, precision: str) -> float:
+        """FLOP/s of the probe's matmuls at ``precision``."""
+        return self.matmul_flops * (GPU_PRECISION_SPEED[precision] if self.device == "cuda" else 1.0)
+
+
+def measure_matmul_flops(device: str | torch.device = "cpu", dtype: torch.dtype | None = None, size: int = 1024,
+                         seconds: float = 0.5) -> float:
+    """FLOP/s of [size, size] x [size, size] matmuls, averaged over ``seconds`` after a warm-up."""
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
+    calls = _repeat(lambda: torch.mm(a, b), device, seconds)
+    return 2.0 * size**3 * calls
+
+
+def measure_op_seconds(device: str | torch.device = "cpu", elements: int = 1 << 16, seconds: float = 0.2) -> float:
+    """Seconds of one small elementwise operation (64k elements: big enough to use the thread pool)."""
+    return elements / measure_elementwise_rate(device, elements, seconds)
+
+
+def measure_elementwise_rate(device: str | torch.device = "cpu", elements: int = 1 << 20, seconds: float = 0.3) -> float:
+    """Elements/s of an in-place multiply over ``elements`` fp32 values, averaged over ``seconds``."""
+    x = torch.ones(elements, device=torch.device(device))
+    return elements * _repeat(lambda: x.mul_(1.0), torch.device(device), seconds)
+
+
+def _repeat(operation, device: torch.device, seconds: float) -> float:
+    """Calls per second of ``operation``, over at least ``seconds`` of wall time after one warm-up call.
+
+    A mean over a window, not the best call: on a CPU shared with other processes, the share of
+    the cores this process gets is part of the rate its real work will see.
+    """
+    operation()
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while True:
+        operation()
+        calls += 1
+        if calls % 4 == 0 or calls < 4:
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return calls / elapsed
+
+
+def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int = 64 * 2**20) -> float:
+    """Bytes/s of a large copy (read + write)."""
+    device = torch.device(device)
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for i in range(4):
+        _sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return 2.0 * nbytes / best
+
+
+def detect_hardware(gpus: int | None = None, gpu_memory: int | None = None, host_memory: int | None = None,
+                    matmul_flops: float | None = None, bandwidth: float | None = None) -> Hardware:
+    """The machine to plan for: the given figures, the rest detected or measured here.
+
+    ``gpus=None`` means the local GPUs (the CPU if there is none); ``gpus=0`` plans for this CPU.
+    A GPU that is not present here needs ``gpu_memory`` and ``matmul_flops``.
+    """
+    local_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = local_gpus if gpus is None else int(gpus)
+    if count < 0:
+        raise ValueError(f"gpus must be 0 (plan for the CPU) or more, got {count}")
+    host = host_memory or _host_memory()
+    given = [name for name, value in (("matmul rate", matmul_flops), ("memory", gpu_memory)) if value]
+    if count == 0:
+        rate = matmul_flops or measure_matmul_flops("cpu")
+        return Hardware("cpu", 1, host, host, rate, bandwidth or measure_bandwidth("cpu"), measure_op_seconds("cpu"),
+                        measure_elementwise_rate("cpu"),
+                        "CPU, " + ("given matmul rate" if matmul_flops else "matmul rate measured in this process"))
+    present = count <= local_gpus
+    if not present and not (gpu_memory and matmul_flops):
+        raise ValueError(f"planning for {count} GPUs that are not all present here ({local_gpus} found) needs "
+                         "--gpu-memory and --matmul-tflops")
+    memory = gpu_memory or torch.cuda.get_device_properties(0).total_memory
+    rate = matmul_flops or measure_matmul_flops("cuda", size=8192, seconds=1.0)
+    band = bandwidth or (measure_bandwidth("cuda", 1 << 30) if present else H200_BANDWIDTH)
+    op = measure_op_seconds("cuda") if present else GPU_OP_SECONDS
+    elementwise = band / 8  # one fp32 read and write per element
+    what = f"{count} GPU(s), " + (", ".join(f"given {g}" for g in given) or "measured here")
+    if not present and not bandwidth:
+        what += f", assumed memory bandwidth {band / 1e12:.1f} TB/s (H200)"
+    return Hardware("cuda", count, memory, host, rate, band, op, elementwise, what)
+
+
+def _host_memory() -> int:
+    """Available host RAM (what the probe's default budget on a CPU also starts from)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,274 @@
+"""``fastmi.plan``: what a sweep of a model will cost, and whether it fits, from its config alone.
+
+Every figure is an estimate from a model of the work (docs/scaling.md):
+
+* extraction: 2 FLOPs per weight a token meets in the blocks up to the deepest tapped layer, plus
+  attention, at the matmul rate (measured here, or given), plus one small-operation cost per op of
+  each block of each batch (what dominates small models on a CPU);
+* the probe, per epoch: 6 B d S FLOPs per layer for training (4 B d S + 4 B d^2 through the frozen
+  unembedding), S = M or K + the batch's bag ids with ``sampled:K``, plus the exact full-vocabulary
+  validation pass, plus the elementwise passes over logits and Adam's over the trainable state;
+* memory: :mod:`fastmi.memory`, the same function that sizes the probe's layer groups;
+* placement: weights in the extraction dtype need ceil(bytes * (1 + margin) / device memory) devices
+  per replica; the GPUs hold gpus // that many data-parallel replicas; a model larger than all the
+  GPUs of one replica is offloaded by accelerate (CPU, then disk).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+from .hardware import Hardware, detect_hardware
+from .memory import CACHE_DTYPE_BYTES, ProbeMemory, format_bytes, layer_groups, parse_train_softmax
+from .model_shape import ModelShape, model_shape
+from .workload import Workload, corpus_workload, synthetic_workload
+
+__all__ = ["Plan", "plan"]
+
+WEIGHT_MARGIN = 0.15  # activations, buffers and fragmentation on a device that holds weights
+PROBE_BUDGET_FRACTION = 0.5  # the probe's default max_memory: half of the device memory (fastmi.probe)
+OPS_PER_BLOCK = 24  # torch operations one transformer block's forward dispatches (norms, projections, ...)
+ELEMENTWISE_PER_WEIGHT_ROW = 3  # elementwise passes per token and block: 3 x (block weights / d) elements
+ATTENTION_PASSES = 5  # scale, mask, max, exp, sum over each token's [heads, context] scores
+OPS_PER_STEP = 60  # per layer group and Adam step: the bag CE forward/backward, the update, the batch gather
+ADAM_PASSES = 7  # elementwise passes of one AdamW update over the trainable state
+# Elementwise passes over each logit: max, subtract, exp, sum, then the gradient's scale and count terms.
+# The CPU path makes them in memory; the Triton kernels keep logits on chip and write dlogits once.
+LOGIT_PASSES = {"cpu": (10, 5), "cuda": (2, 0)}  # (training, validation)
+OFFLOAD_BANDWIDTH = {"cpu": 25e9, "disk": 2e9}  # bytes/s a weight transfer gets from host RAM / NVMe
+CPU_BATCH_SIZE = 32  # fastmi.extract's default
+MAX_GPU_BATCH = 1024
+TRAIN_BATCH_SIZE = 256  # TrainConfig().batch_size
+ALTERNATIVES = ({"train_softmax": "sampled:8192"}, {"probe": "unembedding"},
+                {"probe": "unembedding", "train_softmax": "sampled:8192"})
+
+
+@dataclass
+class Plan:
+    """A sweep's estimated cost and placement.  Every number is an estimate (see :mod:`fastmi.planner`)."""
+
+    model: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    parameters: int
+    loaded_parameters: int
+    weight_bytes: int
+    sentences: int
+    tokens: int
+    layers: list[int]
+    vocab: str
+    alphabet_size: int
+    cache_dtype: str
+    cache_bytes: int
+    probe: str
+    train_softmax: str
+    precision: str
+    probe_parameters_per_layer: int
+    probe_bytes_per_layer: int
+    probe_shared_bytes: int
+    probe_budget_bytes: int
+    layers_per_group: int
+    layer_groups: int
+    device: str
+    gpus: int
+    device_memory: int
+    host_memory: int
+    matmul_tflops: float
+    hardware: str
+    replicas: int
+    devices_per_replica: int
+    offload: str | None
+    extraction_batch_size: int
+    probe_batch_size: int
+    extraction_flops: float
+    extraction_seconds: float
+    probe_flops_per_epoch: float
+    probe_seconds_per_epoch: float
+    fits: bool
+    problems: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+    alternatives: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan(model, corpus=None, sentences: int | None = None, mean_tokens: float | None = None, max_length: int = 128,
+         layers="all", vocab: str = "observed", cache_dtype: str = "fp32", gpus: int | None = None,
+         gpu_memory: int | str | None = None, host_memory: int | str | None = None,
+         matmul_tflops: float | None = None, train_softmax: str = "full", probe: str = "linear",
+         precision: str = "fp32", batch_size: int | None = None, hardware: Hardware | None = None,
+         model_cache_dir: str | os.PathLike | None = None) -> Plan:
+    """Plan extracting and probing ``model`` over ``corpus`` (or ``sentences`` of ``mean_tokens``).
+
+    ``model``: a spec as for :func:`fastmi.load_model` or a path to a ``config.json`` (only the config
+    is read), or a :class:`fastmi.model_shape.ModelShape`.  ``gpus``: None plans for this machine's
+    GPUs (its CPU if none), 0 for its CPU.  ``gpu_memory``/``host_memory``: bytes or "141GB".
+    ``matmul_tflops``: the achieved dense matmul rate of one device in the extraction dtype (bf16 on
+    GPUs); measured here if not given.  Other settings as in :func:`fastmi.extract` and
+    :func:`fastmi.recoverability`.
+    """
+    from .extraction import parse_layers
+    from .memory import parse_bytes
+
+    if cache_dtype not in CACHE_DTYPE_BYTES:
+        raise ValueError(f"cache_dtype must be fp32, bf16 or fp16, got {cache_dtype!r}")
+    parse_train_softmax(train_softmax)
+    shape = model if isinstance(model, ModelShape) else model_shape(model, model_cache_dir)
+    hw = hardware or detect_hardware(
+        gpus, parse_bytes(gpu_memory) if gpu_memory else None, parse_bytes(host_memory) if host_memory else None,
+        matmul_tflops * 1e12 if matmul_tflops else None)
+    wanted = parse_layers(layers, shape.num_layers)
+    cpu_batch = batch_size or CPU_BATCH_SIZE
+    if corpus is not None:
+        work = corpus_workload(shape, corpus, max_length, vocab, cpu_batch, len(wanted), model_cache_dir)
+    elif sentences:
+        work = synthetic_workload(shape, sentences, mean_tokens, max_length, vocab)
+    else:
+        raise ValueError("give a corpus, or sentences=N (with mean_tokens) to plan for")
+
+    placement = _placement(shape, hw, work, batch_size)
+    problems, advice = list(placement.pop("problems")), list(placement.pop("advice"))
+    extraction_flops = work.padded_tokens * shape.flops_per_token(max(wanted), work.mean_width)
+    extraction_seconds = _extraction_seconds(shape, hw, work, placement, extraction_flops, max(wanted))
+
+    memory = _probe_memory(work, shape, train_softmax, probe, precision)
+    budget = int(hw.memory * PROBE_BUDGET_FRACTION)
+    per_group = memory.layers_per_group(budget, len(wanted))
+    groups = layer_groups(wanted, per_group)
+    flops, seconds = _probe_epoch(memory, work, hw, [len(g) for g in groups])
+    if not memory.fits(budget):
+        problems.append(f"one layer's probe needs {format_bytes(memory.shared_bytes + memory.layer_bytes)} "
+                        f"but a device offers it {format_bytes(budget)}")
+        advice.extend(_probe_advice(memory, budget, work, shape))
+    cache_bytes = _cache_bytes(work, shape, len(wanted), cache_dtype)
+    if cache_dtype == "fp32" and cache_bytes > hw.host_memory:
+        advice.append(f"the fp32 cache ({format_bytes(cache_bytes)}) is larger than host memory: --cache-dtype bf16 "
+                      "halves it (the probe streams one layer group at a time either way)")
+    alternatives = []
+    for change in ALTERNATIVES:
+        if all(getattr(memory, k) == v for k, v in change.items()):
+            continue
+        alt = _probe_memory(work, shape, change.get("train_softmax", train_softmax), change.get("probe", probe), precision)
+        alt_groups = layer_groups(wanted, alt.layers_per_group(budget, len(wanted)))
+        alt_flops, alt_seconds = _probe_epoch(alt, work, hw, [len(g) for g in alt_groups])
+        alternatives.append({**change, "probe_seconds_per_epoch": alt_seconds, "probe_flops_per_epoch": alt_flops,
+                             "layers_per_group": len(alt_groups[0]), "fits": alt.fits(budget)})
+
+    return Plan(
+        model=shape.name, architecture=shape.architecture, num_layers=shape.num_layers, hidden_size=shape.hidden_size,
+        parameters=shape.parameters, loaded_parameters=shape.loaded_parameters,
+        weight_bytes=placement["weight_bytes"], sentences=work.sentences, tokens=work.tokens, layers=wanted,
+        vocab=vocab, alphabet_size=work.alphabet_size, cache_dtype=cache_dtype, cache_bytes=cache_bytes,
+        probe=probe, train_softmax=train_softmax, precision=precision,
+        probe_parameters_per_layer=memory.parameters_per_layer, probe_bytes_per_layer=memory.layer_bytes,
+        probe_shared_bytes=memory.shared_bytes, probe_budget_bytes=budget, layers_per_group=len(groups[0]),
+        layer_groups=len(groups), device=hw.device, gpus=hw.count if hw.device == "cuda" else 0,
+        device_memory=hw.memory, host_memory=hw.host_memory, matmul_tflops=hw.matmul_flops / 1e12,
+        hardware=hw.source, replicas=placement["replicas"], devices_per_replica=placement["devices_per_replica"],
+        offload=placement["offload"], extraction_batch_size=placement["batch_size"], probe_batch_size=memory.batch_size,
+        extraction_flops=extraction_flops, extraction_seconds=extraction_seconds, probe_flops_per_epoch=flops,
+        probe_seconds_per_epoch=seconds, fits=not problems, problems=problems, advice=advice,
+        alternatives=alternatives,
+    )
+
+
+def _placement(shape: ModelShape, hw: Hardware, work: Workload, batch_size: int | None) -> dict:
+    """Replicas, devices per replica, offload and the extraction batch (see the module docstring)."""
+    dtype_bytes = 2 if hw.device == "cuda" else 4  # load_model's default: bf16 on GPUs, fp32 on a CPU
+    weight_bytes = shape.loaded_parameters * dtype_bytes
+    need = weight_bytes * (1 + WEIGHT_MARGIN)
+    problems: list[str] = []
+    advice: list[str] = []
+    out = {"weight_bytes": weight_bytes, "replicas": 1, "devices_per_replica": 1, "offload": None,
+           "offloaded_bytes": 0, "problems": problems, "advice": advice}
+    if hw.device == "cpu":
+        out["batch_size"] = batch_size or CPU_BATCH_SIZE
+        if need > hw.memory:
+            out["offload"], out["offloaded_bytes"] = "disk", int(need - hw.memory)
+            advice.append("the weights are larger than host memory: accelerate offloads the rest to disk (slow); "
+                          "a GPU machine or a smaller model is the real fix")
+        return out
+    per_replica = math.ceil(need / hw.memory)
+    if per_replica <= hw.count:
+        out["devices_per_replica"], out["replicas"] = per_replica, hw.count // per_replica
+        left = hw.memory - weight_bytes / per_replica
+    else:
+        out["devices_per_replica"] = hw.count
+        rest = int(need - hw.count * hw.memory)
+        out["offloaded_bytes"] = rest
+        out["offload"] = "cpu" if rest <= 0.9 * hw.host_memory else "cpu+disk"
+        advice.append(f"the weights ({format_bytes(weight_bytes)}) exceed {hw.count} x {format_bytes(hw.memory)}: "
+                      f"accelerate offloads {format_bytes(rest)} to {out['offload']}; "
+                      f"{per_replica} GPUs would hold them without offload")
+        left = hw.memory * WEIGHT_MARGIN / (1 + WEIGHT_MARGIN)
+    # Activations of one token through a block: about (block weights / d) values of 2 bytes.
+    per_token = 2.0 * max(shape.block_parameters) / shape.hidden_size
+    fit = int(0.5 * left / max(per_token * work.max_width, 1))
+    if batch_size is not None:
+        out["batch_size"] = batch_size
+    else:
+        out["batch_size"] = max(1, min(work.sentences, MAX_GPU_BATCH if not out["offload"] else 8 * MAX_GPU_BATCH, fit))
+    if out["batch_size"] > fit:
+        problems.append(f"an extraction batch of {out['batch_size']} sentences needs more activation memory than "
+                        f"is left next to the weights; use a batch of at most {max(fit, 1)}")
+    return out
+
+
+def _extraction_seconds(shape, hw: Hardware, work: Workload, placement: dict, flops: float, blocks: int) -> float:
+    batches = math.ceil(work.sentences / placement["batch_size"])
+    per_token = ELEMENTWISE_PER_WEIGHT_ROW * max(shape.block_parameters) / shape.hidden_size \
+        + ATTENTION_PASSES * shape.num_heads * work.mean_width
+    compute = (flops / hw.matmul_flops + work.padded_tokens * blocks * per_token / hw.elementwise_rate
+               + batches * blocks * OPS_PER_BLOCK * hw.op_seconds)
+    transfer = 0.0
+    if placement["offload"]:
+        rate = OFFLOAD_BANDWIDTH["disk" if "disk" in placement["offload"] else "cpu"]
+        transfer = batches * placement["offloaded_bytes"] / rate  # every batch streams the offloaded weights
+    return (compute + transfer) / placement["replicas"]
+
+
+def _probe_memory(work: Workload, shape: ModelShape, train_softmax: str, probe: str, precision: str) -> ProbeMemory:
+    return ProbeMemory(rows=work.probe_rows, dim=shape.hidden_size, alphabet=work.alphabet_size,
+                       batch_size=TRAIN_BATCH_SIZE, precision=precision, train_softmax=train_softmax, probe=probe,
+                       mean_bag=work.mean_bag)
+
+
+def _probe_epoch(memory: ProbeMemory, work: Workload, hw: Hardware, group_sizes: list[int]) -> tuple[float, float]:
+    """(FLOPs, seconds) of one epoch over all groups; groups go round-robin to the devices (one rank each)."""
+    d, m, s = memory.dim, memory.alphabet, memory.trained_columns
+    train, val = work.train_rows, work.validation_rows
+    if memory.probe == "unembedding":
+        layer_flops = train * (4.0 * d * s + 4.0 * d * d) + val * (2.0 * d * m + 2.0 * d * d)
+    else:
+        layer_flops = 6.0 * train * d * s + 2.0 * val * d * m
+    steps = math.ceil(train / memory.batch_size)
+    chunks = math.ceil(val / memory.batch_size)
+    train_passes, val_passes = LOGIT_PASSES[hw.device]
+    elements = train * s * train_passes + val * m * val_passes + steps * memory.parameters_per_layer * ADAM_PASSES
+    rate = hw.probe_flops(memory.precision)
+    workers = [0.0] * (hw.count if hw.device == "cuda" else 1)
+    for i, size in enumerate(group_sizes):
+        seconds = size * (layer_flops / rate + elements / hw.elementwise_rate) + (steps + chunks) * OPS_PER_STEP * hw.op_seconds
+        workers[i % len(workers)] += seconds
+    return layer_flops * sum(group_sizes), max(workers)
+
+
+def _probe_advice(memory: ProbeMemory, budget: int, work: Workload, shape: ModelShape) -> list[str]:
+    tips = []
+    for k in (65536, 32768, 16384, 8192, 4096, 2048, 1024):
+        if k < memory.alphabet and ProbeMemory(**{**asdict(memory), "alphabet": k}).fits(budget):
+            tips.append(f"--vocab top:{k} (an alphabet of {k} fits)")
+            break
+    if memory.probe == "linear" and ProbeMemory(**{**asdict(memory), "probe": "unembedding"}).fits(budget):
+        tips.append("--probe unembedding (trains A [d, d] through the frozen output embedding)")
+    tips.append("GPUs with more memory, or fewer sentences (the features of every sentence are on the device)")
+    return tips
+
+
+def _cache_bytes(work: Workload, shape: ModelShape, num_layers: int, cache_dtype: str) -> int:
+    """Shards (values + int64 row ids per layer) and the targets file (int64 ids, counts, offsets)."""
+    values = work.sentences * num_layers * (shape.hidden_size * CACHE_DTYPE_BYTES[cache_dtype] + 8)
+    return int(values + 16 * work.sentences * work.mean_bag + 24 * work.sentences)

@@ -1,0 +1,166 @@
+"""fastmi.plan / `fastmi plan`: config-only reading, a Llama-3.1-70B shape on the meta device, placement,
+and the advice when something does not fit."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny import make_tiny_model, random_sentences
+from transformers import AutoModel, AutoTokenizer, LlamaConfig
+
+import fastmi
+from fastmi.cli import main
+from fastmi.hooks import find_layer_taps
+from fastmi.model_shape import model_shape
+
+# Llama-3.1-70B (meta-llama/Llama-3.1-70B config.json, shape fields only).
+LLAMA_70B = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=8192, intermediate_size=28672,
+                 num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, vocab_size=128256,
+                 max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                 bos_token_id=128000, eos_token_id=128001)
+REQUIRED_KEYS = {"parameters", "weight_bytes", "cache_bytes", "probe_parameters_per_layer", "probe_bytes_per_layer",
+                 "layers_per_group", "extraction_seconds", "probe_seconds_per_epoch", "replicas",
+                 "devices_per_replica", "fits"}
+H200 = ["--gpu-memory", "141GB", "--matmul-tflops", "593", "--host-memory", "2TB"]
+
+
+def llama_closed_form(d, layers, heads, kv_heads, ffn, vocab) -> int:
+    head_dim = d // heads
+    attention = 2 * d * d + 2 * d * kv_heads * head_dim  # q and o; k and v on the KV heads
+    block = attention + 3 * d * ffn + 2 * d  # gate, up, down; two RMSNorm weights
+    return layers * block + 2 * vocab * d + d  # embedding, untied LM head, final norm
+
+
+@pytest.fixture(scope="module")
+def config_70b(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("llama70b") / "config.json"
+    path.write_text(json.dumps(LLAMA_70B))
+    return path
+
+
+def test_70b_shape_on_the_meta_device(config_70b):
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    config = LlamaConfig(**{k: v for k, v in LLAMA_70B.items() if k != "model_type"})
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+        base = AutoModel.from_config(config)
+    assert next(model.parameters()).device.type == "meta"
+    counted = sum(p.numel() for p in model.parameters())
+    closed = llama_closed_form(8192, 80, 64, 8, 28672, 128256)
+    assert counted == closed == 70_553_706_496  # "70.55 B"
+    taps = find_layer_taps(base, 80)
+    assert taps.num_layers + 1 == 81 and taps.final_norm is base.norm
+    shape = model_shape(config_70b)
+    assert shape.parameters == closed and shape.num_taps == 81
+    assert shape.loaded_parameters == closed - 128256 * 8192  # extraction loads no LM head
+    planned = fastmi.plan(config_70b, sentences=100_000, mean_tokens=32, vocab="full", gpus=8, gpu_memory="141GB",
+                          matmul_tflops=593, host_memory="2TB")
+    assert planned.parameters == closed
+    assert planned.layers == list(range(81))
+
+
+def test_plan_70b_on_8_h200s_fits_and_prints_a_placement(config_70b, capsys):
+    code = main(["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8", *H200])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "verdict      fits" in out
+    assert "4 data-parallel replica(s) x 2 GPUs each, no offload" in out
+    assert out.count("estimate") >= 8
+    assert main(["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8", *H200,
+                 "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert REQUIRED_KEYS <= set(plan)
+    assert plan["fits"] is True and plan["replicas"] == 4 and plan["devices_per_replica"] == 2
+    assert plan["weight_bytes"] == 2 * (70_553_706_496 - 128256 * 8192)  # bf16 base model
+    assert plan["probe_parameters_per_layer"] == 128256 * 8193
+    assert plan["cache_bytes"] >= 100_000 * 81 * 8192 * 4  # fp32: 265 GB and the targets
+    assert 1 <= plan["layers_per_group"] < 81 and plan["layer_groups"] == -(-81 // plan["layers_per_group"])
+    # 6 N_train d M per layer and epoch, plus the validation pass
+    train, val = round(100_000 * 0.72), round(100_000 * 0.08)
+    assert plan["probe_flops_per_epoch"] == pytest.approx(81 * (6 * train + 2 * val) * 8192 * 128256)
+    assert plan["extraction_seconds"] > 0 and plan["probe_seconds_per_epoch"] > 0
+
+
+def test_cheaper_settings_cost_less(config_70b):
+    common = dict(sentences=100_000, gpus=8, gpu_memory="141GB", matmul_tflops=593, host_memory="2TB")
+    full = fastmi.plan(config_70b, vocab="full", **common)
+    bf16 = fastmi.plan(config_70b, vocab="full", cache_dtype="bf16", **common)
+    assert bf16.cache_bytes < 0.51 * full.cache_bytes + 1e9
+    sampled = fastmi.plan(config_70b, vocab="full", train_softmax="sampled:8192", **common)
+    assert sampled.probe_flops_per_epoch < full.probe_flops_per_epoch / 4
+    tuned = fastmi.plan(config_70b, vocab="full", probe="unembedding", **common)
+    assert tuned.probe_parameters_per_layer == 8192 * 8192 + 8192 + 128256
+    assert tuned.layers_per_group > full.layers_per_group
+    top = fastmi.plan(config_70b, vocab="top:8192", **common)
+    assert top.alphabet_size == 8192 and top.probe_bytes_per_layer < full.probe_bytes_per_layer
+    fast = fastmi.plan(config_70b, vocab="full", precision="bf16", **common)
+    assert fast.probe_seconds_per_epoch < full.probe_seconds_per_epoch
+
+
+def test_what_does_not_fit_is_named_with_its_fix(config_70b, capsys):
+    one = fastmi.plan(config_70b, sentences=10_000, vocab="full", gpus=1, gpu_memory="141GB", matmul_tflops=593,
+                      host_memory="2TB")
+    assert one.offload == "cpu" and one.replicas == 1 and one.devices_per_replica == 1
+    assert any("offload" in tip and "2 GPUs" in tip for tip in one.advice)
+    assert one.extraction_batch_size > 1024  # each weight transfer serves many tokens
+    small = fastmi.plan(config_70b, sentences=100_000, vocab="full", gpus=8, gpu_memory="40GB", matmul_tflops=300,
+                        host_memory="2TB")
+    assert not small.fits and any("probe needs" in p for p in small.problems)
+    assert any(tip.startswith("--vocab top:") for tip in small.advice)
+    assert any("unembedding" in tip for tip in small.advice)
+    code = main(["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8",
+                 "--gpu-memory", "40GB", "--matmul-tflops", "300", "--host-memory", "2TB"])
+    out = capsys.readouterr().out
+    assert code == 1 and "does NOT fit" in out and "advice       --vocab top:" in out
+
+
+def test_plan_reads_the_config_never_the_weights(tmp_path):
+    directory = make_tiny_model("llama", tmp_path / "llama", hidden=32, layers=3)
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained(directory)
+    expected = sum(p.numel() for p in real.parameters())
+    (directory / "model.safetensors").unlink()  # a plan must not need them
+    corpus = random_sentences(50, seed=2)
+    p = fastmi.plan(directory, corpus, vocab="observed", gpus=0, matmul_tflops=0.01, max_length=16)
+    assert p.parameters == expected and p.device == "cpu" and p.layers == [0, 1, 2, 3]
+    # the corpus was tokenized by the model's own tokenizer: exact tokens, observed alphabet
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    ids = [tokenizer(s, truncation=True, max_length=16)["input_ids"] for s in corpus]
+    assert p.tokens == sum(map(len, ids))
+    specials = set(tokenizer.all_special_ids)
+    assert p.alphabet_size == len({i for row in ids for i in row} - specials)
+    with pytest.raises(ValueError, match="observed.*needs the corpus"):
+        fastmi.plan(directory, sentences=100, vocab="observed", gpus=0, matmul_tflops=0.01)
+
+
+def test_plan_of_a_gguf_reads_its_metadata(tmp_path):
+    pytest.importorskip("gguf", reason="writing a GGUF file needs the gguf package (pip install gguf)")
+    from test_models import write_tiny_llama_gguf
+
+    path = tmp_path / "tiny.F32.gguf"
+    reference = write_tiny_llama_gguf(path)
+    p = fastmi.plan(path, ["ab w ab", "w w ab"], vocab="full", gpus=0, matmul_tflops=0.01,
+                    model_cache_dir=tmp_path / "models")
+    assert p.parameters == sum(t.numel() for t in reference.parameters())
+    assert p.num_layers == 2 and p.hidden_size == 16
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)  # the GGUF's own tokenizer
+    assert p.tokens == len(tokenizer("ab w ab")["input_ids"]) + len(tokenizer("w w ab")["input_ids"])
+    assert not (tmp_path / "models").exists()  # nothing was dequantised
+
+
+def test_bad_input_is_named(config_70b, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        fastmi.plan(tmp_path / "nothing-here", sentences=10, vocab="full", gpus=0, matmul_tflops=0.01)
+    bad = tmp_path / "config.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match="no model_type"):
+        fastmi.plan(bad, sentences=10, vocab="full", gpus=0, matmul_tflops=0.01)
+    with pytest.raises(ValueError, match="gpu-memory"):
+        fastmi.plan(config_70b, sentences=10, vocab="full", gpus=64)
+    with pytest.raises(ValueError, match="cache_dtype"):
+        fastmi.plan(config_70b, sentences=10, vocab="full", gpus=0, matmul_tflops=0.01, cache_dtype="int8")
+    assert main(["plan", "--model", str(config_70b)]) == 2  # neither a corpus nor --sentences
