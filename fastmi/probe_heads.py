@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 
 from . import kernels
 from .bags import BagTargets
-from .sampled_softmax import NegativeSampler, RowSparseAdam, parse_train_softmax, proposal_probabilities
+from .sampled_softmax import Candidates, NegativeSampler, RowSparseAdam, parse_train_softmax, proposal_probabilities
 from .training import TrainConfig, fit_probes, token_marginal
 
-__all__ = ["PROBE_FORMS", "TrainedHeads", "fit_heads", "feature_stats", "check_probe_form"]
+__all__ = ["PROBE_FORMS", "TrainedHeads", "fit_heads", "feature_stats", "check_probe_form", "batch_loss"]
 
 PROBE_FORMS = ("linear", "unembedding")
 
@@ -194,26 +194,33 @@ def fit_heads(
                         best_epoch=best_epoch.tolist(), validation_ce_nats=best_ce.tolist(), epochs_run=epoch, start=start)
 
 
-def _step(head: _Head, optimizer: RowSparseAdam, sampler: NegativeSampler | None, z: torch.Tensor,
-          targets: BagTargets) -> None:
-    for p in head.dense:
-        p.requires_grad_(True)
-        p.grad = None
-    if sampler is None:
+def batch_loss(head: _Head, z: torch.Tensor, targets: BagTargets,
+               candidates: Candidates | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per-layer mean bag cross-entropy [L] of one batch, over the full alphabet or over ``candidates``
+    (log-Q corrected), and the leaf tensors standing for the vocabulary-sized parameters in it."""
+    if candidates is None:
         rows, bags, correction = None, targets, None
         views = [p.detach().requires_grad_(True) for p in head.rowwise]
     else:
-        candidates = sampler.draw(targets)
         rows, bags, correction = candidates.ids, candidates.targets, candidates.correction
         # Leaf copies of the sampled rows: their gradients are [L, S, ...], never [L, M, ...].
         views = [p.index_select(1, rows).requires_grad_(True) for p in head.rowwise]
     weight, bias = head.output(rows, views)
     if correction is not None:
         bias = bias + correction
-    losses = kernels.bag_cross_entropy(head.features(z), weight, bias, bags, reduction="mean", validate=False)
+    return kernels.bag_cross_entropy(head.features(z), weight, bias, bags, reduction="mean", validate=False), views
+
+
+def _step(head: _Head, optimizer: RowSparseAdam, sampler: NegativeSampler | None, z: torch.Tensor,
+          targets: BagTargets) -> None:
+    for p in head.dense:
+        p.requires_grad_(True)
+        p.grad = None
+    candidates = None if sampler is None else sampler.draw(targets)
+    losses, views = batch_loss(head, z, targets, candidates)
     losses.sum().backward()
-    grads = [(p.grad, None) for p in head.dense] + [(v.grad, rows) for v in views]
-    optimizer.step(grads)
+    rows = None if candidates is None else candidates.ids
+    optimizer.step([(p.grad, None) for p in head.dense] + [(v.grad, rows) for v in views])
     for p in head.dense:
         p.requires_grad_(False)
         p.grad = None
