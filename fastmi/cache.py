@@ -36,6 +36,7 @@ FORMAT = "fastmi-activations"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TARGETS = "targets.safetensors"
+UNEMBEDDING = "unembedding.safetensors"  # the model's output embedding, for probe="unembedding"
 # Two caches answer the same question only if all of these agree; anything else (device, batch
 # size) changes results by rounding at most and is recorded, not enforced.
 IDENTITY_KEYS = ("model", "revision", "dtype", "pooling", "max_length", "corpus_fingerprint")
@@ -251,6 +252,26 @@ class ActivationCache:
         tensors, _ = read_safetensors(self.directory / TARGETS, *entry)
         return tensors
 
+    def unembedding(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        """The model's output embedding: (U fp32 [V, d] or its ``rows``, output bias or None, its source).
+
+        Stored once per cache by extraction (fastmi.unembedding); checked like every file.  A cache
+        made before fastmi stored it raises MissingUnembeddingError.
+        """
+        from .unembedding import MissingUnembeddingError
+
+        entry = self._manifest.get("unembedding")
+        if not entry or "sha256" not in entry:
+            why = (entry or {}).get("missing") or "the cache was made before fastmi stored it"
+            raise MissingUnembeddingError(
+                f"the cache at {self.directory} holds no output embedding ({why}); probe='unembedding' needs it. "
+                "Use probe='linear' (--probe linear), or run fastmi extract on this cache again (it resumes, "
+                "adding only the output embedding)")
+        tensors, header = read_safetensors(self.directory / UNEMBEDDING, entry["bytes"], entry["sha256"])
+        pick = (lambda a: a) if rows is None else (lambda a: a[rows.cpu().numpy()])
+        bias = torch.from_numpy(pick(tensors["bias"]).copy()) if "bias" in tensors else None
+        return torch.from_numpy(pick(tensors["weight"]).copy()), bias, str(header.get("source", ""))
+
     def verify(self) -> list[tuple[int, int, str]]:
         """Check every finished unit; return ``(layer, shard, reason)`` for each bad one."""
         bad = []
@@ -350,6 +371,31 @@ class CacheWriter(ActivationCache):
         self._manifest["targets"] = [len(data), checksum]
         self._commit()
 
+    # ---- output embedding ---------------------------------------------------------------------------
+    def unembedding_ok(self) -> bool:
+        """Whether the output embedding is stored and intact (or known to be unavailable)."""
+        entry = self._manifest.get("unembedding")
+        if entry and "missing" in entry:
+            return True
+        try:
+            self.unembedding(torch.zeros(0, dtype=torch.long))
+            return True
+        except (CacheCorruptError, ValueError) as err:
+            if entry is not None:
+                warnings.warn(f"{err}; rewriting the output embedding", stacklevel=3)
+            return False
+
+    def write_unembedding(self, weight: torch.Tensor | None, bias: torch.Tensor | None, source: str) -> None:
+        """Store U (fp32 [V, d]) and the output bias once; ``weight=None`` records why there is none."""
+        if weight is None:
+            self._manifest["unembedding"] = {"missing": source}
+        else:
+            tensors = {"weight": weight.float().contiguous()} | ({} if bias is None else {"bias": bias.float().contiguous()})
+            data, checksum = encode_safetensors(tensors, self._header() | {"source": source})
+            atomic_write_bytes(self.directory / UNEMBEDDING, data)
+            self._manifest["unembedding"] = {"bytes": len(data), "sha256": checksum, "source": source}
+        self._commit()
+
     # ---- shards -----------------------------------------------------------------------------------
     def drop_bad_units(self) -> list[tuple[int, int, str]]:
         """Verify every finished unit; unlist (so they are redone) and report the bad ones."""
@@ -431,7 +477,7 @@ def _remove_cache_files(directory: Path) -> None:
     for sub in directory.glob("layer_[0-9][0-9][0-9]"):
         with contextlib.suppress(OSError):
             sub.rmdir()
-    for name in (TARGETS, MANIFEST):
+    for name in (TARGETS, UNEMBEDDING, MANIFEST):
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
 

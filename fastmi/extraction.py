@@ -23,6 +23,7 @@ from .cache import ActivationCache, CacheWriter, default_cache_dir
 from .corpus import Corpus
 from .hooks import LayerPooler, find_layer_taps, forward_parameters, hidden_states_pooled
 from .kernels.reference import POOL_MODES
+from .unembedding import output_embedding_or_reason
 
 __all__ = ["extract", "parse_layers", "batch_plan", "batches_by_length", "collate", "NonFiniteActivationError"]
 
@@ -100,6 +101,8 @@ def extract(
 
             targets = BagTargets.from_token_lists(token_lists, exclude=loaded.special_ids, vocab_size=loaded.vocab_size)
             writer.write_targets(targets, torch.from_numpy(lengths))
+        if not writer.unembedding_ok():  # stored once per cache, for probe="unembedding"
+            writer.write_unembedding(*output_embedding_or_reason(loaded.model))
         writer.drop_bad_units()
         todo = [(s, writer.missing_layers(s, wanted)) for s in range(writer.num_shards)]
         todo = [(s, missing) for s, missing in todo if missing]

@@ -21,9 +21,13 @@ from . import bounds
 from .alphabet import Alphabet
 from .bags import BagTargets
 from .evaluation import score_probes
+from .precision import resolve_precision
+from .probe_heads import check_probe_form, fit_heads
+from .sampled_softmax import parse_train_softmax
 from .split import Split
 from .memory import layer_groups, layers_per_group
-from .training import TrainConfig, fit_probes, standardize
+from .training import TrainConfig, standardize
+from .unembedding import unembedding_for_alphabet
 
 __all__ = ["recoverability", "ProbeSource", "TrainConfig"]
 
@@ -148,6 +152,9 @@ def recoverability(
     model: str | None = None,
     excluded_ids: Sequence[int] = (),
     progress: bool = True,
+    probe: str = "linear",
+    train_softmax: str = "full",
+    unembedding: Any = None,
 ):
     """Probe every layer of ``source`` and bound I(T; z) per layer; returns a RecoverabilityResult.
 
@@ -159,6 +166,10 @@ def recoverability(
     ``test_fraction``, ``validation_fraction`` and ``seed``.  ``entropy``: H(T) estimator over all non-empty
     bags, "plugin" (biased low, hence conservative for lower bounds) or "miller_madow".
     ``max_memory``: bytes the layer-batched training may use (default: half the free memory).
+    ``probe``: "linear" (logits W z + b) or "unembedding" (logits U (A z + c) + b through the model's
+    frozen output embedding U, stored in the cache; raw embeddings pass ``unembedding=U`` or (U, bias)).
+    ``train_softmax``: "full" or "sampled:K" (K shared negatives per step); validation and held-out
+    scoring are always exact over the whole alphabet (:mod:`fastmi.probe_heads`).
     """
     from .result import RecoverabilityResult
 
@@ -175,12 +186,16 @@ def recoverability(
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     train = train or TrainConfig()
+    check_probe_form(probe)
+    parse_train_softmax(train_softmax)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     src = probe_source
     num_rows = src.targets.num_rows
 
     alphabet = Alphabet.build(vocab, src.targets, src.vocab_size, src.excluded_ids)
     bags = alphabet.compact(src.targets)
+    head_weight, head_bias, head_source = (unembedding_for_alphabet(source, alphabet.vocab_ids, alphabet.other, unembedding)
+                                           if probe == "unembedding" else (None, None, None))
     if split is None:
         split = Split.make(num_rows, test_fraction, seed, validation_fraction, src.corpus_fingerprint)
     split.check(num_rows, src.corpus_fingerprint)
@@ -201,7 +216,8 @@ def recoverability(
     dim = first.shape[1]
     budget = max_memory if max_memory is not None else _default_max_memory(device)
     # The planner sizes groups with this same memory model (fastmi.memory), so a plan is what runs.
-    group_size = layers_per_group(budget, len(src.layers), num_rows, dim, alphabet.size, train.batch_size)
+    group_size = layers_per_group(budget, len(src.layers), num_rows, dim, alphabet.size, train.batch_size,
+                                  precision=resolve_precision(train.precision, device), train_softmax=train_softmax, probe=probe)
     groups = layer_groups(src.layers, group_size)
 
     rows_out: list[dict] = []
@@ -211,12 +227,15 @@ def recoverability(
         z = torch.stack([_load_layer(src, layer, num_rows) for layer in group]).to(device)
         if z.shape[-1] != dim:
             raise ValueError(f"layers {group} have width {z.shape[-1]}, layer {src.layers[0]} has {dim}")
-        z = standardize(z, index["train"])
-        fitted = fit_probes(
+        if probe == "linear":  # the unembedding probe folds the standardisation into A and c itself
+            z = standardize(z, index["train"])
+        fitted = fit_heads(
             z[:, index["train"]], part_bags["train"], z[:, index["validation"]], part_bags["validation"],
-            alphabet.size, train, seed=seed, progress=progress, description=f"{src.model} layers {group[0]}-{group[-1]}",
+            alphabet.size, train, probe=probe, train_softmax=train_softmax, unembedding=(head_weight, head_bias),
+            seed=seed, progress=progress, description=f"{src.model} layers {group[0]}-{group[-1]}",
         )
-        scores = score_probes(z[:, index["test"]], fitted.weight, fitted.bias, part_bags["test"], alphabet.size, k)
+        scores = score_probes(fitted.features(z[:, index["test"]]), fitted.weight, fitted.bias, part_bags["test"],
+                              alphabet.size, k)
         del z
         for i, layer in enumerate(group):
             row = {
@@ -231,6 +250,8 @@ def recoverability(
                 "n_test": int(part_rows["test"].size),
                 "n_skipped": int((~nonempty).sum()),
                 "bag_recall": float(scores.bag_recall[i].mean()),
+                "probe": probe,
+                "train_softmax": train_softmax,
             }
             row.update(bounds.layer_bounds(
                 scores.errors[i].numpy(), scores.errors_k[i].numpy(), scores.ce_bits[i].numpy(),
@@ -241,6 +262,7 @@ def recoverability(
                 "best_epoch": fitted.best_epoch[i],
                 "validation_ce_bits": float(fitted.validation_ce_nats[i] / np.log(2)),
                 "epochs_run": fitted.epochs_run,
+                "start": fitted.start[i],
             }
 
     config = {
@@ -259,6 +281,9 @@ def recoverability(
         "layer_groups": [list(g) for g in groups],
         "device": str(device),
         "train": asdict(train),
+        "probe": probe,
+        "train_softmax": train_softmax,
+        "unembedding_source": head_source,
         "training": training_log,
         "split": split.to_dict(),
         "source": {key: value for key, value in src.metadata.items() if _is_json_scalar(value)},

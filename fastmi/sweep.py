@@ -38,11 +38,17 @@ class ProbeSettings:
     entropy: str = "plugin"
     device: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    probe: str = "linear"
+    train_softmax: str = "full"
 
     def key(self) -> dict:
         """The settings that change the numbers (not the device)."""
         key = asdict(self)
         key.pop("device")
+        # Default probe settings stay out of the key, so results stored before they existed are reused.
+        for name, default in (("probe", "linear"), ("train_softmax", "full")):
+            if key[name] == default:
+                key.pop(name)
         return key
 
 
@@ -90,6 +96,7 @@ def probe_cache(cache: Any, split: Split, settings: ProbeSettings, done_path: Pa
     result = recoverability(
         cache, vocab=settings.vocab, seed=settings.seed, k=settings.k, level=settings.level,
         device=settings.device, split=split, entropy=settings.entropy, train=settings.train, progress=progress,
+        probe=settings.probe, train_softmax=settings.train_softmax,
     )
     result.config["sweep_key"] = _jsonable(wanted)
     if done_path is not None:

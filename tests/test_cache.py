@@ -68,13 +68,13 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
-# Writes: 1 manifest, 2 targets, 3 manifest, then per shard 4 layer files and the manifest:
-# shard 0 = writes 4..8, shard 1 = writes 9..13.  Killed at write 12, shard 1 has layers 0-2
-# renamed into place but unlisted, and layer 3 half-written to its temporary file.
+# Writes: 1 manifest, 2 targets, 3 manifest, 4 output embedding, 5 manifest, then per shard 4 layer
+# files and the manifest: shard 0 = writes 6..10, shard 1 = writes 11..15.  Killed at write 14,
+# shard 1 has layers 0-2 renamed into place but unlisted, and layer 3 half-written to its temporary file.
 def test_sigkilled_run_resumes_to_bit_identical_shards(models, corpus_file, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.run([sys.executable, "-c", KILLED_RUN, models["gpt2"], str(corpus_file), str(killed),
-                           "12"], capture_output=True, text=True, timeout=300)
+                           "14"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     # Part-way: shard 0 finished for every layer, shard 1 not listed, whatever is on disk.
     assert units(killed) == {str(l): {"0": units(killed)[str(l)]["0"]} for l in range(4)}

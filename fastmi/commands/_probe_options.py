@@ -17,8 +17,26 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--entropy", default="plugin", choices=("plugin", "miller_madow"),
                        help="estimator of H(T) over all sentences (plug-in is biased low: conservative)")
     group.add_argument("--max-epochs", type=int, default=None, help="upper bound on training epochs per layer")
+    group.add_argument("--probe", default="linear", choices=("linear", "unembedding"),
+                       help="probe form: 'linear' (logits W z + b, W trained) or 'unembedding' (logits U (A z + c) + b "
+                       "through the model's frozen output embedding U, stored in the cache by fastmi extract; "
+                       "no V x d parameters per layer, about 2/3 of the work per step)")
+    group.add_argument("--train-softmax", default="full", metavar="{full,sampled:K}", type=_train_softmax,
+                       help="softmax used while training: the whole alphabet, or K shared sampled negatives plus "
+                       "the batch's own ids per step (log-Q corrected; far cheaper for 100k+ vocabularies). "
+                       "Validation and the held-out bounds are always exact over the whole alphabet")
     group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _train_softmax(text: str) -> str:
+    from ..sampled_softmax import parse_train_softmax
+
+    try:
+        parse_train_softmax(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def probe_settings(args: argparse.Namespace):
@@ -27,4 +45,5 @@ def probe_settings(args: argparse.Namespace):
 
     train = TrainConfig() if args.max_epochs is None else TrainConfig(max_epochs=args.max_epochs)
     return ProbeSettings(vocab=args.vocab, test_fraction=args.test_fraction, seed=args.seed, k=args.k,
-                         level=args.level, entropy=args.entropy, device=args.device, train=train)
+                         level=args.level, entropy=args.entropy, device=args.device, train=train,
+                         probe=args.probe, train_softmax=args.train_softmax)
