@@ -231,6 +231,10 @@ class ActivationCache:
         start = shard * self.shard_rows
         return start, min(start + self.shard_rows, self.num_rows)
 
+    def layer_units(self, layer: int) -> dict[str, list]:
+        """``{shard: [bytes, sha256]}`` of a layer: what its data is (for results derived from it)."""
+        return dict(self._manifest["units"].get(str(layer), {}))
+
     def finished_shards(self, layer: int) -> set[int]:
         return {int(s) for s in self._manifest["units"].get(str(layer), {})}
 

@@ -122,6 +122,9 @@ def extract(
 
     writer, todo = _on_main_then_share(prepare, ctx, lambda: CacheWriter.attach(directory))
     try:
+        if ctx.is_main and 0 < len(todo) < ctx.world:
+            warnings.warn(f"{len(todo)} unfinished shard(s) for {ctx.world} processes: some have nothing to do; "
+                          "pass a smaller shard_rows (--shard-rows)", stacklevel=2)
         todo = distributed.my_share(todo, ctx)
         progress = progress and ctx.is_main
         if todo:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import bounds
+from . import bounds, distributed
 from .alphabet import Alphabet
 from .bags import BagTargets
 from .evaluation import score_probes
@@ -147,6 +147,7 @@ def recoverability(
     model: str | None = None,
     excluded_ids: Sequence[int] = (),
     progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
 ):
     """Probe every layer of ``source`` and bound I(T; z) per layer; returns a RecoverabilityResult.
 
@@ -158,7 +159,11 @@ def recoverability(
     ``test_fraction``, ``validation_fraction`` and ``seed``.  ``entropy``: H(T) estimator over all non-empty
     bags, "plugin" (biased low, hence conservative for lower bounds) or "miller_madow".
     ``max_memory``: bytes the layer-batched training may use (default: half the free memory).
+    Each finished layer group is saved (``checkpoint_dir``, default ``<cache>/probes``) and a rerun
+    with the same settings resumes; under torch.distributed ranks train disjoint groups and all
+    return the whole result (:mod:`fastmi.probe_groups`).
     """
+    from .probe_groups import GroupStore
     from .result import RecoverabilityResult
 
     if isinstance(source, Mapping):
@@ -174,6 +179,7 @@ def recoverability(
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     train = train or TrainConfig()
+    progress = progress and distributed.context().is_main
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     src = probe_source
     num_rows = src.targets.num_rows
@@ -198,6 +204,7 @@ def recoverability(
     # Layers are checked before any training so a bad layer fails fast and nothing is half-done.
     first = _load_layer(src, src.layers[0], num_rows)
     dim = first.shape[1]
+    del first  # only one group of layers is ever in memory
     budget = max_memory if max_memory is not None else _default_max_memory(device)
     per_layer = probe_bytes(num_rows, dim, alphabet.size, train.batch_size)
     group_size = max(1, min(len(src.layers), budget // max(per_layer, 1)))
@@ -206,7 +213,11 @@ def recoverability(
     rows_out: list[dict] = []
     training_log: dict[str, Any] = {}
     index = {name: torch.as_tensor(rows, device=device) for name, rows in part_rows.items()}
-    for group in tqdm(groups, desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):
+    # Everything that changes the numbers of a group (the groups themselves are matched layer by layer).
+    store = GroupStore.open(source, src.layers, checkpoint_dir=checkpoint_dir, settings=dict(
+        model=src.model, vocab=vocab, alphabet_size=alphabet.size, k=k, level=level, seed=seed, entropy=entropy,
+        n_bootstrap=n_bootstrap, train=asdict(train), split=split.to_dict(), excluded_ids=list(src.excluded_ids)))
+    for group in tqdm(store.pending(groups), desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):
         z = torch.stack([_load_layer(src, layer, num_rows) for layer in group]).to(device)
         if z.shape[-1] != dim:
             raise ValueError(f"layers {group} have width {z.shape[-1]}, layer {src.layers[0]} has {dim}")
@@ -241,6 +252,8 @@ def recoverability(
                 "validation_ce_bits": float(fitted.validation_ce_nats[i] / np.log(2)),
                 "epochs_run": fitted.epochs_run,
             }
+        store.save(group, rows_out[-len(group):], {str(layer): training_log[str(layer)] for layer in group})
+    rows_out, training_log = store.collect(groups)
 
     config = {
         "model": src.model,
