@@ -136,11 +136,16 @@ def main_first(ctx: Context | None = None) -> Iterator[bool]:
 
 @contextlib.contextmanager
 def quiet_unless_main(ctx: Context | None = None) -> Iterator[None]:
-    """stdout of ranks other than 0 goes nowhere: one table, one summary (errors still show)."""
+    """stdout of ranks other than 0 goes nowhere: one table, one summary (errors still show), and
+    their transformers loading bars are off."""
     ctx = ctx or context()
     if ctx.is_main:
         yield
         return
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         yield
         sys.stdout.flush()

@@ -30,19 +30,19 @@ def probe_settings(args: argparse.Namespace):
 
     train = TrainConfig() if args.max_epochs is None else TrainConfig(max_epochs=args.max_epochs)
     return ProbeSettings(vocab=args.vocab, test_fraction=args.test_fraction, seed=args.seed, k=args.k,
-                         level=args.level, entropy=args.entropy, device=_rank_device(args.device), train=train,
+                         level=args.level, entropy=args.entropy, device=_rank_device(args.device, getattr(args, "devices_per_replica", 1)), train=train,
                          max_memory=parse_size(args.probe_memory))
 
 
-def _rank_device(device: str | None) -> str | None:
-    """Under torchrun on GPUs, rank r probes on cuda:LOCAL_RANK unless told otherwise."""
+def _rank_device(device: str | None, devices_per_replica: int = 1) -> str | None:
+    """Under torchrun on GPUs, a rank probes on the first GPU of its replica unless told otherwise."""
     import torch
 
     from ..distributed import context
 
     ctx = context()
     if ctx.distributed and torch.cuda.is_available() and device in (None, "cuda"):
-        return f"cuda:{ctx.local_rank}"
+        return f"cuda:{ctx.local_rank * max(devices_per_replica, 1)}"
     return device
 
 
