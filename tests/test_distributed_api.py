@@ -1,0 +1,61 @@
+"""The Python API inside a program that initialised torch.distributed itself (2 gloo processes,
+torch.multiprocessing): extract writes the one-process cache, and recoverability on raw tensors
+(no directory: groups are exchanged through torch.distributed) returns the one-process table on
+every rank."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from tiny import make_tiny_model, random_sentences
+
+import fastmi
+from fastmi.training import TrainConfig, probe_bytes
+
+SENTENCES = random_sentences(30, seed=6, min_words=1)
+TRAIN = TrainConfig(max_epochs=2)
+
+
+def one_group_per_layer(cache) -> int:
+    return probe_bytes(cache.num_rows, cache.hidden_size, len(torch.unique(cache.targets.ids)), TRAIN.batch_size)
+
+
+def _worker(rank: int, root: str, model: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{root}/store", rank=rank, world_size=2)
+    try:
+        cache = fastmi.extract(model, SENTENCES, cache_dir=Path(root) / "two", shard_rows=7, batch_size=4,
+                               progress=False)
+        tensors = {layer: cache.embeddings(layer) for layer in cache.layers}
+        result = fastmi.recoverability(tensors, targets=cache.targets, vocab_size=int(cache.metadata["vocab_size"]),
+                                       train=TRAIN, max_memory=one_group_per_layer(cache), progress=False)
+        (Path(root) / f"rank{rank}.json").write_text(json.dumps(result.table))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_api_under_an_initialised_process_group(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTMI_HOME", str(tmp_path / "home"))
+    model = str(make_tiny_model("gpt2", tmp_path / "gpt2", hidden=16, layers=3))
+    mp.start_processes(_worker, args=(str(tmp_path), model), nprocs=2, join=True, start_method="spawn")
+
+    cache = fastmi.extract(model, SENTENCES, cache_dir=tmp_path / "one", shard_rows=7, batch_size=4, progress=False)
+    for path in sorted((tmp_path / "one").rglob("*.safetensors")):
+        assert (tmp_path / "two" / path.relative_to(tmp_path / "one")).read_bytes() == path.read_bytes()
+    tensors = {layer: cache.embeddings(layer) for layer in cache.layers}
+    mine = fastmi.recoverability(tensors, targets=cache.targets, vocab_size=int(cache.metadata["vocab_size"]),
+                                 train=TRAIN, max_memory=one_group_per_layer(cache), progress=False)
+    assert mine.config["layer_groups"] == [[0], [1], [2], [3]]
+    expected = json.loads(json.dumps(mine.table))
+    for rank in (0, 1):
+        theirs = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert [r["layer"] for r in theirs] == [0, 1, 2, 3]
+        for a, b in zip(expected, theirs):
+            for column, value in a.items():
+                if isinstance(value, float):
+                    assert b[column] == pytest.approx(value, abs=1e-6), (rank, a["layer"], column)
+                else:
+                    assert b[column] == value, (rank, a["layer"], column)
