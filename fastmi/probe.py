@@ -213,6 +213,7 @@ def recoverability(
     rows_out: list[dict] = []
     training_log: dict[str, Any] = {}
     index = {name: torch.as_tensor(rows, device=device) for name, rows in part_rows.items()}
+    groups = distributed.broadcast(groups)  # free memory differs between ranks: all train rank 0's groups
     # Everything that changes the numbers of a group (the groups themselves are matched layer by layer).
     store = GroupStore.open(source, src.layers, checkpoint_dir=checkpoint_dir, settings=dict(
         model=src.model, vocab=vocab, alphabet_size=alphabet.size, k=k, level=level, seed=seed, entropy=entropy,
