@@ -187,7 +187,8 @@ def parse_max_memory(text: str | dict | None) -> dict[int | str, str] | None:
             key, size = "gpu", key
         key = key.strip().lower()
         if not size.strip() or not (key.isdigit() or key in ("cpu", "disk", "gpu")):
-            raise ValueError(f"cannot read --max-memory {text!r}: expected e.g. '70GiB' or '0=70GiB,1=70GiB,cpu=200GiB'")
+            raise ValueError(f"cannot read --max-memory {text!r}: expected e.g. '70GiB' or "
+                             "'0=70GiB,1=70GiB,cpu=200GiB'")
         out[int(key) if key.isdigit() else key] = size.strip()
     return out
 

@@ -218,7 +218,8 @@ def recoverability(
     store = GroupStore.open(source, src.layers, checkpoint_dir=checkpoint_dir, settings=dict(
         model=src.model, vocab=vocab, alphabet_size=alphabet.size, k=k, level=level, seed=seed, entropy=entropy,
         n_bootstrap=n_bootstrap, train=asdict(train), split=split.to_dict(), excluded_ids=list(src.excluded_ids)))
-    for group in tqdm(store.pending(groups), desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):
+    mine = store.pending(groups)  # this rank's groups not saved by an earlier run
+    for group in tqdm(mine, desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):
         z = torch.stack([_load_layer(src, layer, num_rows) for layer in group]).to(device)
         if z.shape[-1] != dim:
             raise ValueError(f"layers {group} have width {z.shape[-1]}, layer {src.layers[0]} has {dim}")

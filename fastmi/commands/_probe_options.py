@@ -30,8 +30,8 @@ def probe_settings(args: argparse.Namespace):
 
     train = TrainConfig() if args.max_epochs is None else TrainConfig(max_epochs=args.max_epochs)
     return ProbeSettings(vocab=args.vocab, test_fraction=args.test_fraction, seed=args.seed, k=args.k,
-                         level=args.level, entropy=args.entropy, device=_rank_device(args.device, getattr(args, "devices_per_replica", 1)), train=train,
-                         max_memory=parse_size(args.probe_memory))
+                         level=args.level, entropy=args.entropy, train=train, max_memory=parse_size(args.probe_memory),
+                         device=_rank_device(args.device, getattr(args, "devices_per_replica", 1)))
 
 
 def _rank_device(device: str | None, devices_per_replica: int = 1) -> str | None:

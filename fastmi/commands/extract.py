@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     meta = cache.metadata
     print(f"cache: {cache.directory}")
     print(f"{meta['model']} ({meta['architecture']}, {meta['num_layers']} blocks, d={meta['hidden_size']}, "
-          f"{meta['dtype']}, cache {cache.cache_dtype}) on {meta['corpus_name']} ({meta['num_rows']} sentences): layers "
-          f"{format_layers(cache.layers)} ({len(cache.layers)}), {meta['pooling']} pooling, max_length {meta['max_length']}, "
+          f"{meta['dtype']}, cache {cache.cache_dtype}) on {meta['corpus_name']} ({meta['num_rows']} sentences): "
+          f"layers {format_layers(cache.layers)} ({len(cache.layers)}), {meta['pooling']} pooling, "
+          f"max_length {meta['max_length']}, "
           f"{time.perf_counter() - started:.1f}s")
     return 0
