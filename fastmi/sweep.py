@@ -133,6 +133,7 @@ def sweep(
     progress: bool = True,
     cache_dtype: str = "fp32",
     load_options: dict | None = None,
+    shard_rows: int | None = None,
 ) -> RecoverabilityResult:
     """Extract (or reuse) each model's cache under ``out``, probe all on one split, write the results.
 
@@ -167,7 +168,7 @@ def sweep(
                 model, corpus, pooling=pooling, layers=layers, cache_dir=cache_dir, resume=True,
                 overwrite=overwrite, device=settings.device if load_options is None else None,
                 dtype=dtype if load_options is None else None, batch_size=batch_size,
-                max_length=max_length, progress=progress, cache_dtype=cache_dtype,
+                max_length=max_length, progress=progress, cache_dtype=cache_dtype, shard_rows=shard_rows,
             )
         results.append(probe_cache(cache, split, settings, out / "models" / f"{slug}.json", progress=progress))
     combined = RecoverabilityResult.concat(results)

@@ -122,7 +122,8 @@ def test_two_processes_probe_to_the_same_table(setup, reference_cache, two_proce
 
 def test_two_process_sweep_of_two_models_gives_the_one_process_results(setup):
     root, corpus, models = setup
-    args = ["sweep", "--model", str(models["bert"]), "--model", str(models["llama"]), "--corpus", str(corpus), *PROBE]
+    args = ["sweep", "--model", str(models["bert"]), "--model", str(models["llama"]), "--corpus", str(corpus),
+            "--shard-rows", str(SHARD_ROWS), *PROBE]
     torchrun([*args, "--out", str(root / "sweep-two")], root)
     assert main([*args, "--out", str(root / "sweep-one")]) == 0
     two = RecoverabilityResult.from_json(root / "sweep-two" / "results.json")
