@@ -59,3 +59,24 @@ def test_api_under_an_initialised_process_group(tmp_path, monkeypatch):
                     assert b[column] == pytest.approx(value, abs=1e-6), (rank, a["layer"], column)
                 else:
                     assert b[column] == value, (rank, a["layer"], column)
+
+
+def test_an_error_of_rank_0_opening_the_cache_reaches_every_rank(monkeypatch):
+    from fastmi import distributed, extraction
+
+    sent = []
+    monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: sent.append(value) or value)
+
+    def refuse():
+        raise ValueError("the cache at X was built for another pooling")
+
+    with pytest.raises(ValueError, match="another pooling"):  # rank 0 raises it and tells the others
+        extraction._on_main_then_share(refuse, distributed.Context(rank=0, world=2), attach=None)
+    assert sent == [("ValueError", "the cache at X was built for another pooling")]
+
+    monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: sent[0])
+    with pytest.raises(ValueError, match="rank 0 could not open the cache: the cache at X was built for another"):
+        extraction._on_main_then_share(refuse, distributed.Context(rank=1, world=2), attach=None)
+    monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: ("ok", [(1, [0, 2])]))
+    assert extraction._on_main_then_share(refuse, distributed.Context(rank=1, world=2), attach=lambda: "writer") == (
+        "writer", [(1, [0, 2])])
