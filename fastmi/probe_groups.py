@@ -9,8 +9,8 @@
   interrupted probe loses at most the group it was training.  A group is reused only for exactly
   its layers and only if those layers' data are unchanged (the cache's unit checksums, or a hash
   of the tensors).
-* **Distributed.** Under torch.distributed, rank r trains groups r, r + world, ... (whole groups,
-  as EleutherAI's sparsify deals modules out to ranks), saves each, waits for the others, and
+* **Distributed.** Under torch.distributed, rank r trains unsaved groups r, r + world, ... (whole
+  groups, as EleutherAI's sparsify deals modules out to ranks), saves each, waits for the others, and
   then every rank reads all groups back, so every rank returns the same result; rank 0 alone
   writes tables and plots (the callers do that).  The groups themselves do not depend on the
   number of processes, so N processes give the numbers one process gives.
@@ -117,8 +117,14 @@ class GroupStore:
 
     # ---- the loop -----------------------------------------------------------------------------
     def pending(self, groups: Sequence[Sequence[int]]) -> list[list[int]]:
-        """This rank's share of ``groups`` that no earlier run has saved."""
-        return [list(g) for g in distributed.my_share(list(groups), self.ctx) if self._load(g) is None]
+        """This rank's share of the ``groups`` that no earlier run has saved.
+
+        Rank 0 decides which are unsaved (before anyone trains) and tells the others, so that all
+        ranks deal out the same list, and a resumed run spreads what is left over every rank.
+        """
+        unsaved = distributed.broadcast([list(g) for g in groups if self._load(g) is None]
+                                        if self.ctx.is_main else None)
+        return distributed.my_share(unsaved, self.ctx)
 
     def save(self, group: Sequence[int], rows: Sequence[dict], training: Mapping[str, Any]) -> None:
         """Record a finished group (atomically, if there is a directory)."""
