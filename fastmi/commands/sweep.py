@@ -43,10 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from ..split import Split
     from ..sweep import print_summary, sweep
 
-    import torch
-
     settings = probe_settings(args)
-    extract_device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    extract_device = settings.device or "cpu"  # as before: extraction moves to a GPU only when asked
     result = sweep(args.models, args.corpus, args.out, settings=settings, max_sentences=args.max_sentences,
                    pooling=args.pooling, layers=args.layers, batch_size=args.batch_size, max_length=args.max_length,
                    dtype=args.dtype, overwrite=args.overwrite, progress=args.progress, cache_dtype=args.cache_dtype,
