@@ -51,11 +51,12 @@ def accelerate_kwargs(device: torch.device | str, max_memory: str | dict | None,
     """
     budget = distributed.parse_max_memory(max_memory) or {}
     on_gpu = str(device) == "auto" or torch.device(str(device)).type == "cuda"
+    restricted = gpus is not None  # else accelerate may use every visible GPU, with its own budget
     if gpus is None:
         gpus = list(range(torch.cuda.device_count())) if on_gpu else []
     if not gpus and "gpu" in budget:  # CPU-only: a bare size is the CPU budget
         budget["cpu"] = budget.pop("gpu")
-    if gpus:
+    if gpus and (budget or restricted):
         budget = distributed.replica_max_memory(budget, gpus)
     kwargs: dict = {"device_map": "auto"}
     if budget:
