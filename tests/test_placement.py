@@ -97,3 +97,21 @@ def test_ranks_share_work_disjointly_and_completely(world):
     shares = [my_share(items, Context(rank=r, world=world)) for r in range(world)]
     assert sorted(x for share in shares for x in share) == items
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_each_rank_gets_its_own_devices(monkeypatch):
+    from fastmi.placement import rank_devices
+
+    second_of_four = Context(rank=1, world=4, local_rank=1, local_world=4)
+    assert rank_devices("cpu", 1, second_of_four) == ("cpu", None)
+    assert rank_devices("cuda", 1, second_of_four) == ("cuda:1", None)  # one GPU per rank
+    assert rank_devices("cuda:5", 1, second_of_four) == ("cuda:5", None)  # asked for explicitly
+    assert rank_devices("cuda", 1, Context()) == ("cuda", None)  # one process: as given
+    with pytest.raises(ValueError, match="needs CUDA GPUs"):
+        rank_devices("cuda", 2, second_of_four)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert rank_devices("cuda", 2, second_of_four) == ("auto", [2, 3])  # a replica over 2 GPUs
+    assert rank_devices("auto", 1, second_of_four) == ("auto", [2, 3])  # "all GPUs": this rank's share
+    with pytest.raises(ValueError, match="launch 2 processes per node"):
+        rank_devices("cuda", 4, second_of_four)
