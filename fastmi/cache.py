@@ -4,13 +4,17 @@ Layout (shared/DESIGN.md section 6)::
 
     <dir>/manifest.json                      identity, metadata, finished units (the source of truth)
     <dir>/targets.safetensors                BagTargets (offsets, ids, counts), row_ids, lengths
-    <dir>/layer_{l:03d}/shard_{s:05d}.safetensors   "embeddings" fp32 [rows, d], "row_ids" int64 [rows]
+    <dir>/layer_{l:03d}/shard_{s:05d}.safetensors   "embeddings" [rows, d] in the cache dtype, "row_ids" int64
 
 Shard s holds corpus rows ``[s * shard_rows, min((s + 1) * shard_rows, num_rows))`` in corpus order.
 Every file is written to a temporary name in its own folder, fsynced, then renamed; a unit (layer,
 shard) is finished only once the manifest, itself replaced atomically, lists it with its size and
 sha256.  A listed file whose size or checksum disagrees is never read: readers raise
 :class:`CacheCorruptError`, and the next extraction reports it and redoes the unit.  No pickle.
+
+Several processes may write one cache (``torchrun``, see docs/distributed.md): each writes only
+its own units, and the manifest is read, merged and replaced under a second lock
+(``.manifest.lock``), one writer at a time, so no finished unit is ever lost.
 """
 from __future__ import annotations
 
@@ -39,21 +43,44 @@ TARGETS = "targets.safetensors"
 UNEMBEDDING = "unembedding.safetensors"  # the model's output embedding, for probe="unembedding"
 # Two caches answer the same question only if all of these agree; anything else (device, batch
 # size) changes results by rounding at most and is recorded, not enforced.
-IDENTITY_KEYS = ("model", "revision", "dtype", "pooling", "max_length", "corpus_fingerprint")
+IDENTITY_KEYS = ("model", "revision", "dtype", "pooling", "max_length", "corpus_fingerprint", "cache_dtype")
+# How the pooled embeddings are stored.  Caches made before the setting existed are fp32.
+CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_CACHE_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"} | {k: k for k in CACHE_DTYPES}
+DEFAULT_CACHE_DTYPE = "float32"
 _TMP_PREFIX = ".tmp-"
 HEADER_KEY = "fastmi"
-_ST_DTYPES = {"F32": np.float32, "I64": np.int64}
+# bfloat16 has no numpy dtype: its raw 16-bit words are read as uint16 and widened by torch.
+_ST_DTYPES = {"F32": np.float32, "I64": np.int64, "F16": np.float16, "BF16": np.uint16}
 
 
 class CacheCorruptError(RuntimeError):
     """A cache file does not match what the manifest recorded for it (truncated, edited, lost)."""
 
 
+def resolve_cache_dtype(name: str | torch.dtype | None) -> str:
+    """"fp32" | "bf16" | "fp16" (or the long names, or a torch dtype) -> "float32" | "bfloat16" | "float16"."""
+    if name is None:
+        return DEFAULT_CACHE_DTYPE
+    text = str(name).removeprefix("torch.")
+    if text not in _CACHE_DTYPE_NAMES:
+        raise ValueError(f"cache dtype must be one of fp32, bf16, fp16, got {name!r}")
+    return _CACHE_DTYPE_NAMES[text]
+
+
+def _hashed_identity(identity: Mapping[str, object]) -> dict:
+    # An fp32 cache keeps the directory name it had before cache_dtype was part of the identity.
+    hashed = {k: identity.get(k) for k in IDENTITY_KEYS}
+    if hashed["cache_dtype"] in (None, DEFAULT_CACHE_DTYPE):
+        del hashed["cache_dtype"]
+    return hashed
+
+
 def default_cache_dir(identity: Mapping[str, object], model_name: str) -> Path:
     """``$FASTMI_HOME/activations/<model-slug>-<12 hex of the identity>`` (FASTMI_HOME: ~/.cache/fastmi)."""
     home = Path(os.environ.get("FASTMI_HOME") or Path.home() / ".cache" / "fastmi")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(model_name)).name or str(model_name)).strip("-") or "model"
-    digest = hashlib.sha256(json.dumps({k: identity[k] for k in IDENTITY_KEYS}, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(_hashed_identity(identity), sort_keys=True).encode()).hexdigest()
     return home / "activations" / f"{slug}-{digest[:12]}"
 
 
@@ -95,6 +122,11 @@ def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _raw(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy view of the tensor's bytes (bfloat16 as its 16-bit words)."""
+    return (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
 def encode_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> tuple[bytes, str]:
     """The file bytes of ``tensors``, with ``metadata`` and their checksum in the header.
 
@@ -102,7 +134,7 @@ def encode_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[st
     header metadata in a hash map whose order changes between processes, and the files of a
     resumed run must be byte-identical to those of an uninterrupted one.
     """
-    checksum = tensors_sha256({k: v.numpy() for k, v in tensors.items()})
+    checksum = tensors_sha256({k: _raw(v) for k, v in tensors.items()})
     header = json.dumps(dict(metadata) | {"sha256": checksum}, sort_keys=True, separators=(",", ":"))
     return safetensors_bytes(dict(tensors), {HEADER_KEY: header}), checksum
 
@@ -172,7 +204,12 @@ class ActivationCache:
 
     @property
     def identity(self) -> dict:
-        return {k: self._manifest["metadata"][k] for k in IDENTITY_KEYS}
+        return {k: _metadata_value(self._manifest["metadata"], k) for k in IDENTITY_KEYS}
+
+    @property
+    def cache_dtype(self) -> str:
+        """How the embeddings are stored: "float32", "bfloat16" or "float16"."""
+        return _metadata_value(self._manifest["metadata"], "cache_dtype")
 
     @property
     def num_rows(self) -> int:
@@ -195,6 +232,10 @@ class ActivationCache:
         start = shard * self.shard_rows
         return start, min(start + self.shard_rows, self.num_rows)
 
+    def layer_units(self, layer: int) -> dict[str, list]:
+        """``{shard: [bytes, sha256]}`` of a layer: what its data is (for results derived from it)."""
+        return dict(self._manifest["units"].get(str(layer), {}))
+
     def finished_shards(self, layer: int) -> set[int]:
         return {int(s) for s in self._manifest["units"].get(str(layer), {})}
 
@@ -214,7 +255,8 @@ class ActivationCache:
         """fp32 [num_rows, d]: row i is corpus sentence i (empty sentences pool to zeros).
 
         Each shard is memory-mapped, checked (size, header and data sha256 against the manifest)
-        and copied once into the result.  A mismatch raises CacheCorruptError naming the file.
+        and copied once into the result (widened to fp32 if the cache stores bf16 or fp16), so
+        only this layer is ever in memory.  A mismatch raises CacheCorruptError naming the file.
         """
         if layer not in self.layers:
             raise KeyError(f"layer {layer} is not (fully) in the cache at {self.directory}; "
@@ -225,7 +267,11 @@ class ActivationCache:
             tensors = self._read_unit(layer, shard)
             if not np.array_equal(tensors["row_ids"], np.arange(start, stop)):
                 raise CacheCorruptError(f"{shard_path(self.directory, layer, shard)} holds rows other than [{start}, {stop})")
-            out[start:stop].numpy()[...] = tensors["embeddings"]  # the one copy: mmap -> result
+            stored = tensors["embeddings"]
+            if self.cache_dtype == "bfloat16":  # raw 16-bit words: a bf16 is the top half of its fp32
+                out[start:stop].numpy().view(np.uint32)[...] = stored.astype(np.uint32) << 16
+            else:
+                out[start:stop].numpy()[...] = stored  # the one copy: mmap -> result
         return out
 
     def _read_unit(self, layer: int, shard: int) -> dict[str, np.ndarray]:
@@ -292,6 +338,19 @@ class CacheWriter(ActivationCache):
     """The writing side, used by :func:`fastmi.extract`; holds an exclusive lock on the directory."""
 
     @classmethod
+    def attach(cls, directory: str | os.PathLike) -> "CacheWriter":
+        """Join a cache another process of the same run has prepared (and holds the run lock of).
+
+        Used by ranks other than 0 of a multi-process extraction: they write their own units and
+        add them to the manifest under the manifest lock; they never change anything else.
+        """
+        writer = cls(Path(directory), read_manifest(Path(directory)) or {})
+        if not writer._manifest:
+            raise FileNotFoundError(f"no fastmi activation cache at {directory} (no {MANIFEST})")
+        writer._lock = None
+        return writer
+
+    @classmethod
     def prepare(cls, directory: str | os.PathLike, metadata: dict, shard_rows: int,
                 resume: bool = True, overwrite: bool = False) -> "CacheWriter":
         """Open ``directory`` for ``metadata``: start it, continue it, or refuse it with the reason."""
@@ -308,7 +367,7 @@ class CacheWriter(ActivationCache):
                 _remove_cache_files(directory)  # only what a cache consists of, even if it is damaged
             manifest = read_manifest(directory)
             if manifest is None:
-                if not overwrite and any(p != lock_path for p in directory.iterdir()):
+                if not overwrite and any(p.name not in (".lock", ".manifest.lock") for p in directory.iterdir()):
                     raise ValueError(f"{directory} is not empty and holds no fastmi cache; choose another "
                                      "directory (or pass overwrite=True / --overwrite to use it anyway)")
                 manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": metadata,
@@ -347,8 +406,19 @@ class CacheWriter(ActivationCache):
         self.close()
 
     def _commit(self) -> None:
-        data = json.dumps(self._manifest, indent=1, sort_keys=True).encode()
-        atomic_write_bytes(self.directory / MANIFEST, data)
+        with _manifest_lock(self.directory):
+            atomic_write_bytes(self.directory / MANIFEST, json.dumps(self._manifest, indent=1, sort_keys=True).encode())
+
+    def _commit_units(self, finished: Mapping[int, Mapping[int, list]]) -> None:
+        """Add ``{layer: {shard: [bytes, sha256]}}`` to the manifest on disk, which other processes
+        may have extended since we read it: read, merge and replace under the manifest lock."""
+        with _manifest_lock(self.directory):
+            manifest = read_manifest(self.directory) or self._manifest
+            for layer, shards in finished.items():
+                for shard, entry in shards.items():
+                    manifest["units"].setdefault(str(layer), {})[str(shard)] = entry
+            atomic_write_bytes(self.directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            self._manifest = manifest
 
     def _header(self) -> dict:
         return {"format": FORMAT, **self.identity}
@@ -411,21 +481,28 @@ class CacheWriter(ActivationCache):
         return [l for l in layers if str(shard) not in self._manifest["units"].get(str(l), {})]
 
     def write_shard(self, shard: int, pooled: Mapping[int, np.ndarray]) -> None:
-        """Write one shard of each layer in ``pooled`` (fp32 [rows, d], corpus order), then list them."""
+        """Write one shard of each layer in ``pooled`` (fp32 [rows, d], corpus order), then list them.
+
+        Values are stored in the cache dtype (rounded to nearest); a value beyond its range is
+        refused (fp16 overflows at 65504) and nothing of the shard is listed.
+        """
         start, stop = self.shard_range(shard)
         row_ids = torch.arange(start, stop, dtype=torch.long)
+        stored_dtype = CACHE_DTYPES[self.cache_dtype]
         finished = {}
         for layer, values in pooled.items():
             if values.shape != (stop - start, self.hidden_size):
                 raise ValueError(f"layer {layer} shard {shard}: expected shape {(stop - start, self.hidden_size)}, got {values.shape}")
+            stored = torch.from_numpy(values).to(stored_dtype)
+            if stored_dtype != torch.float32 and not bool(torch.isfinite(stored).all()):
+                raise ValueError(f"layer {layer} shard {shard}: pooled values exceed the range of {self.cache_dtype} "
+                                 f"(largest magnitude {float(np.abs(values).max()):.4g}); use cache_dtype bf16 or fp32")
             header = self._header() | {"layer": layer, "shard": shard, "row_start": start, "rows": stop - start}
-            data, checksum = encode_safetensors({"embeddings": torch.from_numpy(values), "row_ids": row_ids}, header)
+            data, checksum = encode_safetensors({"embeddings": stored, "row_ids": row_ids}, header)
             atomic_write_bytes(shard_path(self.directory, layer, shard), data)
             finished[layer] = [len(data), checksum]
         # Only now are the units finished: one manifest write per shard, not per file.
-        for layer, entry in finished.items():
-            self._manifest["units"].setdefault(str(layer), {})[str(shard)] = entry
-        self._commit()
+        self._commit_units({layer: {shard: entry} for layer, entry in finished.items()})
 
 
 def read_manifest(directory: Path) -> dict | None:
@@ -444,11 +521,18 @@ def read_manifest(directory: Path) -> dict | None:
     return manifest
 
 
+def _metadata_value(metadata: Mapping[str, object], key: str):
+    if key == "cache_dtype":
+        return metadata.get(key) or DEFAULT_CACHE_DTYPE
+    return metadata[key]
+
+
 def _check_same(directory: Path, manifest: dict, metadata: dict) -> None:
-    old = manifest["metadata"]
-    differ = [k for k in IDENTITY_KEYS if old.get(k) != metadata.get(k)]
+    old, new = manifest["metadata"], dict(metadata)
+    new.setdefault("cache_dtype", DEFAULT_CACHE_DTYPE)
+    differ = [k for k in IDENTITY_KEYS if _metadata_value(old, k) != new.get(k)]
     if differ:
-        lines = "; ".join(f"{k}: cache has {old.get(k)!r}, this run {metadata.get(k)!r}" for k in differ)
+        lines = "; ".join(f"{k}: cache has {_metadata_value(old, k)!r}, this run {new.get(k)!r}" for k in differ)
         raise ValueError(f"the cache at {directory} was built for another {', '.join(differ)} ({lines}); "
                          "pass overwrite=True (--overwrite) to replace it, or choose another cache directory")
 
@@ -466,6 +550,23 @@ def _lock(directory: Path):
         handle.close()
         raise RuntimeError(f"another process is extracting into {directory} (it holds {directory / '.lock'})") from None
     return handle
+
+
+@contextlib.contextmanager
+def _manifest_lock(directory: Path) -> Iterator[None]:
+    """Held while the manifest is read, merged and replaced: one writer at a time, across processes
+    (each rank of a multi-process extraction commits its own units)."""
+    with open(directory / ".manifest.lock", "a+") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: one process per cache
+            yield
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # blocking: another rank's commit takes milliseconds
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _remove_cache_files(directory: Path) -> None:

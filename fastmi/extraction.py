@@ -5,6 +5,10 @@ batches (less padding), the forward pass is tapped by :class:`fastmi.hooks.Layer
 pooled rows are put back in corpus order in host memory; then one safetensors file per layer is
 written and the shard is listed in the manifest.  A killed run resumes at the first unfinished
 (layer, shard): shards are a pure function of their rows, so the result is bit-identical.
+
+Under torch.distributed (e.g. ``torchrun -m fastmi extract``), rank 0 opens the cache and lists
+the unfinished shards, every rank takes its round-robin share of them and writes only those
+(docs/distributed.md); the files are the ones one process would write.
 """
 from __future__ import annotations
 
@@ -18,12 +22,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import __version__
-from .cache import ActivationCache, CacheWriter, default_cache_dir
+from . import __version__, distributed
+from .cache import ActivationCache, CacheWriter, default_cache_dir, resolve_cache_dtype
 from .corpus import Corpus
 from .hooks import LayerPooler, find_layer_taps, forward_parameters, hidden_states_pooled
 from .kernels.reference import POOL_MODES
 from .unembedding import output_embedding_or_reason
+from .placement import input_device
 
 __all__ = ["extract", "parse_layers", "batch_plan", "batches_by_length", "collate", "NonFiniteActivationError"]
 
@@ -52,6 +57,7 @@ def extract(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     padding_side: str | None = None,
     verify: bool = True,
+    cache_dtype: str = "fp32",
 ) -> ActivationCache:
     """Pool the hidden states of ``layers`` for every sentence of ``corpus`` into an activation cache.
 
@@ -65,7 +71,8 @@ def extract(
     (model, revision, dtype, pooling, max_length, corpus); ``overwrite`` replaces whatever is there.
     ``shard_rows`` (default: as many as keep one shard of all layers under ``shard_bytes``) fixes
     the unit of work and of resumption.  ``verify`` checks once, on a few sentences, that the taps
-    reproduce ``output_hidden_states=True`` of the same model.
+    reproduce ``output_hidden_states=True`` of the same model.  ``cache_dtype``: fp32 | bf16 | fp16,
+    how the pooled embeddings are stored (pooling itself is always fp32; part of the identity).
     """
     if pooling not in POOL_MODES:
         raise ValueError(f"pooling must be one of {POOL_MODES}, got {pooling!r}")
@@ -85,6 +92,7 @@ def extract(
     token_lists = corpus.tokenize(tokenizer, max_length)
     lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
     metadata = _metadata(loaded, corpus, pooling, max_length, batch_size, side, taps.sources)
+    metadata["cache_dtype"] = resolve_cache_dtype(cache_dtype)
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir(metadata, loaded.name)
     requested_rows = shard_rows
     if shard_rows is None:
@@ -92,30 +100,70 @@ def extract(
     elif not isinstance(shard_rows, int) or isinstance(shard_rows, bool) or shard_rows < 1:
         raise ValueError(f"shard_rows must be a positive int, got {shard_rows!r}")
 
-    with CacheWriter.prepare(directory, metadata, shard_rows, resume=resume, overwrite=overwrite) as writer:
-        if requested_rows is not None and writer.shard_rows != requested_rows:
-            warnings.warn(f"the cache at {directory} was started with shard_rows={writer.shard_rows}; "
-                          f"continuing with it, not {requested_rows}", stacklevel=2)
-        if not writer.targets_ok():
-            from .bags import BagTargets
+    ctx = distributed.context()
 
-            targets = BagTargets.from_token_lists(token_lists, exclude=loaded.special_ids, vocab_size=loaded.vocab_size)
-            writer.write_targets(targets, torch.from_numpy(lengths))
-        if not writer.unembedding_ok():  # stored once per cache, for probe="unembedding"
-            writer.write_unembedding(*output_embedding_or_reason(loaded.model))
-        writer.drop_bad_units()
-        todo = [(s, writer.missing_layers(s, wanted)) for s in range(writer.num_shards)]
-        todo = [(s, missing) for s, missing in todo if missing]
+    def prepare() -> tuple[CacheWriter, list[tuple[int, list[int]]]]:
+        writer = CacheWriter.prepare(directory, metadata, shard_rows, resume=resume, overwrite=overwrite)
+        try:
+            if requested_rows is not None and writer.shard_rows != requested_rows:
+                warnings.warn(f"the cache at {directory} was started with shard_rows={writer.shard_rows}; "
+                              f"continuing with it, not {requested_rows}", stacklevel=3)
+            if not writer.targets_ok():
+                from .bags import BagTargets
+
+                targets = BagTargets.from_token_lists(token_lists, exclude=loaded.special_ids,
+                                                      vocab_size=loaded.vocab_size)
+                writer.write_targets(targets, torch.from_numpy(lengths))
+            if not writer.unembedding_ok():  # stored once per cache, for probe="unembedding"
+                writer.write_unembedding(*output_embedding_or_reason(loaded.model))
+            writer.drop_bad_units()
+            todo = [(s, writer.missing_layers(s, wanted)) for s in range(writer.num_shards)]
+            return writer, [(s, missing) for s, missing in todo if missing]
+        except BaseException:
+            writer.close()
+            raise
+
+    writer, todo = _on_main_then_share(prepare, ctx, lambda: CacheWriter.attach(directory))
+    try:
+        if ctx.is_main and 0 < len(todo) < ctx.world:
+            warnings.warn(f"{len(todo)} unfinished shard(s) for {ctx.world} processes: some have nothing to do; "
+                          "pass a smaller shard_rows (--shard-rows)", stacklevel=2)
+        todo = distributed.my_share(todo, ctx)
+        progress = progress and ctx.is_main
         if todo:
             run = _Run(loaded, taps, token_lists, lengths, pooling, side, batch_size)
             if verify:
                 run.verify_taps(wanted)
             sizes = {s: writer.shard_range(s)[1] - writer.shard_range(s)[0] for s, _ in todo}
-            with _progress(sum(sizes.values()), progress, loaded.name) as bar:
+            name = loaded.name if ctx.world == 1 else f"{loaded.name} (rank 0 of {ctx.world})"
+            with _progress(sum(sizes.values()), progress, name) as bar:
                 for shard, missing in todo:
                     writer.write_shard(shard, run.shard(writer.shard_range(shard), missing, shard))
                     bar.update(sizes[shard])
+        distributed.barrier()  # every rank's units are listed before anyone reads the cache
+    finally:
+        writer.close()  # rank 0 releases the run lock only once all ranks are done
     return ActivationCache.open(directory)
+
+
+def _on_main_then_share(prepare, ctx, attach):
+    """Rank 0 runs ``prepare() -> (writer, todo)``; the others get its todo list (or its error)
+    and ``attach()`` to the cache it opened.  One process: just ``prepare()``."""
+    if ctx.world == 1:
+        return prepare()
+    if ctx.is_main:
+        try:
+            writer, todo = prepare()
+        except Exception as err:
+            distributed.broadcast((type(err).__name__, str(err)))
+            raise
+        distributed.broadcast(("ok", todo))
+        return writer, todo
+    status, payload = distributed.broadcast(None)
+    if status != "ok":
+        kind = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}.get(status, RuntimeError)
+        raise kind(f"rank 0 could not open the cache: {payload}")
+    return attach(), payload
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
@@ -246,7 +294,7 @@ class _Run:
     def __post_init__(self) -> None:
         model = self.loaded.model
         self.parameters = forward_parameters(model)
-        self.input_device = model.get_input_embeddings().weight.device
+        self.input_device = input_device(model)  # not the weight's: accelerate may have offloaded it
         pad = self.loaded.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else 0  # masked out anyway
 

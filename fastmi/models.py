@@ -71,20 +71,30 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     model_cache_dir: str | os.PathLike | None = None,
+    max_memory: str | dict | None = None,
+    offload_dir: str | os.PathLike | None = None,
+    gpus: list[int] | None = None,
 ) -> LoadedModel:
     """Load ``spec`` (demo alias, local directory, ``.gguf`` file or hub id) for extraction.
 
     ``dtype`` None means fp32 on CPU and bf16 on CUDA.  ``revision`` pins a hub commit/branch/tag
     (hub ids only).  ``model_cache_dir`` is where dequantised GGUF models and the weight-hash index
     live (default ``$FASTMI_HOME/models``, ``FASTMI_HOME`` defaulting to ``~/.cache/fastmi``).
+    ``max_memory`` ("0=70GiB,cpu=200GiB" or accelerate's dict), ``offload_dir`` (disk offload) and
+    ``gpus`` (the GPUs this process may use) hand placement to accelerate (:mod:`fastmi.placement`),
+    for a model larger than one device.
     """
     name = os.fspath(spec)
     # "auto" shards the model over all visible GPUs (accelerate's device_map="auto"); a single CUDA
     # device is loaded onto directly, so a large model is never staged in host memory first.
-    shard = str(device) == "auto"
-    device = torch.device("cuda" if shard else device)
+    shard = str(device) == "auto" or max_memory is not None or offload_dir is not None or gpus is not None
+    device = torch.device("cuda" if str(device) == "auto" else device)
     torch_dtype = _resolve_dtype(dtype, device)
-    placement = {"device_map": "auto" if shard else str(device)} if device.type == "cuda" else {}
+    placement = {"device_map": str(device)} if device.type == "cuda" else {}
+    if shard:
+        from .placement import accelerate_kwargs
+
+        placement = accelerate_kwargs(device, max_memory, offload_dir, gpus)
     cache_dir = Path(model_cache_dir) if model_cache_dir is not None else default_model_cache_dir()
 
     path = _demo_path(name) if name in DEMO_MODELS else Path(name).expanduser()
@@ -125,7 +135,9 @@ def load_model(
         )
     model.eval().requires_grad_(False)
     if shard:
-        device = model.get_input_embeddings().weight.device  # where input ids go
+        from .placement import input_device
+
+        device = input_device(model)  # where input ids go (the embedding weight may be offloaded)
     elif not placement:
         model.to(device)
     _ensure_pad_token(tokenizer)

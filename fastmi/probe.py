@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import bounds
+from . import bounds, distributed
 from .alphabet import Alphabet
 from .bags import BagTargets
 from .evaluation import score_probes
@@ -155,6 +155,7 @@ def recoverability(
     probe: str = "linear",
     train_softmax: str = "full",
     unembedding: Any = None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ):
     """Probe every layer of ``source`` and bound I(T; z) per layer; returns a RecoverabilityResult.
 
@@ -170,7 +171,11 @@ def recoverability(
     frozen output embedding U, stored in the cache; raw embeddings pass ``unembedding=U`` or (U, bias)).
     ``train_softmax``: "full" or "sampled:K" (K shared negatives per step); validation and held-out
     scoring are always exact over the whole alphabet (:mod:`fastmi.probe_heads`).
+    Each finished layer group is saved (``checkpoint_dir``, default ``<cache>/probes``) and a rerun
+    with the same settings resumes; under torch.distributed ranks train disjoint groups and all
+    return the whole result (:mod:`fastmi.probe_groups`).
     """
+    from .probe_groups import GroupStore
     from .result import RecoverabilityResult
 
     if isinstance(source, Mapping):
@@ -188,6 +193,7 @@ def recoverability(
     train = train or TrainConfig()
     check_probe_form(probe)
     parse_train_softmax(train_softmax)
+    progress = progress and distributed.context().is_main
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     src = probe_source
     num_rows = src.targets.num_rows
@@ -214,16 +220,25 @@ def recoverability(
     # Layers are checked before any training so a bad layer fails fast and nothing is half-done.
     first = _load_layer(src, src.layers[0], num_rows)
     dim = first.shape[1]
+    del first  # only one group of layers is ever in memory
     budget = max_memory if max_memory is not None else _default_max_memory(device)
     # The planner sizes groups with this same memory model (fastmi.memory), so a plan is what runs.
     group_size = layers_per_group(budget, len(src.layers), num_rows, dim, alphabet.size, train.batch_size,
-                                  precision=resolve_precision(train.precision, device), train_softmax=train_softmax, probe=probe)
+                                  precision=resolve_precision(train.precision, device),
+                                  train_softmax=train_softmax, probe=probe)
     groups = layer_groups(src.layers, group_size)
 
     rows_out: list[dict] = []
     training_log: dict[str, Any] = {}
     index = {name: torch.as_tensor(rows, device=device) for name, rows in part_rows.items()}
-    for group in tqdm(groups, desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):
+    groups = distributed.broadcast(groups)  # free memory differs between ranks: all train rank 0's groups
+    # Everything that changes the numbers of a group (the groups themselves are matched layer by layer).
+    store = GroupStore.open(source, src.layers, checkpoint_dir=checkpoint_dir, settings=dict(
+        model=src.model, vocab=vocab, alphabet_size=alphabet.size, k=k, level=level, seed=seed, entropy=entropy,
+        n_bootstrap=n_bootstrap, train=asdict(train), split=split.to_dict(), excluded_ids=list(src.excluded_ids),
+        probe=probe, train_softmax=train_softmax))
+    mine = store.pending(groups)  # this rank's groups not saved by an earlier run
+    for group in tqdm(mine, desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):
         z = torch.stack([_load_layer(src, layer, num_rows) for layer in group]).to(device)
         if z.shape[-1] != dim:
             raise ValueError(f"layers {group} have width {z.shape[-1]}, layer {src.layers[0]} has {dim}")
@@ -264,6 +279,8 @@ def recoverability(
                 "epochs_run": fitted.epochs_run,
                 "start": fitted.start[i],
             }
+        store.save(group, rows_out[-len(group):], {str(layer): training_log[str(layer)] for layer in group})
+    rows_out, training_log = store.collect(groups)
 
     config = {
         "model": src.model,

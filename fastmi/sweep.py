@@ -7,7 +7,9 @@ An output directory holds everything a sweep makes and is its checkpoint::
     OUT/models/<slug>.json     each model's finished result, reused when its settings match
     OUT/results.{csv,json,png} all models together
 
-Rerunning a finished sweep reads its caches and results and redoes nothing.
+Rerunning a finished sweep reads its caches and results and redoes nothing.  Under torchrun every
+rank extracts its shards and probes its layer groups of each model in turn; rank 0 alone writes
+split.json and the results (docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import distributed
 from .corpus import Corpus
 from .result import RecoverabilityResult
 from .split import Split
@@ -40,15 +43,17 @@ class ProbeSettings:
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: str = "linear"
     train_softmax: str = "full"
+    max_memory: int | None = None  # bytes for the layer groups of the probe (None: half the free memory)
 
     def key(self) -> dict:
-        """The settings that change the numbers (not the device)."""
+        """The settings that change the numbers (not the device, nor the memory budget)."""
         key = asdict(self)
         key.pop("device")
         # Default probe settings stay out of the key, so results stored before they existed are reused.
         for name, default in (("probe", "linear"), ("train_softmax", "full")):
             if key[name] == default:
                 key.pop(name)
+        key.pop("max_memory")
         return key
 
 
@@ -62,7 +67,15 @@ def model_slug(spec: str) -> str:
 
 
 def load_or_make_split(out: Path, num_rows: int, fingerprint: str | None, settings: ProbeSettings) -> Split:
-    """OUT/split.json if it exists (and fits this corpus), else a new split saved there."""
+    """OUT/split.json if it exists (and fits this corpus), else a new split saved there (by rank 0;
+    the other ranks of a multi-process run read it once it is there)."""
+    with distributed.main_first() as main:
+        if main:
+            return _load_or_make_split(out, num_rows, fingerprint, settings)
+    return _load_or_make_split(out, num_rows, fingerprint, settings)
+
+
+def _load_or_make_split(out: Path, num_rows: int, fingerprint: str | None, settings: ProbeSettings) -> Split:
     path = out / "split.json"
     if path.exists():
         split = Split.load(path)
@@ -97,9 +110,10 @@ def probe_cache(cache: Any, split: Split, settings: ProbeSettings, done_path: Pa
         cache, vocab=settings.vocab, seed=settings.seed, k=settings.k, level=settings.level,
         device=settings.device, split=split, entropy=settings.entropy, train=settings.train, progress=progress,
         probe=settings.probe, train_softmax=settings.train_softmax,
+        max_memory=settings.max_memory,
     )
     result.config["sweep_key"] = _jsonable(wanted)
-    if done_path is not None:
+    if done_path is not None and distributed.context().is_main:
         result.to_json(done_path)
     return result
 
@@ -124,9 +138,17 @@ def sweep(
     dtype: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    cache_dtype: str = "fp32",
+    load_options: dict | None = None,
+    shard_rows: int | None = None,
 ) -> RecoverabilityResult:
-    """Extract (or reuse) each model's cache under ``out``, probe all on one split, write the results."""
+    """Extract (or reuse) each model's cache under ``out``, probe all on one split, write the results.
+
+    ``load_options``: keyword arguments for :func:`fastmi.load_model` (device, max_memory,
+    offload_dir, gpus), for models placed by accelerate; default: ``settings.device``.
+    """
     from .extraction import extract
+    from .models import load_model
 
     if not models:
         raise ValueError("a sweep needs at least one model")
@@ -145,12 +167,15 @@ def sweep(
     results = []
     for spec, slug in zip(models, slugs):
         cache_dir = out / "cache" / slug
-        cache = None if overwrite else _finished_cache(cache_dir, corpus, pooling, layers, max_length, dtype)
+        cache = None if overwrite else _finished_cache(cache_dir, corpus, pooling, layers, max_length, dtype,
+                                                       cache_dtype)
         if cache is None:  # extract() loads the model; a finished cache does not need it
+            model = spec if load_options is None else load_model(spec, dtype=dtype, **load_options)
             cache = extract(
-                spec, corpus, pooling=pooling, layers=layers, cache_dir=cache_dir, resume=True,
-                overwrite=overwrite, device=settings.device, dtype=dtype, batch_size=batch_size,
-                max_length=max_length, progress=progress,
+                model, corpus, pooling=pooling, layers=layers, cache_dir=cache_dir, resume=True,
+                overwrite=overwrite, device=settings.device if load_options is None else None,
+                dtype=dtype if load_options is None else None, batch_size=batch_size,
+                max_length=max_length, progress=progress, cache_dtype=cache_dtype, shard_rows=shard_rows,
             )
         results.append(probe_cache(cache, split, settings, out / "models" / f"{slug}.json", progress=progress))
     combined = RecoverabilityResult.concat(results)
@@ -158,13 +183,14 @@ def sweep(
     return combined
 
 
-def _finished_cache(directory: Path, corpus: Corpus, pooling: str, layers, max_length: int, dtype: str | None):
+def _finished_cache(directory: Path, corpus: Corpus, pooling: str, layers, max_length: int, dtype: str | None,
+                    cache_dtype: str = "fp32"):
     """The cache in ``directory`` if it is complete for these settings, else None (extract decides).
 
     The directory is the model's own (OUT/cache/<slug>), so the model is not reloaded to check
     its identity: that is what makes a rerun of a finished sweep take seconds.
     """
-    from .cache import ActivationCache
+    from .cache import ActivationCache, resolve_cache_dtype
     from .extraction import parse_layers
 
     if not (directory / "manifest.json").is_file():
@@ -176,20 +202,25 @@ def _finished_cache(directory: Path, corpus: Corpus, pooling: str, layers, max_l
     except (ValueError, KeyError, OSError):
         return None
     same = (meta.get("corpus_fingerprint") == corpus.fingerprint and meta.get("pooling") == pooling
-            and int(meta.get("max_length", -1)) == max_length and (dtype is None or meta.get("dtype") == dtype))
+            and int(meta.get("max_length", -1)) == max_length and (dtype is None or meta.get("dtype") == dtype)
+            and cache.cache_dtype == resolve_cache_dtype(cache_dtype))
     return cache if same and set(wanted) <= set(cache.layers) else None
 
 
 def write_outputs(result: RecoverabilityResult, out: Path, split: Split | None = None) -> dict[str, Path]:
-    """results.csv, results.json, results.png (and split.json) under ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "csv": result.to_csv(out / "results.csv"),
-        "json": result.to_json(out / "results.json"),
-        "png": result.plot(out / "results.png"),
-    }
+    """results.csv, results.json, results.png (and split.json) under ``out``; rank 0 writes them
+    (every rank holds the same result) while the others wait."""
+    paths = {name: out / f"results.{name}" for name in ("csv", "json", "png")}
     if split is not None:
-        paths["split"] = split.save(out / "split.json")
+        paths["split"] = out / "split.json"
+    with distributed.main_first() as main:
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            result.to_csv(paths["csv"])
+            result.to_json(paths["json"])
+            result.plot(paths["png"])
+            if split is not None:
+                split.save(paths["split"])
     return paths
 
 

@@ -26,6 +26,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
                        "the batch's own ids per step (log-Q corrected; far cheaper for 100k+ vocabularies). "
                        "Validation and the held-out bounds are always exact over the whole alphabet")
     group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    group.add_argument("--probe-memory", default=None, metavar="SIZE",
+                       help="memory the probe may use for one group of layers trained together, e.g. '2GiB' "
+                       "(default: half the free memory); under torchrun each rank trains whole groups")
     group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -45,5 +48,34 @@ def probe_settings(args: argparse.Namespace):
 
     train = TrainConfig() if args.max_epochs is None else TrainConfig(max_epochs=args.max_epochs)
     return ProbeSettings(vocab=args.vocab, test_fraction=args.test_fraction, seed=args.seed, k=args.k,
-                         level=args.level, entropy=args.entropy, device=args.device, train=train,
-                         probe=args.probe, train_softmax=args.train_softmax)
+                         level=args.level, entropy=args.entropy, train=train, max_memory=parse_size(args.probe_memory),
+                         probe=args.probe, train_softmax=args.train_softmax,
+                         device=_rank_device(args.device, getattr(args, "devices_per_replica", 1)))
+
+
+def _rank_device(device: str | None, devices_per_replica: int = 1) -> str | None:
+    """Under torchrun on GPUs, a rank probes on the first GPU of its replica unless told otherwise."""
+    import torch
+
+    from ..distributed import context
+
+    ctx = context()
+    if ctx.distributed and torch.cuda.is_available() and device in (None, "cuda"):
+        return f"cuda:{ctx.local_rank * max(devices_per_replica, 1)}"
+    return device
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str | None) -> int | None:
+    """'2GiB' -> 2147483648, '500MB' -> 500000000, '1024' -> 1024."""
+    import re
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if m is None or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot read the size {text!r}: expected e.g. 2GiB, 500MB or a number of bytes")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from ._placement_options import add_placement_arguments, load_options
+
 HELP = "pool each layer's hidden states over a corpus into an activation cache"
 
 
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow a hub model's own Python code to run (off unless asked)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_placement_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,15 +57,17 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     corpus = Corpus.load(args.corpus, field=args.field, max_sentences=args.max_sentences)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                       trust_remote_code=args.trust_remote_code)
+    model = load_model(args.model, dtype=args.dtype, revision=args.revision, trust_remote_code=args.trust_remote_code,
+                       **load_options(args, args.device))
     cache = extract(model, corpus, pooling=args.pooling, layers=args.layers, cache_dir=args.out,
                     resume=args.resume, overwrite=args.overwrite, batch_size=args.batch_size,
-                    max_length=args.max_length, shard_rows=args.shard_rows, progress=args.progress)
+                    max_length=args.max_length, shard_rows=args.shard_rows, progress=args.progress,
+                    cache_dtype=args.cache_dtype)
     meta = cache.metadata
     print(f"cache: {cache.directory}")
     print(f"{meta['model']} ({meta['architecture']}, {meta['num_layers']} blocks, d={meta['hidden_size']}, "
-          f"{meta['dtype']}) on {meta['corpus_name']} ({meta['num_rows']} sentences): layers "
-          f"{format_layers(cache.layers)} ({len(cache.layers)}), {meta['pooling']} pooling, max_length {meta['max_length']}, "
+          f"{meta['dtype']}, cache {cache.cache_dtype}) on {meta['corpus_name']} ({meta['num_rows']} sentences): "
+          f"layers {format_layers(cache.layers)} ({len(cache.layers)}), {meta['pooling']} pooling, "
+          f"max_length {meta['max_length']}, "
           f"{time.perf_counter() - started:.1f}s")
     return 0

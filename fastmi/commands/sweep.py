@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._placement_options import add_placement_arguments, load_options
 from ._probe_options import add_probe_arguments, probe_settings
 
 HELP = "extract and probe several models on one corpus, on a shared split"
@@ -29,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="model compute dtype (default: float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--overwrite", action="store_true", help="replace caches in OUT built with other settings")
+    parser.add_argument("--shard-rows", type=int, default=None,
+                        help="sentences per cache shard, the unit of work and of resumption (default: ~1 GB of all "
+                        "layers); under torchrun make several shards per process")
     add_probe_arguments(parser)
+    add_placement_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
     from ..split import Split
     from ..sweep import print_summary, sweep
 
-    result = sweep(args.models, args.corpus, args.out, settings=probe_settings(args), max_sentences=args.max_sentences,
+    settings = probe_settings(args)
+    extract_device = settings.device or "cpu"  # as before: extraction moves to a GPU only when asked
+    result = sweep(args.models, args.corpus, args.out, settings=settings, max_sentences=args.max_sentences,
                    pooling=args.pooling, layers=args.layers, batch_size=args.batch_size, max_length=args.max_length,
-                   dtype=args.dtype, overwrite=args.overwrite, progress=args.progress)
+                   dtype=args.dtype, overwrite=args.overwrite, progress=args.progress, cache_dtype=args.cache_dtype,
+                   load_options=load_options(args, extract_device), shard_rows=args.shard_rows)
     out = Path(args.out)
     paths = {name: out / f"results.{name}" for name in ("csv", "json", "png")}
     paths["split"] = out / "split.json"

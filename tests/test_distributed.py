@@ -1,0 +1,181 @@
+"""Two CPU processes on gloo (launched by torchrun) give what one process gives.
+
+Each test launches ``torchrun --standalone --nproc_per_node 2 -m fastmi ...`` on tiny random
+models and compares with the same work done in this process: the cache files bit for bit, the
+tables within 1e-6 bits.  One run has a rank SIGKILL itself half-way through writing a shard; a
+single process then finishes the cache, and it is bit-identical too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from tiny import make_tiny_model, random_sentences
+
+import fastmi
+from fastmi.cli import main
+from fastmi.result import RecoverabilityResult
+from fastmi.split import Split
+from fastmi.training import TrainConfig
+
+ROWS, SHARD_ROWS, BATCH = 40, 8, 4  # 5 shards: rank 0 takes 0, 2, 4 and rank 1 takes 1, 3
+GROUP_MEMORY = "600KB"  # one layer per probe group at these sizes: 4 groups for 2 ranks
+PROBE = ["--max-epochs", "3", "--probe-memory", GROUP_MEMORY, "--no-progress"]
+NUMERIC_TOLERANCE = 1e-6  # bits
+
+
+@pytest.fixture(autouse=True)
+def _fastmi_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTMI_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(random_sentences(ROWS, seed=5, min_words=1)) + "\n")
+    models = {arch: make_tiny_model(arch, root / arch, hidden=16, layers=3) for arch in ("bert", "llama")}
+    return root, corpus, models
+
+
+def torchrun(args: list[str], cwd: Path, script: Path | None = None, extra_env: dict | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", FASTMI_HOME=str(cwd / "home"), **(extra_env or {}))
+    target = [str(script)] if script is not None else ["-m", "fastmi"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *target, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def cache_files(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*.safetensors"))}
+
+
+def manifest(directory: Path) -> dict:
+    return json.loads((directory / "manifest.json").read_text())
+
+
+def extract_here(setup, out: Path) -> fastmi.ActivationCache:
+    _, corpus, models = setup
+    return fastmi.extract(str(models["bert"]), fastmi.Corpus.from_text_file(corpus), cache_dir=out,
+                          shard_rows=SHARD_ROWS, batch_size=BATCH, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference_cache(setup):
+    root, _, _ = setup
+    return extract_here(setup, root / "reference")
+
+
+@pytest.fixture(scope="module")
+def two_process_cache(setup):
+    root, corpus, models = setup
+    out = root / "two"
+    proc = torchrun(["extract", "--model", str(models["bert"]), "--corpus", str(corpus), "--out", str(out),
+                     "--shard-rows", str(SHARD_ROWS), "--batch-size", str(BATCH), "--no-progress"], root)
+    assert proc.stdout.count("cache: ") == 1  # rank 0 alone prints
+    return out
+
+
+def assert_tables_match(mine: list[dict], theirs: list[dict]) -> None:
+    assert [(r["model"], r["layer"]) for r in mine] == [(r["model"], r["layer"]) for r in theirs]
+    for a, b in zip(mine, theirs):
+        for column, value in a.items():
+            if isinstance(value, float):
+                assert b[column] == pytest.approx(value, abs=NUMERIC_TOLERANCE), (a["layer"], column)
+            else:
+                assert b[column] == value, (a["layer"], column)
+
+
+def test_two_processes_write_the_cache_one_process_writes(reference_cache, two_process_cache):
+    reference = cache_files(reference_cache.directory)
+    assert len(reference) == 1 + 4 * 5  # targets + 4 layers x 5 shards
+    assert cache_files(two_process_cache) == reference
+    assert manifest(two_process_cache)["units"] == manifest(reference_cache.directory)["units"]
+    assert manifest(two_process_cache)["targets"] == manifest(reference_cache.directory)["targets"]
+
+
+def test_two_processes_probe_to_the_same_table(setup, reference_cache, two_process_cache):
+    root, _, _ = setup
+    out = root / "probe-two"
+    torchrun(["probe", "--cache", str(two_process_cache), "--out", str(out), *PROBE], root)
+    result = RecoverabilityResult.from_json(out / "results.json")
+    groups = result.config["layer_groups"]
+    assert len(groups) == 4  # both ranks had groups to train
+    # Each rank saved its own groups; together they are all the groups.
+    saved = sorted(p.name for p in (two_process_cache / "probes").rglob("group_*.json"))
+    assert len(saved) == 4
+    # One process, same split, same memory budget (hence the same groups), probing the reference cache.
+    mine = fastmi.recoverability(reference_cache, split=Split.load(out / "split.json"), train=TrainConfig(max_epochs=3),
+                                 max_memory=600_000, progress=False, checkpoint_dir=root / "probe-one")
+    assert mine.config["layer_groups"] == groups
+    assert_tables_match(mine.table, result.table)
+
+
+def test_two_process_sweep_of_two_models_gives_the_one_process_results(setup):
+    root, corpus, models = setup
+    args = ["sweep", "--model", str(models["bert"]), "--model", str(models["llama"]), "--corpus", str(corpus),
+            "--shard-rows", str(SHARD_ROWS), *PROBE]
+    torchrun([*args, "--out", str(root / "sweep-two")], root)
+    assert main([*args, "--out", str(root / "sweep-one")]) == 0
+    two = RecoverabilityResult.from_json(root / "sweep-two" / "results.json")
+    one = RecoverabilityResult.from_json(root / "sweep-one" / "results.json")
+    assert len(two.models) == 2 and len(two) == 8
+    assert_tables_match(one.table, two.table)
+    assert Split.load(root / "sweep-two" / "split.json") == Split.load(root / "sweep-one" / "split.json")
+    for slug in ("bert", "llama"):
+        assert cache_files(root / "sweep-two" / "cache" / slug) == cache_files(root / "sweep-one" / "cache" / slug)
+
+
+# Rank 1 SIGKILLs itself half-way through writing its 6th shard file (shard 3, layer 1): half the
+# bytes in a temporary file, nothing renamed, its shard 1 listed.  torchrun then stops rank 0
+# wherever it is.
+KILLING_LAUNCHER = textwrap.dedent("""
+    import os, signal, sys
+    import fastmi.cache as cache
+    from fastmi.__main__ import main
+
+    real_write, shard_writes = cache.atomic_write_bytes, []
+
+    def dying_write(path, data):
+        if os.environ["RANK"] == "1" and path.name.startswith("shard_"):
+            shard_writes.append(path)
+            if len(shard_writes) == 6:
+                with open(path.parent / (cache._TMP_PREFIX + path.name + ".killed"), "wb") as f:
+                    f.write(data[: len(data) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+        real_write(path, data)
+
+    cache.atomic_write_bytes = dying_write
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_rank_killed_mid_extraction_then_one_process_finishes_bit_identical(setup, reference_cache, tmp_path):
+    root, corpus, models = setup
+    launcher = tmp_path / "killing_launcher.py"
+    launcher.write_text(KILLING_LAUNCHER)
+    out = tmp_path / "killed"
+    proc = torchrun(["extract", "--model", str(models["bert"]), "--corpus", str(corpus), "--out", str(out),
+                     "--shard-rows", str(SHARD_ROWS), "--batch-size", str(BATCH), "--no-progress"],
+                    tmp_path, script=launcher, check=False)
+    assert proc.returncode != 0
+    assert f"exitcode  : -{int(signal.SIGKILL)}" in proc.stderr or "SIGKILL" in proc.stderr, proc.stderr[-3000:]
+    units = manifest(out)["units"]
+    assert all("1" in units[str(layer)] for layer in range(4))  # rank 1's first shard was listed
+    assert not any("3" in units.get(str(layer), {}) for layer in range(4))  # its second never was
+    assert list(out.glob("layer_*/.tmp-*.killed"))  # the half-written file is there
+
+    cache = extract_here(setup, out)  # one process, the same arguments
+    assert cache.layers == [0, 1, 2, 3]
+    assert not list(out.glob("layer_*/.tmp-*"))
+    assert cache_files(out) == cache_files(reference_cache.directory)
+    assert manifest(out)["units"] == manifest(reference_cache.directory)["units"]
