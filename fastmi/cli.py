@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "extract", "probe", "sweep", "report")
+COMMANDS = ("demo", "extract", "probe", "sweep", "report", "compare")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

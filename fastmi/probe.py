@@ -20,7 +20,9 @@ from tqdm.auto import tqdm
 from . import bounds
 from .alphabet import Alphabet
 from .bags import BagTargets
+from .curves import check_curve, finish_curves, fit_curve_points
 from .evaluation import score_probes
+from .heldout import HeldOut
 from .split import Split
 from .training import TrainConfig, fit_probes, probe_bytes, standardize
 
@@ -147,6 +149,7 @@ def recoverability(
     model: str | None = None,
     excluded_ids: Sequence[int] = (),
     progress: bool = True,
+    curve: Sequence[float] | None = None,
 ):
     """Probe every layer of ``source`` and bound I(T; z) per layer; returns a RecoverabilityResult.
 
@@ -158,6 +161,10 @@ def recoverability(
     ``test_fraction``, ``validation_fraction`` and ``seed``.  ``entropy``: H(T) estimator over all non-empty
     bags, "plugin" (biased low, hence conservative for lower bounds) or "miller_madow".
     ``max_memory``: bytes the layer-batched training may use (default: half the free memory).
+    ``curve``: fractions of the training rows, e.g. (0.125, 0.25, 0.5, 1.0): each layer is also fitted
+    on nested subsets of that size, scored on the same held-out rows (``result.curves``, and a
+    ``data_limited`` column; see :mod:`fastmi.curves`).  The per-sentence held-out scores are kept in
+    ``result.held_out`` for paired comparisons (:func:`fastmi.compare`).
     """
     from .result import RecoverabilityResult
 
@@ -174,6 +181,7 @@ def recoverability(
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     train = train or TrainConfig()
+    fractions = check_curve(curve)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     src = probe_source
     num_rows = src.targets.num_rows
@@ -204,6 +212,8 @@ def recoverability(
     groups = [src.layers[i : i + group_size] for i in range(0, len(src.layers), group_size)]
 
     rows_out: list[dict] = []
+    curve_points: list[dict] = []
+    held_out = HeldOut(rows=part_rows["test"].astype(np.int64))
     training_log: dict[str, Any] = {}
     index = {name: torch.as_tensor(rows, device=device) for name, rows in part_rows.items()}
     for group in tqdm(groups, desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):
@@ -216,6 +226,9 @@ def recoverability(
             alphabet.size, train, seed=seed, progress=progress, description=f"{src.model} layers {group[0]}-{group[-1]}",
         )
         scores = score_probes(z[:, index["test"]], fitted.weight, fitted.bias, part_bags["test"], alphabet.size, k)
+        if fractions:
+            curve_points += fit_curve_points(z, index, part_bags, alphabet.size, fractions, group, src.model,
+                                             entropy_bits, train, seed, k, level, n_bootstrap, progress)
         del z
         for i, layer in enumerate(group):
             row = {
@@ -236,6 +249,8 @@ def recoverability(
                 entropy_bits, alphabet.size, k, level=level, seed=seed, n_bootstrap=n_bootstrap,
             ))
             rows_out.append(row)
+            held_out.add(layer, errors=scores.errors[i].numpy(), errors_k=scores.errors_k[i].numpy(),
+                         ce_bits=scores.ce_bits[i].numpy())
             training_log[str(layer)] = {
                 "best_epoch": fitted.best_epoch[i],
                 "validation_ce_bits": float(fitted.validation_ce_nats[i] / np.log(2)),
@@ -262,7 +277,10 @@ def recoverability(
         "split": split.to_dict(),
         "source": {key: value for key, value in src.metadata.items() if _is_json_scalar(value)},
     }
-    return RecoverabilityResult(rows_out, config)
+    if fractions:
+        config["curve"] = list(fractions)
+    curves = finish_curves(rows_out, curve_points) if fractions else []
+    return RecoverabilityResult(rows_out, config, {src.model: held_out}, curves)
 
 
 def _is_json_scalar(value: Any) -> bool:

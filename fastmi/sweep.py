@@ -38,11 +38,14 @@ class ProbeSettings:
     entropy: str = "plugin"
     device: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    curve: tuple[float, ...] | None = None  # fractions of n_train, see fastmi.curves
 
     def key(self) -> dict:
         """The settings that change the numbers (not the device)."""
         key = asdict(self)
         key.pop("device")
+        if key["curve"] is None:
+            key.pop("curve")  # results made before curves existed stay reusable
         return key
 
 
@@ -85,11 +88,12 @@ def probe_cache(cache: Any, split: Split, settings: ProbeSettings, done_path: Pa
     wanted = {"settings": settings.key(), "split": split.to_dict(), "cache": identity}
     if done_path is not None and done_path.exists():
         previous = RecoverabilityResult.from_json(done_path)
-        if previous.config.get("sweep_key") == _jsonable(wanted):
+        if previous.config.get("sweep_key") == _jsonable(wanted) and previous.held_out:  # held_out: for comparisons
             return previous
     result = recoverability(
         cache, vocab=settings.vocab, seed=settings.seed, k=settings.k, level=settings.level,
         device=settings.device, split=split, entropy=settings.entropy, train=settings.train, progress=progress,
+        curve=settings.curve,
     )
     result.config["sweep_key"] = _jsonable(wanted)
     if done_path is not None:

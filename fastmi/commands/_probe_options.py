@@ -17,6 +17,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--entropy", default="plugin", choices=("plugin", "miller_madow"),
                        help="estimator of H(T) over all sentences (plug-in is biased low: conservative)")
     group.add_argument("--max-epochs", type=int, default=None, help="upper bound on training epochs per layer")
+    group.add_argument("--curve", nargs="?", const="0.125,0.25,0.5,1", default=None, metavar="FRACTIONS",
+                       help="also fit each layer on nested subsets of the training rows (default fractions "
+                       "0.125,0.25,0.5,1), all scored on the same held-out rows; adds a data_limited column")
     group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -27,4 +30,14 @@ def probe_settings(args: argparse.Namespace):
 
     train = TrainConfig() if args.max_epochs is None else TrainConfig(max_epochs=args.max_epochs)
     return ProbeSettings(vocab=args.vocab, test_fraction=args.test_fraction, seed=args.seed, k=args.k,
-                         level=args.level, entropy=args.entropy, device=args.device, train=train)
+                         level=args.level, entropy=args.entropy, device=args.device, train=train,
+                         curve=_fractions(args.curve))
+
+
+def _fractions(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise ValueError(f"--curve takes comma-separated fractions such as 0.125,0.25,0.5,1, got {text!r}") from None
