@@ -20,8 +20,10 @@ _LAZY = {
     "RecoverabilityLoss": "fastmi.loss",
     "load_model": "fastmi.models",
     "plan": "fastmi.planner",  # not fastmi.plan, for the same reason as extract
+    "compare": "fastmi.comparison",  # not fastmi.compare: a submodule would shadow the function
 }
-_SUBMODULES = {"bounds", "kernels", "models", "corpus", "cache", "extraction", "hooks", "probe", "result", "report", "sweep", "cli"}
+_SUBMODULES = {"bounds", "kernels", "models", "corpus", "cache", "extraction", "hooks", "probe", "result", "report", "sweep", "cli",
+               "curves", "comparison", "claims", "heldout"}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES])
 

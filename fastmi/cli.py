@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "extract", "probe", "sweep", "report", "plan")
+COMMANDS = ("demo", "extract", "probe", "sweep", "report", "plan", "compare")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -9,6 +9,7 @@ each group as one layer-batched problem (:mod:`fastmi.training`), score it on th
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -20,10 +21,12 @@ from tqdm.auto import tqdm
 from . import bounds, distributed
 from .alphabet import Alphabet
 from .bags import BagTargets
+from .curves import check_curve, finish_curves, fit_curve_points
 from .evaluation import score_probes
 from .precision import resolve_precision
 from .probe_heads import check_probe_form, fit_heads
 from .sampled_softmax import parse_train_softmax
+from .heldout import HeldOut
 from .split import Split
 from .memory import layer_groups, layers_per_group
 from .training import TrainConfig, standardize
@@ -156,6 +159,7 @@ def recoverability(
     train_softmax: str = "full",
     unembedding: Any = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    curve: Sequence[float] | None = None,
 ):
     """Probe every layer of ``source`` and bound I(T; z) per layer; returns a RecoverabilityResult.
 
@@ -174,6 +178,10 @@ def recoverability(
     Each finished layer group is saved (``checkpoint_dir``, default ``<cache>/probes``) and a rerun
     with the same settings resumes; under torch.distributed ranks train disjoint groups and all
     return the whole result (:mod:`fastmi.probe_groups`).
+    ``curve``: fractions of the training rows, e.g. (0.125, 0.25, 0.5, 1.0): each layer is also fitted
+    on nested subsets of that size, scored on the same held-out rows (``result.curves``, and a
+    ``data_limited`` column; see :mod:`fastmi.curves`).  The per-sentence held-out scores are kept in
+    ``result.held_out`` for paired comparisons (:func:`fastmi.compare`).
     """
     from .probe_groups import GroupStore
     from .result import RecoverabilityResult
@@ -194,6 +202,7 @@ def recoverability(
     check_probe_form(probe)
     parse_train_softmax(train_softmax)
     progress = progress and distributed.context().is_main
+    fractions = check_curve(curve)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     src = probe_source
     num_rows = src.targets.num_rows
@@ -238,6 +247,7 @@ def recoverability(
         n_bootstrap=n_bootstrap, train=asdict(train), split=split.to_dict(), excluded_ids=list(src.excluded_ids),
         probe=probe, train_softmax=train_softmax))
     mine = store.pending(groups)  # this rank's groups not saved by an earlier run
+    test_rows = part_rows["test"].astype(np.int64)
     for group in tqdm(mine, desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):
         z = torch.stack([_load_layer(src, layer, num_rows) for layer in group]).to(device)
         if z.shape[-1] != dim:
@@ -251,6 +261,12 @@ def recoverability(
         )
         scores = score_probes(fitted.features(z[:, index["test"]]), fitted.weight, fitted.bias, part_bags["test"],
                               alphabet.size, k)
+        group_held, group_points = HeldOut(rows=test_rows), []
+        if fractions:
+            fit = functools.partial(fit_heads, probe=probe, train_softmax=train_softmax,
+                                    unembedding=(head_weight, head_bias))
+            group_points = fit_curve_points(z, index, part_bags, alphabet.size, fractions, group, src.model,
+                                            entropy_bits, train, seed, k, level, n_bootstrap, progress, fit=fit)
         del z
         for i, layer in enumerate(group):
             row = {
@@ -273,14 +289,24 @@ def recoverability(
                 entropy_bits, alphabet.size, k, level=level, seed=seed, n_bootstrap=n_bootstrap,
             ))
             rows_out.append(row)
+            group_held.add(layer, errors=scores.errors[i].numpy(), errors_k=scores.errors_k[i].numpy(),
+                         ce_bits=scores.ce_bits[i].numpy())
             training_log[str(layer)] = {
                 "best_epoch": fitted.best_epoch[i],
                 "validation_ce_bits": float(fitted.validation_ce_nats[i] / np.log(2)),
                 "epochs_run": fitted.epochs_run,
                 "start": fitted.start[i],
             }
-        store.save(group, rows_out[-len(group):], {str(layer): training_log[str(layer)] for layer in group})
-    rows_out, training_log = store.collect(groups)
+        # Per-sentence scores and curve points travel with the group, so a resumed or multi-process
+        # run keeps what compare() and the curves need.
+        store.save(group, rows_out[-len(group):], {str(layer): training_log[str(layer)] for layer in group},
+                   extra={"held_out": group_held.to_dict()["layers"], "curve_points": group_points})
+    rows_out, training_log, extras = store.collect(groups)
+    held = HeldOut(rows=test_rows).to_dict()
+    for extra in extras:
+        held["layers"].update(extra["held_out"])
+    held_out = HeldOut.from_dict(held)
+    curve_points = [point for extra in extras for point in extra["curve_points"]]
 
     config = {
         "model": src.model,
@@ -305,7 +331,10 @@ def recoverability(
         "split": split.to_dict(),
         "source": {key: value for key, value in src.metadata.items() if _is_json_scalar(value)},
     }
-    return RecoverabilityResult(rows_out, config)
+    if fractions:
+        config["curve"] = list(fractions)
+    curves = finish_curves(rows_out, curve_points) if fractions else []
+    return RecoverabilityResult(rows_out, config, {src.model: held_out}, curves)
 
 
 def _is_json_scalar(value: Any) -> bool:

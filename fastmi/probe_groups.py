@@ -35,7 +35,7 @@ from .cache import atomic_write_bytes
 
 __all__ = ["GroupStore"]
 
-FORMAT = "fastmi-probe-group"
+FORMAT = "fastmi-probe-group/2"  # 2: groups carry per-sentence held-out scores and curve points
 
 
 def _digest(value: Any) -> str:
@@ -58,7 +58,7 @@ class GroupStore:
         self.directory = directory
         self.data_digests = dict(data_digests)
         self.ctx = ctx
-        self._mine: dict[tuple[int, ...], tuple[list[dict], dict]] = {}
+        self._mine: dict[tuple[int, ...], tuple[list[dict], dict, dict]] = {}
 
     @classmethod
     def open(cls, source: Any, layers: Sequence[int], settings: Mapping[str, Any],
@@ -98,7 +98,7 @@ class GroupStore:
         assert self.directory is not None
         return self.directory / f"group_{group[0]:03d}-{group[-1]:03d}-{_digest(list(group))[:8]}.json"
 
-    def _load(self, group: Sequence[int]) -> tuple[list[dict], dict] | None:
+    def _load(self, group: Sequence[int]) -> tuple[list[dict], dict, dict] | None:
         """The saved result of exactly ``group`` on the same data, or None."""
         if self.directory is None:
             return None
@@ -113,7 +113,7 @@ class GroupStore:
         wanted = {str(l): self.data_digests[l] for l in group}
         if saved.get("format") != FORMAT or saved.get("layers") != list(group) or saved.get("data") != wanted:
             return None
-        return saved["rows"], saved["training"]
+        return saved["rows"], saved["training"], saved.get("extra", {})
 
     # ---- the loop -----------------------------------------------------------------------------
     def pending(self, groups: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -126,18 +126,21 @@ class GroupStore:
                                         if self.ctx.is_main else None)
         return distributed.my_share(unsaved, self.ctx)
 
-    def save(self, group: Sequence[int], rows: Sequence[dict], training: Mapping[str, Any]) -> None:
-        """Record a finished group (atomically, if there is a directory)."""
-        rows, training = json.loads(json.dumps([list(rows), dict(training)], default=_plain))
-        self._mine[tuple(group)] = (rows, training)
+    def save(self, group: Sequence[int], rows: Sequence[dict], training: Mapping[str, Any],
+             extra: Mapping[str, Any] | None = None) -> None:
+        """Record a finished group (atomically, if there is a directory); ``extra``: any other JSON-able
+        per-group output (the probe keeps its per-sentence held-out scores and curve points there)."""
+        rows, training, extra = json.loads(json.dumps([list(rows), dict(training), dict(extra or {})], default=_plain))
+        self._mine[tuple(group)] = (rows, training, extra)
         if self.directory is not None:
-            record = {"format": FORMAT, "layers": list(group), "rows": rows, "training": training,
+            record = {"format": FORMAT, "layers": list(group), "rows": rows, "training": training, "extra": extra,
                       "data": {str(l): self.data_digests[l] for l in group}}
             atomic_write_bytes(self._path(group), json.dumps(record, sort_keys=True).encode())
 
-    def collect(self, groups: Sequence[Sequence[int]]) -> tuple[list[dict], dict]:
-        """Rows (in group order) and training logs of every group, once all ranks are done."""
-        found: dict[tuple[int, ...], tuple[list[dict], dict]] = dict(self._mine)
+    def collect(self, groups: Sequence[Sequence[int]]) -> tuple[list[dict], dict, list[dict]]:
+        """Rows (in group order), training logs and the extras (one per group) of every group, once all
+        ranks are done."""
+        found: dict[tuple[int, ...], tuple[list[dict], dict, dict]] = dict(self._mine)
         if self.directory is None and self.ctx.distributed:
             for theirs in distributed.all_gather(self._mine):
                 found.update(theirs)
@@ -145,6 +148,7 @@ class GroupStore:
             distributed.barrier()
         rows: list[dict] = []
         training: dict = {}
+        extras: list[dict] = []
         for group in groups:
             saved = found.get(tuple(group)) or self._load(group)
             if saved is None:
@@ -152,7 +156,8 @@ class GroupStore:
                                    f"{self.directory}); rerun to train it")
             rows.extend(saved[0])
             training.update(saved[1])
-        return rows, training
+            extras.append(saved[2])
+        return rows, training, extras
 
 
 def _tensor_digest(tensor: torch.Tensor) -> str:

@@ -68,7 +68,12 @@ def bounds_figure(result, bound: str = "all", fraction: bool = False) -> Figure:
     ceiling_top = 1.0 if fraction else max(r["H_T"] for r in rows)
     zoomed = 0 < data_top < ceiling_top / 3
     colors = plt.get_cmap("tab10").colors
-    fig, axes = plt.subplots(1, len(bounds), figsize=(max(8.5, 5.0 * len(bounds) + 0.6), 4.6), sharey=True, squeeze=False)
+    panels = len(bounds) + (1 if getattr(result, "curves", None) else 0)  # + the sample-size curves
+    fig, axes = plt.subplots(1, panels, figsize=(max(8.5, 5.0 * panels + 0.6), 4.6), sharey=True, squeeze=False)
+    if panels > len(bounds):
+        from fastmi.curves import draw_curves
+
+        draw_curves(axes[0][-1], result, fraction, colors)
     for ax, name in zip(axes[0], bounds):
         point_col, lcb_col = _columns(name, fraction)
         for i, model in enumerate(result.models):

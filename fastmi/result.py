@@ -4,7 +4,9 @@ One row per (model, layer), columns in :data:`COLUMNS` order (rows may carry ext
 follow).  ``config`` is the resolved configuration of the run (seed, split, probe settings).  A
 result of several models keeps the settings they share at the top of ``config`` and the rest under
 ``config["per_model"][model]``, so :meth:`RecoverabilityResult.for_model` gives each model's
-own configuration back.
+own configuration back.  ``held_out`` (per model, the per-sentence held-out scores behind the
+bounds: :mod:`fastmi.heldout`) and ``curves`` (bounds against n_train: :mod:`fastmi.curves`) are
+kept when present, and travel through JSON, :meth:`~RecoverabilityResult.for_model` and ``concat``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any, Iterable, Sequence
 __all__ = ["RecoverabilityResult", "COLUMNS", "TERMINAL_COLUMNS"]
 
 _STR_COLUMNS = ("model", "revision", "pooling", "vocab", "clamped")
+_BOOL_COLUMNS = ("data_limited",)
 _INT_COLUMNS = ("layer", "M", "n_train", "n_test", "n_skipped", "k")
 COLUMNS = [
     "model", "revision", "layer", "rel_depth", "pooling", "vocab", "M", "n_train", "n_test", "n_skipped",
@@ -29,7 +32,7 @@ COLUMNS = [
 #: What :meth:`RecoverabilityResult.format_table` shows by default: fits a terminal, says the most.
 TERMINAL_COLUMNS = [
     "model", "layer", "rel_depth", "H_T", "p_error", "p_error_k", "ce_bits", "bag_recall",
-    "fano_lcb", "list_fano_lcb", "variational_lcb", "variational_lcb_frac",
+    "fano_lcb", "list_fano_lcb", "variational_lcb", "variational_lcb_frac", "data_limited",
 ]  # fmt: skip
 
 
@@ -54,7 +57,8 @@ def _clean(name: str, value: Any) -> Any:
 class RecoverabilityResult:
     """Bounds on I(T; z) per (model, layer); see docs/theory.md for what each column means."""
 
-    def __init__(self, rows: Sequence[dict], config: dict | None = None):
+    def __init__(self, rows: Sequence[dict], config: dict | None = None, held_out: dict | None = None,
+                 curves: Sequence[dict] | None = None):
         cleaned = [{name: _clean(name, value) for name, value in row.items()} for row in rows]
         for i, row in enumerate(cleaned):
             missing = [c for c in ("model", "layer") if row.get(c) is None]
@@ -69,6 +73,8 @@ class RecoverabilityResult:
         order = {m: i for i, m in reversed(list(enumerate(r["model"] for r in cleaned)))}
         self._rows = sorted(cleaned, key=lambda r: (order[r["model"]], r["layer"]))
         self.config = dict(config or {})
+        self.held_out: dict = dict(held_out or {})  # model -> fastmi.heldout.HeldOut
+        self.curves: list[dict] = [dict(c) for c in curves or ()]  # one row per (model, layer, n_train)
 
     # ---- the table ---------------------------------------------------------------------------
     @property
@@ -153,6 +159,10 @@ class RecoverabilityResult:
             "columns": self.columns,
             "rows": self.table,
         }
+        if self.curves:
+            document["curves"] = self.curves
+        if self.held_out:
+            document["held_out"] = {model: held.to_dict() for model, held in self.held_out.items()}
         text = json.dumps(document, indent=2, allow_nan=False, default=_json_default)
         with _atomic_write(path) as f:
             f.write(text + "\n")
@@ -164,7 +174,10 @@ class RecoverabilityResult:
             document = json.load(f)
         if not isinstance(document, dict) or "rows" not in document:
             raise ValueError(f"{path} is not a fastmi result (no 'rows')")
-        return cls(document["rows"], document.get("config") or {})
+        from fastmi.heldout import HeldOut
+
+        held_out = {model: HeldOut.from_dict(data) for model, data in (document.get("held_out") or {}).items()}
+        return cls(document["rows"], document.get("config") or {}, held_out, document.get("curves"))
 
     def plot(self, path: str | os.PathLike, bound: str = "all", fraction: bool = False) -> Path:
         """PNG of the bounds against relative depth, one line per model; see :mod:`fastmi.report`."""
@@ -183,7 +196,9 @@ class RecoverabilityResult:
 
     def for_model(self, name: str) -> "RecoverabilityResult":
         config = self.model_config(name)
-        return RecoverabilityResult([r for r in self._rows if r["model"] == name], config)
+        held_out = {name: self.held_out[name]} if name in self.held_out else None
+        curves = [c for c in self.curves if c["model"] == name]
+        return RecoverabilityResult([r for r in self._rows if r["model"] == name], config, held_out, curves)
 
     @classmethod
     def concat(cls, results: Sequence["RecoverabilityResult"]) -> "RecoverabilityResult":
@@ -198,20 +213,24 @@ class RecoverabilityResult:
                     raise ValueError(f"model {name!r} appears in more than one result")
                 configs[name] = result.model_config(name)
         rows = [row for result in results for row in result._rows]
+        held_out = {name: held for result in results for name, held in result.held_out.items()}
+        curves = [c for result in results for c in result.curves]
         if not configs:
-            return cls(rows, results[0].config)
+            return cls(rows, results[0].config, held_out, curves)
         first = next(iter(configs.values()))
         shared = {k: v for k, v in first.items() if all(k in c and c[k] == v for c in configs.values())}
         own = {name: {k: v for k, v in c.items() if k not in shared} for name, c in configs.items()}
         config = dict(shared)
         if any(own.values()):
             config["per_model"] = own
-        return cls(rows, config)
+        return cls(rows, config, held_out, curves)
 
 
 def _parse_csv_cell(name: str, cell: str | None) -> Any:
     if name in _STR_COLUMNS:
         return cell or ""
+    if name in _BOOL_COLUMNS and cell in ("True", "False"):
+        return cell == "True"
     if cell is None or cell == "":
         return None
     if name in _INT_COLUMNS:

@@ -44,6 +44,7 @@ class ProbeSettings:
     probe: str = "linear"
     train_softmax: str = "full"
     max_memory: int | None = None  # bytes for the layer groups of the probe (None: half the free memory)
+    curve: tuple[float, ...] | None = None  # fractions of n_train, see fastmi.curves
 
     def key(self) -> dict:
         """The settings that change the numbers (not the device, nor the memory budget)."""
@@ -54,6 +55,8 @@ class ProbeSettings:
             if key[name] == default:
                 key.pop(name)
         key.pop("max_memory")
+        if key["curve"] is None:
+            key.pop("curve")  # results made before curves existed stay reusable
         return key
 
 
@@ -104,13 +107,14 @@ def probe_cache(cache: Any, split: Split, settings: ProbeSettings, done_path: Pa
     wanted = {"settings": settings.key(), "split": split.to_dict(), "cache": identity}
     if done_path is not None and done_path.exists():
         previous = RecoverabilityResult.from_json(done_path)
-        if previous.config.get("sweep_key") == _jsonable(wanted):
+        if previous.config.get("sweep_key") == _jsonable(wanted) and previous.held_out:  # held_out: for comparisons
             return previous
     result = recoverability(
         cache, vocab=settings.vocab, seed=settings.seed, k=settings.k, level=settings.level,
         device=settings.device, split=split, entropy=settings.entropy, train=settings.train, progress=progress,
         probe=settings.probe, train_softmax=settings.train_softmax,
         max_memory=settings.max_memory,
+        curve=settings.curve,
     )
     result.config["sweep_key"] = _jsonable(wanted)
     if done_path is not None and distributed.context().is_main:

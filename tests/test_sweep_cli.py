@@ -80,3 +80,30 @@ def test_clear_errors(swept, tmp_path, capsys):
     assert main(["sweep", "--model", str(root / "bert"), "--corpus", str(root / "corpus.txt"),
                  "--max-sentences", "30", "--out", str(out), *FAST]) == 2
     assert "another corpus" in capsys.readouterr().err
+
+
+def test_curve_compare_and_claims_on_real_caches(swept, tmp_path, capsys):
+    root, out, _ = swept
+    # probe --curve on the sweep's own split: curves, a data_limited column, per-sentence scores.
+    probe_out = tmp_path / "curve"
+    assert main(["probe", "--cache", str(out / "cache" / "llama"), "--out", str(probe_out), "--split",
+                 str(out / "split.json"), "--curve", "0.5,1", *FAST]) == 0
+    assert "data_limited" in capsys.readouterr().out
+    result = RecoverabilityResult.from_json(probe_out / "results.json")
+    assert {p["fraction"] for p in result.curves} == {0.5, 1.0} and len(result.curves) == 2 * 3
+    assert all(isinstance(r["data_limited"], bool) for r in result.table)
+    # The sweep's result keeps both models' held-out scores: compare and claims work from the files.
+    swept_result = RecoverabilityResult.from_json(out / "results.json")
+    bert, llama = (m for m in swept_result.models if m.endswith("bert")), (m for m in swept_result.models
+                                                                         if m.endswith("llama"))
+    bert, llama = next(bert), next(llama)
+    assert main(["compare", "--out", str(out), f"{llama}:peak", f"{llama}:last", "--bootstrap", "200"]) == 0
+    assert "(peak)" in capsys.readouterr().out
+    assert main(["compare", "--out", str(out), bert, llama, "--bootstrap", "200"]) == 0
+    assert "matched by nearest relative depth" in capsys.readouterr().out
+    assert main(["report", "--out", str(out), "--claims"]) == 0
+    text = capsys.readouterr().out
+    assert "encoder keeps more than decoder at each matched depth" in text and "decoder gains, then forgets" in text
+    claims = json.loads((out / "claims.json").read_text())
+    assert len(claims) == 3 and all(c["verdict"] in ("holds", "contradicted", "not resolved at this level")
+                                    for c in claims)

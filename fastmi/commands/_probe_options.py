@@ -25,6 +25,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
                        help="softmax used while training: the whole alphabet, or K shared sampled negatives plus "
                        "the batch's own ids per step (log-Q corrected; far cheaper for 100k+ vocabularies). "
                        "Validation and the held-out bounds are always exact over the whole alphabet")
+    group.add_argument("--curve", nargs="?", const="0.125,0.25,0.5,1", default=None, metavar="FRACTIONS",
+                       help="also fit each layer on nested subsets of the training rows (default fractions "
+                       "0.125,0.25,0.5,1), all scored on the same held-out rows; adds a data_limited column")
     group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     group.add_argument("--probe-memory", default=None, metavar="SIZE",
                        help="memory the probe may use for one group of layers trained together, e.g. '2GiB' "
@@ -49,7 +52,7 @@ def probe_settings(args: argparse.Namespace):
     train = TrainConfig() if args.max_epochs is None else TrainConfig(max_epochs=args.max_epochs)
     return ProbeSettings(vocab=args.vocab, test_fraction=args.test_fraction, seed=args.seed, k=args.k,
                          level=args.level, entropy=args.entropy, train=train, max_memory=parse_size(args.probe_memory),
-                         probe=args.probe, train_softmax=args.train_softmax,
+                         probe=args.probe, train_softmax=args.train_softmax, curve=_fractions(args.curve),
                          device=_rank_device(args.device, getattr(args, "devices_per_replica", 1)))
 
 
@@ -79,3 +82,12 @@ def parse_size(text: str | None) -> int | None:
     if m is None or m.group(2).lower() not in _UNITS:
         raise ValueError(f"cannot read the size {text!r}: expected e.g. 2GiB, 500MB or a number of bytes")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _fractions(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise ValueError(f"--curve takes comma-separated fractions such as 0.125,0.25,0.5,1, got {text!r}") from None

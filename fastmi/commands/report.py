@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which bound to plot")
     parser.add_argument("--fraction", action="store_true", help="plot each bound over H(T) instead of in bits")
     parser.add_argument("--columns", default=None, help="comma-separated table columns (default: a terminal-sized set)")
+    parser.add_argument("--claims", action="store_true",
+                        help="test the paper's two claims on this sweep (differences, paired intervals, verdicts) "
+                        "and write OUT/claims.json")
+    parser.add_argument("--level", type=float, default=0.95, help="level of the claims' intervals")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,4 +39,9 @@ def run(args: argparse.Namespace) -> int:
     print(result.format_table(columns))
     plot = result.plot(Path(args.plot) if args.plot else out / "results.png", bound=args.bound, fraction=args.fraction)
     print(f"\nwrote {plot}")
+    if args.claims:
+        from ..claims import claims_to_json, evaluate_claims, format_claims
+
+        claims = evaluate_claims(result, level=args.level)
+        print("\n" + format_claims(claims) + f"wrote {claims_to_json(claims, out / 'claims.json')}")
     return 0

@@ -1,0 +1,159 @@
+"""Sample-size curves: the bounds of each layer against the number of sentences the probe trained on.
+
+A lower bound from a probe is limited by the layer (what is in z) and by the probe (what it could
+learn from n_train sentences).  Refitting on nested subsets of the training rows, each scored on the
+same held-out rows, shows which one binds: a bound still rising at the full n_train would rise
+further with more data, so the layer keeps at least that much and probably more.
+
+``data_limited`` (per layer): the last step of the curve (a doubling with the default fractions)
+raised the variational bound by more than the half-width of its confidence band, i.e. more than
+the distance from the point value to the lower confidence value at the full n_train.  Such a
+layer's bound is set by the corpus size, not by the model; differences between data-limited layers
+say more about how easy each layer is to learn from than about what it keeps (docs/theory.md §3:
+any decoder gives a valid bound, a better-trained one a tighter bound).
+
+The rise is measured on unclamped values (H(T) - CE), so a layer whose bound is still vacuous but
+climbing is flagged too.  The subsets are nested (each the head of one seeded permutation of the
+training rows), so a curve moves only because rows were added; validation rows (early stopping)
+and held-out rows are the same at every point.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import bounds
+from .bags import BagTargets
+from .evaluation import score_probes
+from .probe_heads import fit_heads
+from .training import TrainConfig
+
+__all__ = ["DEFAULT_CURVE", "check_curve", "nested_subsets", "fit_curve_points", "finish_curves", "is_data_limited",
+           "draw_curves", "CURVE_COLUMNS"]
+
+DEFAULT_CURVE = (0.125, 0.25, 0.5, 1.0)
+#: The columns of a curve point, besides model, layer, fraction and n_train.
+CURVE_COLUMNS = ("H_T", "ce_bits", "ce_bits_ucb", "fano_bits", "fano_lcb", "list_fano_bits", "list_fano_lcb",
+                 "variational_bits", "variational_lcb", "variational_frac", "variational_lcb_frac")
+
+
+def check_curve(curve: Sequence[float] | None) -> tuple[float, ...] | None:
+    """Fractions of the training rows, sorted and distinct, in (0, 1], ending with 1 (added if absent)."""
+    if curve is None:
+        return None
+    try:
+        fractions = sorted({float(f) for f in curve})
+    except (TypeError, ValueError):
+        raise ValueError(f"curve must be a sequence of fractions in (0, 1], got {curve!r}") from None
+    if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"curve fractions must lie in (0, 1], got {list(curve)}")
+    if fractions[-1] != 1.0:
+        fractions.append(1.0)
+    if len(fractions) < 2:
+        raise ValueError("a curve needs at least one fraction below 1, e.g. (0.125, 0.25, 0.5, 1.0)")
+    return tuple(fractions)
+
+
+def nested_subsets(n_train: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Positions into the training rows for each fraction below 1: heads of one seeded permutation."""
+    order = np.random.default_rng([seed, 0x6375]).permutation(n_train)  # own stream: not the split's
+    subsets = []
+    for f in fractions:
+        if f >= 1.0:
+            continue
+        size = int(round(f * n_train))
+        if size < 1:
+            raise ValueError(f"curve fraction {f} of {n_train} training sentences leaves none; raise it")
+        subsets.append(np.sort(order[:size]))
+    return subsets
+
+
+def _point(model: str, layer: int, fraction: float, n_train: int, values: dict) -> dict:
+    return {"model": model, "layer": int(layer), "fraction": float(fraction), "n_train": int(n_train),
+            **{c: float(values[c]) for c in CURVE_COLUMNS}}
+
+
+def fit_curve_points(
+    z: torch.Tensor,
+    index: dict[str, torch.Tensor],
+    bags: dict[str, BagTargets],
+    alphabet_size: int,
+    fractions: Sequence[float],
+    layers: Sequence[int],
+    model: str,
+    entropy_bits: float,
+    train: TrainConfig,
+    seed: int,
+    k: int,
+    level: float,
+    n_bootstrap: int,
+    progress: bool = True,
+    fit: Callable[..., Any] = fit_heads,
+) -> list[dict]:
+    """Refit the probes of one layer group (``z`` [L, N, d], standardised) on each fraction below 1
+    of the training rows; score each on all held-out rows.  ``index``/``bags``: rows and bags of the
+    "train", "validation" and "test" parts, as in :func:`fastmi.recoverability`.  ``fit``: the probe's
+    own fitting function (:func:`fastmi.probe_heads.fit_heads` with its settings bound), so every point
+    of a curve is the same kind of probe as the full fit."""
+    points: list[dict] = []
+    n_train = int(index["train"].numel())
+    z_val, z_test = z[:, index["validation"]], z[:, index["test"]]
+    below_one = [f for f in fractions if f < 1.0]
+    for fraction, positions in zip(below_one, nested_subsets(n_train, fractions, seed)):
+        rows = index["train"][torch.as_tensor(positions, device=index["train"].device)]
+        fitted = fit(
+            z[:, rows], bags["train"].select(positions), z_val, bags["validation"], alphabet_size, train, seed=seed,
+            progress=progress, description=f"{model} layers {layers[0]}-{layers[-1]}, n_train={positions.size}",
+        )
+        scores = score_probes(fitted.features(z_test), fitted.weight, fitted.bias, bags["test"], alphabet_size, k)
+        for i, layer in enumerate(layers):
+            values = bounds.layer_bounds(
+                scores.errors[i].numpy(), scores.errors_k[i].numpy(), scores.ce_bits[i].numpy(), entropy_bits,
+                alphabet_size, k, level=level, seed=seed, n_bootstrap=n_bootstrap,
+            )
+            points.append(_point(model, layer, fraction, positions.size, values))
+    return points
+
+
+def is_data_limited(points: Sequence[dict]) -> bool:
+    """Whether the last step of one layer's curve raised its variational bound by more than the
+    half-width of its confidence band at the full n_train (unclamped: H(T) - CE)."""
+    ordered = sorted(points, key=lambda p: p["n_train"])
+    if len(ordered) < 2:
+        raise ValueError("a curve needs at least two points to say whether it still rises")
+    before, last = ordered[-2], ordered[-1]
+    rise = before["ce_bits"] - last["ce_bits"]
+    half_width = last["ce_bits_ucb"] - last["ce_bits"]
+    return bool(rise > half_width)
+
+
+def finish_curves(rows: list[dict], points: list[dict]) -> list[dict]:
+    """Add each row's own fit as the curve's last point (fraction 1) and set ``data_limited`` on rows."""
+    points = list(points)
+    for row in rows:
+        points.append(_point(row["model"], row["layer"], 1.0, row["n_train"], row))
+    for row in rows:
+        mine = [p for p in points if p["model"] == row["model"] and p["layer"] == row["layer"]]
+        row["data_limited"] = is_data_limited(mine)
+    return sorted(points, key=lambda p: (p["model"], p["layer"], p["n_train"]))
+
+
+def draw_curves(ax: Any, result: Any, fraction: bool, colors: Sequence) -> None:
+    """The curves panel: the variational bound against n_train, one line per layer, in the model's
+    colour; lines fade from the first layer to the last, data-limited layers are drawn solid."""
+    column = "variational_frac" if fraction else "variational_bits"
+    for i, model in enumerate(result.models):
+        mine = [p for p in result.curves if p["model"] == model]
+        layers = sorted({p["layer"] for p in mine})
+        limited = {r["layer"]: r.get("data_limited") for r in result.table if r["model"] == model}
+        for j, layer in enumerate(layers):
+            line = sorted((p for p in mine if p["layer"] == layer), key=lambda p: p["n_train"])
+            ax.plot([p["n_train"] for p in line], [p[column] for p in line], color=colors[i % len(colors)],
+                    alpha=0.25 + 0.75 * (j + 1) / len(layers), linewidth=1.0, marker=".", markersize=3,
+                    linestyle="-" if limited.get(layer) else ":")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training sentences (n_train)")
+    ax.set_title("variational bound vs n_train\n(solid: data_limited; darker: deeper)", fontsize=10)
+    ax.grid(True, alpha=0.3)
