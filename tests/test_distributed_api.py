@@ -35,8 +35,8 @@ def _worker(rank: int, root: str, model: str) -> None:
                       max_memory=one_group_per_layer(cache), progress=False)
         in_memory = fastmi.recoverability(tensors, **kwargs)
         fits = []
-        real_fit = fastmi.probe.fit_probes
-        fastmi.probe.fit_probes = lambda *a, **k: fits.append(1) or real_fit(*a, **k)
+        real_fit = fastmi.probe.fit_heads
+        fastmi.probe.fit_heads = lambda *a, **k: fits.append(1) or real_fit(*a, **k)
         resumed = fastmi.recoverability(tensors, checkpoint_dir=Path(root) / "groups", **kwargs)
         (Path(root) / f"rank{rank}.json").write_text(json.dumps(
             {"in_memory": in_memory.table, "resumed": resumed.table, "trained_groups": len(fits)}))

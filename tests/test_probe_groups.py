@@ -37,10 +37,10 @@ def group_memory(cache, layers_per_group: int) -> int:
 
 
 class CountingFit:
-    """fit_probes, counting its calls; raises KeyboardInterrupt on call ``interrupt_at`` (a Ctrl-C)."""
+    """fit_heads, counting its calls; raises KeyboardInterrupt on call ``interrupt_at`` (a Ctrl-C)."""
 
     def __init__(self, interrupt_at: int | None = None) -> None:
-        self.calls, self.interrupt_at, self.real = 0, interrupt_at, fastmi.probe.fit_probes
+        self.calls, self.interrupt_at, self.real = 0, interrupt_at, fastmi.probe.fit_heads
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -60,14 +60,14 @@ def test_an_interrupted_probe_resumes_from_its_saved_groups(caches, tmp_path, mo
     assert uninterrupted.config["layer_groups"] == [[0], [1], [2], [3]]
 
     fit = CountingFit(interrupt_at=3)
-    monkeypatch.setattr(fastmi.probe, "fit_probes", fit)
+    monkeypatch.setattr(fastmi.probe, "fit_heads", fit)
     with pytest.raises(KeyboardInterrupt):
         probe(cache, tmp_path / "run")
     saved = sorted((tmp_path / "run").rglob("group_*.json"))
     assert [json.loads(p.read_text())["layers"] for p in saved] == [[0], [1]]  # two groups finished, kept
 
     fit = CountingFit()
-    monkeypatch.setattr(fastmi.probe, "fit_probes", fit)
+    monkeypatch.setattr(fastmi.probe, "fit_heads", fit)
     resumed = probe(cache, tmp_path / "run")
     assert fit.calls == 2  # only layers 2 and 3 were trained again
     assert resumed.table == uninterrupted.table
@@ -75,7 +75,7 @@ def test_an_interrupted_probe_resumes_from_its_saved_groups(caches, tmp_path, mo
 
     # A finished run is read back whole; other settings share nothing with it.
     fit = CountingFit()
-    monkeypatch.setattr(fastmi.probe, "fit_probes", fit)
+    monkeypatch.setattr(fastmi.probe, "fit_heads", fit)
     assert probe(cache, tmp_path / "run").table == uninterrupted.table and fit.calls == 0
     other = probe(cache, tmp_path / "run", seed=1)
     assert fit.calls == 4 and other.table != uninterrupted.table
@@ -96,7 +96,7 @@ def test_saved_groups_of_other_data_are_not_reused(caches, tmp_path, monkeypatch
                   max_memory=group_memory(cache, 1), progress=False, checkpoint_dir=tmp_path / "raw")
     first = fastmi.recoverability(tensors, **kwargs)
     fit = CountingFit()
-    monkeypatch.setattr(fastmi.probe, "fit_probes", fit)
+    monkeypatch.setattr(fastmi.probe, "fit_heads", fit)
     tensors[2] = tensors[2] + torch.randn_like(tensors[2])
     changed = fastmi.recoverability(tensors, **kwargs)
     assert fit.calls == 1  # layer 2 alone
