@@ -49,11 +49,12 @@ class CacheCorruptError(RuntimeError):
 
 
 def default_cache_dir(identity: Mapping[str, object], model_name: str) -> Path:
-    """``$FASTMI_HOME/activations/<model-slug>-<12 hex of the identity>`` (FASTMI_HOME: ~/.cache/fastmi)."""
-    home = Path(os.environ.get("FASTMI_HOME") or Path.home() / ".cache" / "fastmi")
+    """``<fastmi home>/activations/<model-slug>-<12 hex of the identity>`` (see :mod:`fastmi.paths`)."""
+    from .paths import activations_home
+
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(model_name)).name or str(model_name)).strip("-") or "model"
     digest = hashlib.sha256(json.dumps({k: identity[k] for k in IDENTITY_KEYS}, sort_keys=True).encode()).hexdigest()
-    return home / "activations" / f"{slug}-{digest[:12]}"
+    return activations_home() / f"{slug}-{digest[:12]}"
 
 
 def layer_dir(directory: Path, layer: int) -> Path:

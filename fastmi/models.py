@@ -22,6 +22,7 @@ import torch
 
 from fastmi.gguf import gguf_to_local_dir
 from fastmi.hashing import weights_revision
+from fastmi.paths import models_home
 
 __all__ = ["LoadedModel", "load_model", "ModelNotAvailableError", "DEMO_MODELS", "model_kind"]
 
@@ -76,7 +77,8 @@ def load_model(
 
     ``dtype`` None means fp32 on CPU and bf16 on CUDA.  ``revision`` pins a hub commit/branch/tag
     (hub ids only).  ``model_cache_dir`` is where dequantised GGUF models and the weight-hash index
-    live (default ``$FASTMI_HOME/models``, ``FASTMI_HOME`` defaulting to ``~/.cache/fastmi``).
+    live (default ``<fastmi home>/models``: ``$FASTMI_HOME``, else ``$XDG_CACHE_HOME/fastmi``, else
+    ``~/.cache/fastmi``; see :mod:`fastmi.paths`).
     """
     name = os.fspath(spec)
     # "auto" shards the model over all visible GPUs (accelerate's device_map="auto"); a single CUDA
@@ -98,7 +100,9 @@ def load_model(
         _no_revision(revision, name)
         source, kwargs, rev = str(path), {}, weights_revision(path, cache_dir)
         # "./m" and "/abs/m" are one model: the absolute path names it in caches and results.
-        name = str(path.resolve())
+        # A demo alias stays the alias: "minilm", not a site-packages path, in every table and folder.
+        if name not in DEMO_MODELS:
+            name = str(path.resolve())
     elif _looks_like_path(name):
         raise FileNotFoundError(f"model path not found: {name}")
     else:
@@ -193,9 +197,7 @@ def model_kind(config) -> str:
 
 
 def default_model_cache_dir() -> Path:
-    home = os.environ.get("FASTMI_HOME")
-    root = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastmi"
-    return root.expanduser() / "models"
+    return models_home()
 
 
 def _ensure_pad_token(tokenizer) -> None:

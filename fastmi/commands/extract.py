@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sentences", type=int, default=None,
                         help="use only the first N sentences of the corpus (default: all; 2000 for 'demo')")
     parser.add_argument("--out", default=None,
-                        help="cache directory (default: $FASTMI_HOME/activations/<model>-<hash>, "
-                        "FASTMI_HOME defaulting to ~/.cache/fastmi)")
+                        help="cache directory (default: <home>/activations/<model>-<hash>, home being $FASTMI_HOME, "
+                        "else $XDG_CACHE_HOME/fastmi, else ~/.cache/fastmi)")
     parser.add_argument("--pooling", default="mean", choices=("mean", "first", "last", "max"),
                         help="how a sentence's token states become one vector (padding never counts)")
     parser.add_argument("--layers", default="all",
