@@ -49,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .interrupts import run_command
+
     try:
-        return int(args._run(args) or 0)
+        # Ctrl-C and a full disk: one line saying what was kept (fastmi.interrupts), no traceback.
+        return run_command(args.command, lambda: args._run(args))
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         # Bad input is the user's to fix: one clear line, no traceback.
         print(f"fastmi {args.command}: error: {err}", file=sys.stderr)

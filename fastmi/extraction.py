@@ -101,6 +101,7 @@ def extract(
             targets = BagTargets.from_token_lists(token_lists, exclude=loaded.special_ids, vocab_size=loaded.vocab_size)
             writer.write_targets(targets, torch.from_numpy(lengths))
         writer.drop_bad_units()
+        _note_progress(writer, wanted)
         todo = [(s, writer.missing_layers(s, wanted)) for s in range(writer.num_shards)]
         todo = [(s, missing) for s, missing in todo if missing]
         if todo:
@@ -113,6 +114,19 @@ def extract(
                     writer.write_shard(shard, run.shard(writer.shard_range(shard), missing, shard))
                     bar.update(sizes[shard])
     return ActivationCache.open(directory)
+
+
+def _note_progress(writer: CacheWriter, wanted: list[int]) -> None:
+    """Tell :mod:`fastmi.interrupts` how to say what is finished, should the run be stopped."""
+    from .interrupts import note_kept, note_remaining
+
+    every, total = set(range(writer.num_shards)), len(wanted) * writer.num_shards
+
+    def done() -> int:  # asked at the moment of the interrupt: the manifest is the truth
+        return sum(len(every & writer.finished_shards(layer)) for layer in wanted)
+
+    note_kept(writer.directory, lambda: f"{done()} of {total} (layer, shard) units of the activation cache")
+    note_remaining(writer.directory, lambda: (total - done()) * writer.shard_rows * writer.hidden_size * 4)
 
 
 # ---- inputs ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .corpus import Corpus
+from .interrupts import note_kept
 from .result import RecoverabilityResult
 from .split import Split
 from .training import TrainConfig
@@ -146,6 +147,7 @@ def sweep(
                 max_length=max_length, progress=progress,
             )
         results.append(probe_cache(cache, split, settings, out / "models" / f"{slug}.json", progress=progress))
+        note_kept(out / "models", f"the results of {len(results)} of {len(models)} models")
     combined = RecoverabilityResult.concat(results)
     write_outputs(combined, out, split)
     return combined
