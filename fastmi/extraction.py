@@ -72,7 +72,11 @@ def extract(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     corpus = _as_corpus(corpus)
-    loaded = _as_loaded_model(model, device, dtype)
+    if isinstance(model, (str, os.PathLike)):  # --layers 99 fails on the config, before the weights load
+        from .models import model_num_layers
+
+        parse_layers(layers, model_num_layers(model))
+    loaded = _as_loaded_model(model, device, dtype, progress)
     tokenizer = loaded.tokenizer
     if padding_side is not None:
         if padding_side not in ("left", "right"):
@@ -170,7 +174,7 @@ def _as_corpus(corpus) -> Corpus:
     raise TypeError(f"corpus must be a fastmi.Corpus, a list of sentences or a corpus spec, not {type(corpus).__name__}")
 
 
-def _as_loaded_model(model, device, dtype):
+def _as_loaded_model(model, device, dtype, progress: bool = True):
     from .models import LoadedModel, load_model
 
     if isinstance(model, LoadedModel):
@@ -182,7 +186,7 @@ def _as_loaded_model(model, device, dtype):
                              "load_model (or pass the model spec to extract) to change them")
         return model
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model, device=device if device is not None else "cpu", dtype=dtype)
+        return load_model(model, device=device if device is not None else "cpu", dtype=dtype, progress=progress)
     raise TypeError(f"model must be a LoadedModel or a model spec, not {type(model).__name__}")
 
 

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     corpus = Corpus.load(args.corpus, field=args.field, max_sentences=args.max_sentences)
     model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, progress=args.progress)
     cache = extract(model, corpus, pooling=args.pooling, layers=args.layers, cache_dir=args.out,
                     resume=args.resume, overwrite=args.overwrite, batch_size=args.batch_size,
                     max_length=args.max_length, shard_rows=args.shard_rows, progress=args.progress)
