@@ -29,6 +29,18 @@ def warn_if_frozen(hidden: torch.Tensor, where: str = "RecoverabilityLoss") -> b
         "only, never the model: fastmi.load_model returns a frozen model in eval mode; pass "
         "load_model(..., trainable=True) (or call model.train().requires_grad_(True)) to fine-tune it",
         FrozenHiddenStatesWarning,
-        stacklevel=3,
+        stacklevel=_caller_level(),
     )
     return True
+
+
+def _caller_level() -> int:
+    """The stack level of the first frame outside fastmi and torch (nn.Module adds frames of its own)."""
+    import os
+    import sys
+
+    roots = tuple(os.path.dirname(m.__file__) for m in (sys.modules["fastmi"], torch))
+    frame, level = sys._getframe(2), 2  # 1 is warn_if_frozen itself, as seen from warnings.warn
+    while frame is not None and frame.f_code.co_filename.startswith(roots):
+        frame, level = frame.f_back, level + 1
+    return level
