@@ -20,7 +20,6 @@ import json
 import os
 import re
 import struct
-import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -29,6 +28,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from .bags import BagTargets
+from .notices import notice
 
 __all__ = ["ActivationCache", "CacheCorruptError", "IDENTITY_KEYS", "default_cache_dir"]
 
@@ -348,7 +348,7 @@ class CacheWriter(ActivationCache):
             return True
         except CacheCorruptError as err:
             if self._manifest.get("targets") is not None:
-                warnings.warn(f"{err}; rewriting the targets", stacklevel=3)
+                notice(f"{err}; rewriting the targets")
             return False
 
     def write_targets(self, targets: BagTargets, lengths: torch.Tensor) -> None:
@@ -364,7 +364,7 @@ class CacheWriter(ActivationCache):
         """Verify every finished unit; unlist (so they are redone) and report the bad ones."""
         bad = self.verify()
         for layer, shard, reason in bad:
-            warnings.warn(f"{reason}; redoing layer {layer} shard {shard}", stacklevel=3)
+            notice(f"{reason}; redoing layer {layer} shard {shard}")
             del self._manifest["units"][str(layer)][str(shard)]
         if bad:
             self._commit()

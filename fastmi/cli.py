@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure, layer by layer, how much of a sentence a language model keeps "
         "(mutual-information lower bounds from token recoverability).",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"fastmi {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +22,7 @@ from .cache import ActivationCache, CacheWriter, default_cache_dir
 from .corpus import Corpus
 from .hooks import LayerPooler, find_layer_taps, forward_parameters, hidden_states_pooled
 from .kernels.reference import POOL_MODES
+from .notices import notice
 
 __all__ = ["extract", "parse_layers", "batch_plan", "batches_by_length", "collate", "NonFiniteActivationError"]
 
@@ -86,8 +86,10 @@ def extract(
     taps = find_layer_taps(loaded.model, loaded.num_layers)
 
     token_lists = corpus.tokenize(tokenizer, max_length)
+    truncated = corpus.count_truncated(tokenizer, max_length, token_lists)
     lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
     metadata = _metadata(loaded, corpus, pooling, max_length, batch_size, side, taps.sources)
+    metadata["truncated_rows"] = truncated  # descriptive, not part of the identity
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir(metadata, loaded.name)
     requested_rows = shard_rows
     if shard_rows is None:
@@ -97,8 +99,8 @@ def extract(
 
     with CacheWriter.prepare(directory, metadata, shard_rows, resume=resume, overwrite=overwrite) as writer:
         if requested_rows is not None and writer.shard_rows != requested_rows:
-            warnings.warn(f"the cache at {directory} was started with shard_rows={writer.shard_rows}; "
-                          f"continuing with it, not {requested_rows}", stacklevel=2)
+            notice(f"the cache at {directory} was started with shard_rows={writer.shard_rows}; "
+                   f"continuing with it, not {requested_rows}")
         if not writer.targets_ok():
             from .bags import BagTargets
 
@@ -108,6 +110,9 @@ def extract(
         _note_progress(writer, wanted)
         todo = [(s, writer.missing_layers(s, wanted)) for s in range(writer.num_shards)]
         todo = [(s, missing) for s, missing in todo if missing]
+        _announce(directory, todo, writer.num_shards * len(wanted),
+                  f"{truncated} of {len(corpus)} sentences are longer than max_length={max_length} tokens "
+                  "and were truncated to it" if truncated else "")
         if todo:
             run = _Run(loaded, taps, token_lists, lengths, pooling, side, batch_size)
             if verify:
@@ -118,6 +123,18 @@ def extract(
                     writer.write_shard(shard, run.shard(writer.shard_range(shard), missing, shard))
                     bar.update(sizes[shard])
     return ActivationCache.open(directory)
+
+
+def _announce(directory: Path, todo: list, total_units: int, truncated: str) -> None:
+    """One plain line each: a cache resumed or already complete, and sentences cut at max_length."""
+    left = sum(len(missing) for _, missing in todo)
+    if left == 0:
+        notice(f"the activation cache at {directory} is already complete; nothing to extract")
+    elif left < total_units:
+        notice(f"resuming the activation cache at {directory}: {total_units - left} of {total_units} "
+               "(layer, shard) units already finished")
+    if truncated and left:  # said once, by the run that extracts them
+        notice(truncated)
 
 
 def _note_progress(writer: CacheWriter, wanted: list[int]) -> None:

@@ -128,6 +128,12 @@ def resolve_spec(name: str, revision: str | None) -> tuple[Path | None, dict]:
     return None, kwargs
 
 
+def is_local_spec(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` names a demo alias or an existing file or directory (not a hub id)."""
+    name = os.fspath(spec)
+    return name in DEMO_MODELS or Path(name).expanduser().exists()
+
+
 def _close_names(name: str) -> str:
     close = difflib.get_close_matches(name, list(DEMO_MODELS), n=1, cutoff=0.7)
     return f" (the demo models are named {', '.join(DEMO_MODELS)}: did you mean {close[0]!r}?)" if close else ""
