@@ -22,6 +22,7 @@ from .alphabet import Alphabet
 from .bags import BagTargets
 from .evaluation import score_probes
 from .split import Split
+from .convergence import warn_unconverged
 from .training import TrainConfig, fit_probes, probe_bytes, standardize
 
 __all__ = ["recoverability", "ProbeSource", "TrainConfig"]
@@ -230,6 +231,7 @@ def recoverability(
                 "n_test": int(part_rows["test"].size),
                 "n_skipped": int((~nonempty).sum()),
                 "bag_recall": float(scores.bag_recall[i].mean()),
+                "converged": bool(fitted.converged[i]),
             }
             row.update(bounds.layer_bounds(
                 scores.errors[i].numpy(), scores.errors_k[i].numpy(), scores.ce_bits[i].numpy(),
@@ -241,6 +243,7 @@ def recoverability(
                 "validation_ce_bits": float(fitted.validation_ce_nats[i] / np.log(2)),
                 "epochs_run": fitted.epochs_run,
             }
+    warn_unconverged(src.model, rows_out, train.max_epochs)
 
     config = {
         "model": src.model,
