@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from . import bounds
 from .alphabet import Alphabet
 from .bags import BagTargets
+from .convergence import warn_unconverged
 from .evaluation import score_probes
 from .split import Split
-from .convergence import warn_unconverged
 from .training import TrainConfig, fit_probes, probe_bytes, standardize
 
 __all__ = ["recoverability", "ProbeSource", "TrainConfig"]

@@ -225,9 +225,9 @@ def write_outputs(result: RecoverabilityResult, out: Path, split: Split | None =
 
 
 def print_summary(result: RecoverabilityResult, paths: dict[str, Path], stream=None) -> None:
-    stream = stream or sys.stdout
     from .hints import vacuous_hint
 
+    stream = stream or sys.stdout
     print(result.format_table(), file=stream)
     print("\nwrote " + ", ".join(str(p) for p in paths.values()), file=stream)
     hint = vacuous_hint(result)
