@@ -111,8 +111,8 @@ def extract(
         todo = [(s, writer.missing_layers(s, wanted)) for s in range(writer.num_shards)]
         todo = [(s, missing) for s, missing in todo if missing]
         _announce(directory, todo, writer.num_shards * len(wanted),
-                  f"{truncated} of {len(corpus)} sentences are longer than max_length={max_length} tokens "
-                  "and were truncated to it" if truncated else "")
+                  f"{loaded.name}: {truncated} of {len(corpus)} sentences are longer than "
+                  f"max_length={max_length} tokens and were truncated to it" if truncated else "")
         if todo:
             run = _Run(loaded, taps, token_lists, lengths, pooling, side, batch_size)
             if verify:

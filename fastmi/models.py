@@ -1,7 +1,8 @@
 """Model loading: hub ids, local directories, GGUF files and the bundled demo aliases.
 
 ``load_model(spec)`` always returns the *base* model (``AutoModel``: no LM head, which would only
-cost memory), frozen and in eval mode unless ``trainable=True``, with its tokenizer and the facts the extractor and the cache key need:
+cost memory), frozen and in eval mode unless ``trainable=True``, with its tokenizer and the facts
+the extractor and the cache key need:
 encoder or decoder, number of blocks, hidden size, special-token ids, and a stable revision.
 
 Where a spec goes:

@@ -166,8 +166,8 @@ def test_truncation_resume_and_complete_are_one_plain_line_each(tiny, tmp_path, 
 
     assert main([*argv, "--layers", "0"]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert err == [f"fastmi: {expected} of {len(sentences)} sentences are longer than max_length=6 tokens "
-                   "and were truncated to it"]
+    assert err == [f"fastmi: {loaded.name}: {expected} of {len(sentences)} sentences are longer than "
+                   "max_length=6 tokens and were truncated to it"]
     assert fastmi.ActivationCache.open(out).metadata["truncated_rows"] == expected
 
     assert main(argv) == 0  # layers 1-2 still to do

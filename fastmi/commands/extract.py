@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence (longer ones are truncated)")
     parser.add_argument("--device", default=None,
-                        help="torch device, e.g. cpu, cuda, cuda:1, auto (all GPUs) (default: cuda if available, else cpu)")
+                        help="torch device, e.g. cpu, cuda, cuda:1, auto (all GPUs) "
+                        "(default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="model compute dtype (default: float32 on CPU, bfloat16 on CUDA); embeddings are stored fp32")
     parser.add_argument("--revision", default=None, help="hub commit, branch or tag (hub ids only)")

@@ -31,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="model compute dtype (default: float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--shard-rows", type=int, default=None,
-                        help="sentences per cache shard, the unit of work and of resumption (default: ~1 GB of all layers)")
-    parser.add_argument("--revision", default=None, help="hub commit, branch or tag of the hub-id models (local ones have none)")
+                        help="sentences per cache shard, the unit of work and of resumption "
+                        "(default: ~1 GB of all layers)")
+    parser.add_argument("--revision", default=None,
+                        help="hub commit, branch or tag of the hub-id models (local ones have none)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow a hub model's own Python code to run (off unless asked)")
     parser.add_argument("--overwrite", action="store_true", help="replace caches in OUT built with other settings")
