@@ -2,8 +2,8 @@
 
 ``load_model(spec)`` always returns the *base* model (``AutoModel``: no LM head, which would only
 cost memory), frozen and in eval mode unless ``trainable=True``, with its tokenizer and the facts
-the extractor and the cache key need:
-encoder or decoder, number of blocks, hidden size, special-token ids, and a stable revision.
+the extractor and the cache key need: encoder or decoder, number of blocks, hidden size,
+special-token ids, and a stable revision.
 
 Where a spec goes:
 - ``"minilm"`` / ``"smollm2"``: the demo models shipped by PyPI packages (see :mod:`fastmi.gguf`
