@@ -104,7 +104,11 @@ def _convert(gguf_path: Path, sha: str, target: Path) -> None:
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
+    from fastmi.interrupts import note_remaining
+
     _remove_dead_leftovers(target.parent, sha)
+    # For a one-line report if the disk fills up: 4-bit weights become fp32, about 8 times the file.
+    note_remaining(target.parent, 8 * gguf_path.stat().st_size)
     tmp = target.parent / f".{sha}.{socket.gethostname()}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
