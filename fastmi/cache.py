@@ -24,7 +24,6 @@ import json
 import os
 import re
 import struct
-import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -33,6 +32,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from .bags import BagTargets
+from .notices import notice
 
 __all__ = ["ActivationCache", "CacheCorruptError", "IDENTITY_KEYS", "default_cache_dir"]
 
@@ -77,11 +77,12 @@ def _hashed_identity(identity: Mapping[str, object]) -> dict:
 
 
 def default_cache_dir(identity: Mapping[str, object], model_name: str) -> Path:
-    """``$FASTMI_HOME/activations/<model-slug>-<12 hex of the identity>`` (FASTMI_HOME: ~/.cache/fastmi)."""
-    home = Path(os.environ.get("FASTMI_HOME") or Path.home() / ".cache" / "fastmi")
+    """``<fastmi home>/activations/<model-slug>-<12 hex of the identity>`` (see :mod:`fastmi.paths`)."""
+    from .paths import activations_home
+
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(model_name)).name or str(model_name)).strip("-") or "model"
     digest = hashlib.sha256(json.dumps(_hashed_identity(identity), sort_keys=True).encode()).hexdigest()
-    return home / "activations" / f"{slug}-{digest[:12]}"
+    return activations_home() / f"{slug}-{digest[:12]}"
 
 
 def layer_dir(directory: Path, layer: int) -> Path:
@@ -97,11 +98,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        # A full disk or Ctrl-C mid-write: drop the partial file now (it holds space), and name the
+        # file in the error (a failed write() does not).
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)
+        raise
     _fsync_dir(path.parent)  # the rename itself must survive a power cut
 
 
@@ -430,7 +439,7 @@ class CacheWriter(ActivationCache):
             return True
         except CacheCorruptError as err:
             if self._manifest.get("targets") is not None:
-                warnings.warn(f"{err}; rewriting the targets", stacklevel=3)
+                notice(f"{err}; rewriting the targets")
             return False
 
     def write_targets(self, targets: BagTargets, lengths: torch.Tensor) -> None:
@@ -471,7 +480,7 @@ class CacheWriter(ActivationCache):
         """Verify every finished unit; unlist (so they are redone) and report the bad ones."""
         bad = self.verify()
         for layer, shard, reason in bad:
-            warnings.warn(f"{reason}; redoing layer {layer} shard {shard}", stacklevel=3)
+            notice(f"{reason}; redoing layer {layer} shard {shard}")
             del self._manifest["units"][str(layer)][str(shard)]
         if bad:
             self._commit()

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure, layer by layer, how much of a sentence a language model keeps "
         "(mutual-information lower bounds from token recoverability).",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"fastmi {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:
@@ -49,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .interrupts import run_command
+
     try:
-        return int(args._run(args) or 0)
+        # Ctrl-C and a full disk: one line saying what was kept (fastmi.interrupts), no traceback.
+        return run_command(args.command, lambda: args._run(args))
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         # Bad input is the user's to fix: one clear line, no traceback.
         print(f"fastmi {args.command}: error: {err}", file=sys.stderr)

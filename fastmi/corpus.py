@@ -157,6 +157,27 @@ class Corpus:
             ids.extend(list(map(int, row)) for row in enc["input_ids"])
         return ids
 
+    def count_truncated(self, tokenizer, max_length: int, token_lists: Sequence[Sequence[int]]) -> int:
+        """How many sentences :meth:`tokenize` cut at ``max_length`` (given its output).
+
+        Only rows that came out exactly ``max_length`` long can have been cut; those few are
+        tokenized again without truncation to tell.
+        """
+        from transformers.utils import logging as hf_logging
+
+        full = [i for i, ids in enumerate(token_lists) if len(ids) >= max_length]
+        truncated = 0
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "sequence longer than the model's maximum": known, counted here
+        try:
+            for start in range(0, len(full), _TOKENIZE_CHUNK):
+                chunk = [self.sentences[i] for i in full[start : start + _TOKENIZE_CHUNK]]
+                enc = tokenizer(chunk, add_special_tokens=True, truncation=False)
+                truncated += sum(len(ids) > max_length for ids in enc["input_ids"])
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return truncated
+
 
 def _fingerprint(sentences: Sequence[str]) -> str:
     h = hashlib.sha256()

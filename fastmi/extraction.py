@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +28,7 @@ from .hooks import LayerPooler, find_layer_taps, forward_parameters, hidden_stat
 from .kernels.reference import POOL_MODES
 from .unembedding import output_embedding_or_reason
 from .placement import input_device
+from .notices import notice
 
 __all__ = ["extract", "parse_layers", "batch_plan", "batches_by_length", "collate", "NonFiniteActivationError"]
 
@@ -80,7 +80,11 @@ def extract(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     corpus = _as_corpus(corpus)
-    loaded = _as_loaded_model(model, device, dtype)
+    if isinstance(model, (str, os.PathLike)):  # --layers 99 fails on the config, before the weights load
+        from .models import model_num_layers
+
+        parse_layers(layers, model_num_layers(model))
+    loaded = _as_loaded_model(model, device, dtype, progress)
     tokenizer = loaded.tokenizer
     if padding_side is not None:
         if padding_side not in ("left", "right"):
@@ -90,9 +94,11 @@ def extract(
     taps = find_layer_taps(loaded.model, loaded.num_layers)
 
     token_lists = corpus.tokenize(tokenizer, max_length)
+    truncated = corpus.count_truncated(tokenizer, max_length, token_lists)
     lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
     metadata = _metadata(loaded, corpus, pooling, max_length, batch_size, side, taps.sources)
     metadata["cache_dtype"] = resolve_cache_dtype(cache_dtype)
+    metadata["truncated_rows"] = truncated  # descriptive, not part of the identity
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir(metadata, loaded.name)
     requested_rows = shard_rows
     if shard_rows is None:
@@ -106,8 +112,8 @@ def extract(
         writer = CacheWriter.prepare(directory, metadata, shard_rows, resume=resume, overwrite=overwrite)
         try:
             if requested_rows is not None and writer.shard_rows != requested_rows:
-                warnings.warn(f"the cache at {directory} was started with shard_rows={writer.shard_rows}; "
-                              f"continuing with it, not {requested_rows}", stacklevel=3)
+                notice(f"the cache at {directory} was started with shard_rows={writer.shard_rows}; "
+                       f"continuing with it, not {requested_rows}")
             if not writer.targets_ok():
                 from .bags import BagTargets
 
@@ -117,8 +123,13 @@ def extract(
             if not writer.unembedding_ok():  # stored once per cache, for probe="unembedding"
                 writer.write_unembedding(*output_embedding_or_reason(loaded.model))
             writer.drop_bad_units()
+            _note_progress(writer, wanted)
             todo = [(s, writer.missing_layers(s, wanted)) for s in range(writer.num_shards)]
-            return writer, [(s, missing) for s, missing in todo if missing]
+            todo = [(s, missing) for s, missing in todo if missing]
+            _announce(directory, todo, writer.num_shards * len(wanted),
+                      f"{loaded.name}: {truncated} of {len(corpus)} sentences are longer than "
+                      f"max_length={max_length} tokens and were truncated to it" if truncated else "")
+            return writer, todo
         except BaseException:
             writer.close()
             raise
@@ -126,8 +137,8 @@ def extract(
     writer, todo = _on_main_then_share(prepare, ctx, lambda: CacheWriter.attach(directory))
     try:
         if ctx.is_main and 0 < len(todo) < ctx.world:
-            warnings.warn(f"{len(todo)} unfinished shard(s) for {ctx.world} processes: some have nothing to do; "
-                          "pass a smaller shard_rows (--shard-rows)", stacklevel=2)
+            notice(f"{len(todo)} unfinished shard(s) for {ctx.world} processes: some have nothing to do; "
+                   "pass a smaller shard_rows (--shard-rows)")
         todo = distributed.my_share(todo, ctx)
         progress = progress and ctx.is_main
         if todo:
@@ -164,6 +175,31 @@ def _on_main_then_share(prepare, ctx, attach):
         kind = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}.get(status, RuntimeError)
         raise kind(f"rank 0 could not open the cache: {payload}")
     return attach(), payload
+
+
+def _announce(directory: Path, todo: list, total_units: int, truncated: str) -> None:
+    """One plain line each: a cache resumed or already complete, and sentences cut at max_length."""
+    left = sum(len(missing) for _, missing in todo)
+    if left == 0:
+        notice(f"the activation cache at {directory} is already complete; nothing to extract")
+    elif left < total_units:
+        notice(f"resuming the activation cache at {directory}: {total_units - left} of {total_units} "
+               "(layer, shard) units already finished")
+    if truncated and left:  # said once, by the run that extracts them
+        notice(truncated)
+
+
+def _note_progress(writer: CacheWriter, wanted: list[int]) -> None:
+    """Tell :mod:`fastmi.interrupts` how to say what is finished, should the run be stopped."""
+    from .interrupts import note_kept, note_remaining
+
+    every, total = set(range(writer.num_shards)), len(wanted) * writer.num_shards
+
+    def done() -> int:  # asked at the moment of the interrupt: the manifest is the truth
+        return sum(len(every & writer.finished_shards(layer)) for layer in wanted)
+
+    note_kept(writer.directory, lambda: f"{done()} of {total} (layer, shard) units of the activation cache")
+    note_remaining(writer.directory, lambda: (total - done()) * writer.shard_rows * writer.hidden_size * 4)
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
@@ -207,7 +243,7 @@ def _as_corpus(corpus) -> Corpus:
     raise TypeError(f"corpus must be a fastmi.Corpus, a list of sentences or a corpus spec, not {type(corpus).__name__}")
 
 
-def _as_loaded_model(model, device, dtype):
+def _as_loaded_model(model, device, dtype, progress: bool = True):
     from .models import LoadedModel, load_model
 
     if isinstance(model, LoadedModel):
@@ -219,7 +255,7 @@ def _as_loaded_model(model, device, dtype):
                              "load_model (or pass the model spec to extract) to change them")
         return model
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model, device=device if device is not None else "cpu", dtype=dtype)
+        return load_model(model, device=device if device is not None else "cpu", dtype=dtype, progress=progress)
     raise TypeError(f"model must be a LoadedModel or a model spec, not {type(model).__name__}")
 
 

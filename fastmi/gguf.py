@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fastmi.hashing import file_sha256
 
-__all__ = ["gguf_to_local_dir", "SOURCE_RECORD"]
+__all__ = ["gguf_to_local_dir", "gguf_block_count", "SOURCE_RECORD"]
 
 SOURCE_RECORD = "fastmi-gguf-source.json"  # written last: a directory without it is not finished
 CACHE_FORMAT = 1  # bump when the layout of a converted directory changes; older ones are redone
@@ -39,6 +39,57 @@ def gguf_to_local_dir(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike
     return target, f"sha256:{sha}"
 
 
+# GGUF metadata value types (ggml's gguf.h): fixed-size scalars by struct code, then string and array.
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_block_count(gguf_path: str | os.PathLike) -> int:
+    """Number of transformer blocks, read from the GGUF header alone (``<arch>.block_count``).
+
+    The gguf package's reader indexes every tensor first (seconds for a 100 MB file); arguments are
+    checked before any work, so this walks the key-value section and stops at the key it needs.
+    """
+    import struct
+
+    with open(gguf_path, "rb") as f:
+        def read(fmt: str):
+            size = struct.calcsize("<" + fmt)
+            return struct.unpack("<" + fmt, f.read(size))[0]
+
+        def read_string() -> str:
+            return f.read(read("Q")).decode("utf-8", "replace")
+
+        def skip(kind: int) -> None:
+            if kind == _GGUF_STRING:
+                f.seek(read("Q"), 1)
+            elif kind == _GGUF_ARRAY:
+                item, count = read("I"), read("Q")
+                if item in _GGUF_SCALARS:
+                    f.seek(struct.calcsize("<" + _GGUF_SCALARS[item]) * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(item)
+            else:
+                f.seek(struct.calcsize("<" + _GGUF_SCALARS[kind]), 1)
+
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{gguf_path} is not a GGUF file")
+        if read("I") < 2:
+            raise ValueError(f"{gguf_path} is a GGUF file of version 1, which is not supported")
+        read("Q")  # tensor count
+        arch = None
+        for _ in range(read("Q")):
+            key, kind = read_string(), read("I")
+            if key == "general.architecture" and kind == _GGUF_STRING:
+                arch = read_string()
+            elif arch is not None and key == f"{arch}.block_count" and kind in _GGUF_SCALARS:
+                return int(read(_GGUF_SCALARS[kind]))
+            else:
+                skip(kind)
+    raise ValueError(f"{gguf_path} does not state its number of blocks (<architecture>.block_count)")
+
+
 def _cache_format(directory: Path) -> int | None:
     """The format version of a finished conversion in ``directory``; None if there is none."""
     try:
@@ -53,7 +104,11 @@ def _convert(gguf_path: Path, sha: str, target: Path) -> None:
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
+    from fastmi.interrupts import note_remaining
+
     _remove_dead_leftovers(target.parent, sha)
+    # For a one-line report if the disk fills up: 4-bit weights become fp32, about 8 times the file.
+    note_remaining(target.parent, 8 * gguf_path.stat().st_size)
     tmp = target.parent / f".{sha}.{socket.gethostname()}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

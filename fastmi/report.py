@@ -47,6 +47,12 @@ def _model_label(rows: list[dict], model: str) -> str:
     return f"{model} (M={_distinct(mine, 'M')}, H(T)={max(r['H_T'] for r in mine):.2f} bits)"
 
 
+def _vacuous_everywhere(rows: list[dict], bound: str) -> bool:
+    """Whether ``bound``'s point value was clamped at 0 (the bound says nothing) at every layer."""
+    point = BOUNDS[bound][0]
+    return bool(rows) and all(point in (r.get("clamped") or "").split(",") for r in rows)
+
+
 def bounds_figure(result, bound: str = "all", fraction: bool = False) -> Figure:
     """The figure :func:`plot_bounds` saves, for callers that want to adjust or embed it."""
     if bound not in PLOT_BOUNDS:
@@ -76,19 +82,28 @@ def bounds_figure(result, bound: str = "all", fraction: bool = False) -> Figure:
         draw_curves(axes[0][-1], result, fraction, colors)
     for ax, name in zip(axes[0], bounds):
         point_col, lcb_col = _columns(name, fraction)
+        vacuous = []  # models whose bound is clamped at 0 at every layer: a line at 0 would hide another
         for i, model in enumerate(result.models):
             model_rows = sorted((r for r in rows if r["model"] == model), key=lambda r: r["rel_depth"])
             x = [r["rel_depth"] for r in model_rows]
             point = [r[point_col] for r in model_rows]
             lcb = [r[lcb_col] for r in model_rows]
             color = colors[i % len(colors)]
-            ax.fill_between(x, lcb, point, color=color, alpha=0.22, linewidth=0)
-            ax.plot(x, point, color=color, marker="o", markersize=3.5, linewidth=1.8, label=model)
+            if _vacuous_everywhere(model_rows, name):
+                vacuous.append(model)
+            else:
+                ax.fill_between(x, lcb, point, color=color, alpha=0.22, linewidth=0)
+                ax.plot(x, point, color=color, marker="o", markersize=3.5, linewidth=1.8, label=model)
             if not fraction:
                 ceiling = max(r["H_T"] for r in model_rows)
                 ax.plot([0, 1], [ceiling, ceiling], color=color, linestyle="--", linewidth=1.1)
         if fraction:
             ax.plot([0, 1], [1, 1], color="0.35", linestyle="--", linewidth=1.1)
+        if vacuous:
+            everyone = len(vacuous) == len(result.models)
+            text = "vacuous at every layer" + ("" if everyone else ":\n" + "\n".join(vacuous))
+            ax.text(0.5, 0.5 if everyone else 0.9, text, transform=ax.transAxes, ha="center",
+                    va="center" if everyone else "top", fontsize=11 if everyone else 9, color="0.3")
         k = _distinct([r for r in rows if r.get("k") is not None], "k") if name == "list_fano" else ""
         ax.set_title(_TITLES[name].format(k=k), fontsize=11)
         ax.set_xlabel("relative depth (layer / number of layers)")

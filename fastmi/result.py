@@ -22,6 +22,7 @@ __all__ = ["RecoverabilityResult", "COLUMNS", "TERMINAL_COLUMNS"]
 _STR_COLUMNS = ("model", "revision", "pooling", "vocab", "clamped")
 _BOOL_COLUMNS = ("data_limited",)
 _INT_COLUMNS = ("layer", "M", "n_train", "n_test", "n_skipped", "k")
+_BOOL_COLUMNS = ("converged",)
 COLUMNS = [
     "model", "revision", "layer", "rel_depth", "pooling", "vocab", "M", "n_train", "n_test", "n_skipped",
     "H_T", "p_error", "p_error_ucb", "k", "p_error_k", "p_error_k_ucb", "ce_bits", "ce_bits_ucb", "bag_recall",
@@ -32,7 +33,7 @@ COLUMNS = [
 #: What :meth:`RecoverabilityResult.format_table` shows by default: fits a terminal, says the most.
 TERMINAL_COLUMNS = [
     "model", "layer", "rel_depth", "H_T", "p_error", "p_error_k", "ce_bits", "bag_recall",
-    "fano_lcb", "list_fano_lcb", "variational_lcb", "variational_lcb_frac", "data_limited",
+    "fano_lcb", "list_fano_lcb", "variational_lcb", "variational_lcb_frac", "data_limited", "converged",
 ]  # fmt: skip
 
 
@@ -110,6 +111,8 @@ class RecoverabilityResult:
         def text(value: Any) -> str:
             if value is None:
                 return "-"
+            if isinstance(value, bool):
+                return "yes" if value else "no"
             return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
         def cell(row: dict, column: str) -> str:
@@ -233,6 +236,8 @@ def _parse_csv_cell(name: str, cell: str | None) -> Any:
         return cell == "True"
     if cell is None or cell == "":
         return None
+    if name in _BOOL_COLUMNS:
+        return cell == "True"
     if name in _INT_COLUMNS:
         return int(cell)
     try:

@@ -2,14 +2,17 @@
 
 An output directory holds everything a sweep makes and is its checkpoint::
 
-    OUT/split.json             the train / validation / held-out split of the corpus (made once)
+    OUT/split.json             the train / validation / held-out split of the corpus (written with the results)
     OUT/cache/<slug>/          each model's activation cache (extraction resumes in it)
-    OUT/models/<slug>.json     each model's finished result, reused when its settings match
-    OUT/results.{csv,json,png} all models together
+    OUT/models/<slug>/<setting>.json   each model's finished result for one probe setting (e.g.
+                               vocab-top512-1a2b3c4d.json), reused when its settings match; a rerun with
+                               another --vocab adds a file beside it and never overwrites it
+    OUT/results.{csv,json,png} all models together, for the settings of the latest run
 
 Rerunning a finished sweep reads its caches and results and redoes nothing.  Under torchrun every
 rank extracts its shards and probes its layer groups of each model in turn; rank 0 alone writes
-split.json and the results (docs/distributed.md).
+split.json and the results (docs/distributed.md).  Every argument is
+checked (:mod:`fastmi.preflight`) before a model loads or a file is written.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from typing import Any, Sequence
 
 from . import distributed
 from .corpus import Corpus
+from .interrupts import note_kept
+from .notices import notice
 from .result import RecoverabilityResult
 from .split import Split
 from .training import TrainConfig
@@ -59,6 +64,14 @@ class ProbeSettings:
             key.pop("curve")  # results made before curves existed stay reusable
         return key
 
+    def file_stem(self) -> str:
+        """A file name for results of these settings: readable alphabet, then a hash of all settings."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256(json.dumps(_jsonable(self.key()), sort_keys=True).encode()).hexdigest()[:8]
+        return f"vocab-{re.sub(r'[^A-Za-z0-9]+', '', self.vocab)}-{digest}"
+
 
 def model_slug(spec: str) -> str:
     """A directory name for a model spec: "org/name" -> "org--name", a path -> its last part."""
@@ -70,15 +83,10 @@ def model_slug(spec: str) -> str:
 
 
 def load_or_make_split(out: Path, num_rows: int, fingerprint: str | None, settings: ProbeSettings) -> Split:
-    """OUT/split.json if it exists (and fits this corpus), else a new split saved there (by rank 0;
-    the other ranks of a multi-process run read it once it is there)."""
-    with distributed.main_first() as main:
-        if main:
-            return _load_or_make_split(out, num_rows, fingerprint, settings)
-    return _load_or_make_split(out, num_rows, fingerprint, settings)
-
-
-def _load_or_make_split(out: Path, num_rows: int, fingerprint: str | None, settings: ProbeSettings) -> Split:
+    """OUT/split.json if it exists (and fits this corpus), else a new split (saved with the results by
+    :func:`write_outputs`, so a failed run leaves no split.json behind; a split is a pure function of
+    the corpus size and the seed, so a rerun after an interrupt, and every rank of a multi-process
+    run, makes the same one)."""
     path = out / "split.json"
     if path.exists():
         split = Split.load(path)
@@ -92,9 +100,7 @@ def _load_or_make_split(out: Path, num_rows: int, fingerprint: str | None, setti
                 f"use those or a new --out directory"
             )
         return split
-    split = Split.make(num_rows, settings.test_fraction, settings.seed, corpus_fingerprint=fingerprint)
-    split.save(path)
-    return split
+    return Split.make(num_rows, settings.test_fraction, settings.seed, corpus_fingerprint=fingerprint)
 
 
 def probe_cache(cache: Any, split: Split, settings: ProbeSettings, done_path: Path | None = None,
@@ -103,11 +109,14 @@ def probe_cache(cache: Any, split: Split, settings: ProbeSettings, done_path: Pa
     from .probe import recoverability
 
     identity = {key: cache.metadata.get(key) for key in
-                ("model", "revision", "dtype", "pooling", "max_length", "corpus_fingerprint", "num_rows")}
+                ("model", "revision", "dtype", "cache_dtype", "pooling", "max_length", "corpus_fingerprint",
+                 "num_rows")}
     wanted = {"settings": settings.key(), "split": split.to_dict(), "cache": identity}
     if done_path is not None and done_path.exists():
         previous = RecoverabilityResult.from_json(done_path)
         if previous.config.get("sweep_key") == _jsonable(wanted) and previous.held_out:  # held_out: for comparisons
+            notice(f"{previous.models[0] if previous.models else cache.metadata.get('model')}: reusing the "
+                   f"finished results in {done_path}")
             return previous
     result = recoverability(
         cache, vocab=settings.vocab, seed=settings.seed, k=settings.k, level=settings.level,
@@ -144,15 +153,21 @@ def sweep(
     progress: bool = True,
     cache_dtype: str = "fp32",
     load_options: dict | None = None,
+    field: str = "text",
     shard_rows: int | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> RecoverabilityResult:
     """Extract (or reuse) each model's cache under ``out``, probe all on one split, write the results.
 
+    ``revision`` pins the commit of the hub ids among ``models`` (local models have none);
+    ``field`` is the JSON field of a .jsonl corpus; ``shard_rows`` is passed to :func:`fastmi.extract`.
     ``load_options``: keyword arguments for :func:`fastmi.load_model` (device, max_memory,
     offload_dir, gpus), for models placed by accelerate; default: ``settings.device``.
     """
     from .extraction import extract
-    from .models import load_model
+    from .models import is_local_spec, load_model
+    from .preflight import check_extraction_arguments, check_probe_settings, resolve_device
 
     if not models:
         raise ValueError("a sweep needs at least one model")
@@ -160,35 +175,45 @@ def sweep(
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"models {list(models)} are not distinct")
     settings = settings or ProbeSettings()
+    check_probe_settings(settings)  # before any extraction: a bad --vocab must not cost minutes
+    check_extraction_arguments(models, layers, pooling, batch_size, max_length, shard_rows, revision,
+                               trust_remote_code, settings.device)
     out = Path(out)
     if not isinstance(corpus, Corpus):
-        corpus = Corpus.load(corpus, max_sentences=max_sentences)
+        corpus = Corpus.load(corpus, field=field, max_sentences=max_sentences)
     elif max_sentences is not None:
         corpus = corpus.head(max_sentences)
-    out.mkdir(parents=True, exist_ok=True)
     split = load_or_make_split(out, len(corpus), corpus.fingerprint, settings)
+    out.mkdir(parents=True, exist_ok=True)
 
     results = []
     for spec, slug in zip(models, slugs):
         cache_dir = out / "cache" / slug
+        rev = None if is_local_spec(spec) else revision
         cache = None if overwrite else _finished_cache(cache_dir, corpus, pooling, layers, max_length, dtype,
-                                                       cache_dtype)
-        if cache is None:  # extract() loads the model; a finished cache does not need it
-            model = spec if load_options is None else load_model(spec, dtype=dtype, **load_options)
+                                                       cache_dtype, rev)
+        if cache is None:  # the model is loaded only when there is something to extract
+            options = load_options or {"device": resolve_device(settings.device)}
+            model = load_model(spec, dtype=dtype, revision=rev, trust_remote_code=trust_remote_code,
+                               progress=progress, **options)
             cache = extract(
                 model, corpus, pooling=pooling, layers=layers, cache_dir=cache_dir, resume=True,
-                overwrite=overwrite, device=settings.device if load_options is None else None,
-                dtype=dtype if load_options is None else None, batch_size=batch_size,
-                max_length=max_length, progress=progress, cache_dtype=cache_dtype, shard_rows=shard_rows,
+                overwrite=overwrite, batch_size=batch_size, max_length=max_length, progress=progress,
+                cache_dtype=cache_dtype, shard_rows=shard_rows,
             )
-        results.append(probe_cache(cache, split, settings, out / "models" / f"{slug}.json", progress=progress))
+            del model
+        else:
+            notice(f"{spec}: the activation cache in {cache_dir} is complete; not loading the model")
+        done_path = out / "models" / slug / f"{settings.file_stem()}.json"
+        results.append(probe_cache(cache, split, settings, done_path, progress=progress))
+        note_kept(out / "models", f"the results of {len(results)} of {len(models)} models")
     combined = RecoverabilityResult.concat(results)
     write_outputs(combined, out, split)
     return combined
 
 
 def _finished_cache(directory: Path, corpus: Corpus, pooling: str, layers, max_length: int, dtype: str | None,
-                    cache_dtype: str = "fp32"):
+                    cache_dtype: str = "fp32", revision: str | None = None):
     """The cache in ``directory`` if it is complete for these settings, else None (extract decides).
 
     The directory is the model's own (OUT/cache/<slug>), so the model is not reloaded to check
@@ -207,7 +232,8 @@ def _finished_cache(directory: Path, corpus: Corpus, pooling: str, layers, max_l
         return None
     same = (meta.get("corpus_fingerprint") == corpus.fingerprint and meta.get("pooling") == pooling
             and int(meta.get("max_length", -1)) == max_length and (dtype is None or meta.get("dtype") == dtype)
-            and cache.cache_dtype == resolve_cache_dtype(cache_dtype))
+            and cache.cache_dtype == resolve_cache_dtype(cache_dtype)
+            and (revision is None or meta.get("revision") == revision))
     return cache if same and set(wanted) <= set(cache.layers) else None
 
 
@@ -229,6 +255,11 @@ def write_outputs(result: RecoverabilityResult, out: Path, split: Split | None =
 
 
 def print_summary(result: RecoverabilityResult, paths: dict[str, Path], stream=None) -> None:
+    from .hints import vacuous_hint
+
     stream = stream or sys.stdout
     print(result.format_table(), file=stream)
     print("\nwrote " + ", ".join(str(p) for p in paths.values()), file=stream)
+    hint = vacuous_hint(result)
+    if hint:
+        print(hint, file=stream)

@@ -57,6 +57,7 @@ class FittedProbes:
     best_epoch: list[int] = field(default_factory=list)
     validation_ce_nats: list[float] = field(default_factory=list)
     epochs_run: int = 0
+    converged: list[bool] = field(default_factory=list)  # stopped by patience, not by max_epochs
 
 
 def standardize(z: torch.Tensor, train_rows: torch.Tensor) -> torch.Tensor:
@@ -186,4 +187,6 @@ def fit_probes(
         best_epoch=best_epoch.tolist(),
         validation_ce_nats=best_ce.tolist(),
         epochs_run=epoch,
+        # A layer whose validation loss was still improving when max_epochs ran out is not converged.
+        converged=(stale >= config.patience).tolist(),
     )

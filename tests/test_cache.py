@@ -91,7 +91,7 @@ def test_sigkilled_run_resumes_to_bit_identical_shards(models, corpus_file, tmp_
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
-def test_damaged_shard_is_refused_then_reported_and_redone(models, tmp_path, damage):
+def test_damaged_shard_is_refused_then_reported_and_redone(models, tmp_path, damage, capsys):
     out = tmp_path / "c"
     layer1 = fastmi.extract(models["gpt2"], SENTENCES, cache_dir=out, **SETTINGS).embeddings(1)
     good = cache_files(out)
@@ -109,8 +109,10 @@ def test_damaged_shard_is_refused_then_reported_and_redone(models, tmp_path, dam
     assert [(l, s) for l, s, _ in cache.verify()] == [(2, 1)]
     assert torch.equal(cache.embeddings(1), layer1)  # the other layers still read
 
-    with pytest.warns(UserWarning, match="redoing layer 2 shard 1"):
-        redone = fastmi.extract(models["gpt2"], SENTENCES, cache_dir=out, **SETTINGS)
+    capsys.readouterr()
+    redone = fastmi.extract(models["gpt2"], SENTENCES, cache_dir=out, **SETTINGS)
+    said = [line for line in capsys.readouterr().err.splitlines() if "redoing" in line]
+    assert len(said) == 1 and said[0].startswith("fastmi: ") and "redoing layer 2 shard 1" in said[0]
     assert cache_files(out) == good
     assert redone.verify() == [] and redone.embeddings(2).shape == (10, 16)
 

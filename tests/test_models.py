@@ -83,7 +83,7 @@ def test_checkpoint_missing_weights_is_refused(tiny_dirs, tmp_path):
 
 def test_missing_hub_model_offline_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelNotAvailableError, match=r"HF_HUB_OFFLINE.*huggingface-cli download fastmi-test/no-such-model"):
+    with pytest.raises(ModelNotAvailableError, match=r"HF_HUB_OFFLINE.*`hf download fastmi-test/no-such-model`"):
         load_model("fastmi-test/no-such-model", model_cache_dir=tmp_path)
 
 

@@ -44,7 +44,7 @@ def test_sweep_writes_results_for_every_model_on_one_split(swept, capsys):
 
 def test_rerun_reuses_caches_and_results(swept, capsys):
     _, out, args = swept
-    watched = sorted((out / "models").glob("*.json")) + sorted((out / "cache").glob("*/manifest.json"))
+    watched = sorted((out / "models").glob("*/*.json")) + sorted((out / "cache").glob("*/manifest.json"))
     before = {p: p.stat().st_mtime_ns for p in watched}
     assert len(before) == 4
     assert main(args) == 0

@@ -25,15 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sentences", type=int, default=None,
                         help="use only the first N sentences of the corpus (default: all; 2000 for 'demo')")
     parser.add_argument("--out", default=None,
-                        help="cache directory (default: $FASTMI_HOME/activations/<model>-<hash>, "
-                        "FASTMI_HOME defaulting to ~/.cache/fastmi)")
+                        help="cache directory (default: <home>/activations/<model>-<hash>, home being $FASTMI_HOME, "
+                        "else $XDG_CACHE_HOME/fastmi, else ~/.cache/fastmi)")
     parser.add_argument("--pooling", default="mean", choices=("mean", "first", "last", "max"),
                         help="how a sentence's token states become one vector (padding never counts)")
     parser.add_argument("--layers", default="all",
                         help="'all', 'last', a list '0,3,6', a range '2-5', or a mix; 0 is the embedding output")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence (longer ones are truncated)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu, cuda, cuda:1, auto (all GPUs) "
+                        "(default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="model compute dtype (default: float32 on CPU, bfloat16 on CUDA); embeddings are stored fp32")
     parser.add_argument("--revision", default=None, help="hub commit, branch or tag (hub ids only)")
@@ -55,10 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from ..extraction import extract
     from ..models import load_model
 
+    from ..preflight import check_extraction_arguments, resolve_device
+
     started = time.perf_counter()
+    check_extraction_arguments([args.model], args.layers, args.pooling, args.batch_size, args.max_length,
+                               args.shard_rows, args.revision, args.trust_remote_code, args.device)
     corpus = Corpus.load(args.corpus, field=args.field, max_sentences=args.max_sentences)
     model = load_model(args.model, dtype=args.dtype, revision=args.revision, trust_remote_code=args.trust_remote_code,
-                       **load_options(args, args.device))
+                       progress=args.progress, **load_options(args, resolve_device(args.device)))
     cache = extract(model, corpus, pooling=args.pooling, layers=args.layers, cache_dir=args.out,
                     resume=args.resume, overwrite=args.overwrite, batch_size=args.batch_size,
                     max_length=args.max_length, shard_rows=args.shard_rows, progress=args.progress,

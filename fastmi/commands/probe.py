@@ -29,15 +29,17 @@ def run(args: argparse.Namespace) -> int:
     from ..split import Split
     from ..sweep import load_or_make_split, print_summary, probe_cache, write_outputs
 
-    cache = ActivationCache.open(args.cache)
+    from ..preflight import check_probe_settings
+
     settings = probe_settings(args)
+    check_probe_settings(settings)
+    cache = ActivationCache.open(args.cache)
     out = Path(args.out)
     meta = cache.metadata
     if args.split is not None:
         split = Split.load(args.split)
         split.check(int(meta["num_rows"]), meta.get("corpus_fingerprint"))
-    else:
-        out.mkdir(parents=True, exist_ok=True)
+    else:  # OUT is created only with the results: a failed probe leaves nothing behind
         split = load_or_make_split(out, int(meta["num_rows"]), meta.get("corpus_fingerprint"), settings)
     result = probe_cache(cache, split, settings, progress=args.progress)
     print_summary(result, write_outputs(result, out, split))

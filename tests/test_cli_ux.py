@@ -1,0 +1,179 @@
+"""The command line as a new user meets it: arguments refused before any work, nothing left behind
+by a failed run, the sweep's options, results kept per setting, report's input, plain notices."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny import make_tiny_model, random_sentences
+
+import fastmi
+import fastmi.probe
+from fastmi.cli import build_parser, main
+from fastmi.result import RecoverabilityResult
+
+FAST = ["--max-epochs", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_ux")
+    model = make_tiny_model("bert", root / "bert", layers=2)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(random_sentences(40, seed=9)) + "\n")
+    return str(model), corpus
+
+
+@pytest.fixture
+def nothing_may_load(monkeypatch):
+    """Loading weights or extracting is a failure of the test: arguments must be refused first."""
+    import transformers
+
+    import fastmi.extraction
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", forbidden)
+    monkeypatch.setattr(fastmi.extraction, "extract", forbidden)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"fastmi {fastmi.__version__}"
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--vocab", "topp:12"], "vocab must be"),
+    (["--vocab", "top:1"], "vocab must be"),
+    (["--layers", "99"], "out of range"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--max-length", "0"], "--max-length must be a positive integer"),
+    (["--shard-rows", "0"], "--shard-rows must be a positive integer"),
+    (["--test-fraction", "1.5"], "--test-fraction must lie strictly between 0 and 1"),
+    (["--max-epochs", "0"], "--max-epochs must be a positive integer"),
+    (["--device", "cuda:7"], "--device"),
+])
+def test_sweep_refuses_bad_arguments_before_any_work_and_leaves_nothing(bad, says, tiny, nothing_may_load,
+                                                                         tmp_path, capsys):
+    model, corpus = tiny
+    out = tmp_path / "out"
+    assert main(["sweep", "--model", model, "--corpus", str(corpus), "--out", str(out), *FAST, *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad, says", [(["--layers", "99"], "out of range"),
+                                       (["--batch-size", "0"], "--batch-size must be a positive integer")])
+def test_extract_refuses_layers_and_batch_size_before_the_model_loads(bad, says, tiny, nothing_may_load,
+                                                                      tmp_path, capsys):
+    model, corpus = tiny
+    out = tmp_path / "cache"
+    assert main(["extract", "--model", model, "--corpus", str(corpus), "--out", str(out), "--no-progress", *bad]) == 2
+    assert says in capsys.readouterr().err and not out.exists()
+
+
+def test_demo_refuses_a_bad_vocab_before_extraction(nothing_may_load, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--vocab", "everything", "--no-progress"]) == 2
+    assert "vocab must be" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_failed_probe_leaves_no_split_and_no_output_directory(tiny, tmp_path, monkeypatch, capsys):
+    model, corpus = tiny
+    cache = fastmi.extract(model, fastmi.Corpus.from_text_file(corpus), cache_dir=tmp_path / "cache", progress=False)
+    out = tmp_path / "probe"
+    assert main(["probe", "--cache", str(cache.directory), "--out", str(out), "--vocab", "nope", *FAST]) == 2
+    assert not out.exists()
+
+    def fails(*args, **kwargs):
+        raise ValueError("the probe failed")
+
+    monkeypatch.setattr(fastmi.probe, "recoverability", fails)
+    assert main(["probe", "--cache", str(cache.directory), "--out", str(out), *FAST]) == 2
+    assert "the probe failed" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_sweep_failing_mid_run_writes_no_split_and_no_results(tiny, tmp_path, monkeypatch):
+    model, corpus = tiny
+    def fails(*args, **kwargs):
+        raise ValueError("the probe failed")
+
+    monkeypatch.setattr(fastmi.probe, "recoverability", fails)
+    out = tmp_path / "out"
+    assert main(["sweep", "--model", model, "--corpus", str(corpus), "--out", str(out), *FAST]) == 2
+    # The activation cache is a checkpoint and stays, to be resumed; nothing else was written.
+    assert sorted(p.name for p in out.iterdir()) == ["cache"]
+
+
+def test_every_command_has_the_same_device_default():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name in ("demo", "extract", "probe", "sweep"):
+        action = next(a for a in commands[name]._actions if "--device" in a.option_strings)
+        assert action.default is None and "cuda if available, else cpu" in action.help, name
+
+
+def test_sweep_field_shard_rows_revision_trust_remote_code(tiny, tmp_path):
+    model, _ = tiny
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"body": s}) + "\n" for s in random_sentences(30, seed=1)))
+    out = tmp_path / "out"
+    assert main(["sweep", "--model", model, "--corpus", str(corpus), "--field", "body", "--shard-rows", "7",
+                 "--revision", "main", "--trust-remote-code", "--out", str(out), *FAST]) == 0
+    cache = fastmi.ActivationCache.open(out / "cache" / "bert")
+    assert cache.shard_rows == 7 and cache.num_rows == 30 and cache.metadata["corpus_name"] == "corpus.jsonl"
+
+
+def test_a_rerun_with_another_vocab_keeps_the_earlier_results(tiny, tmp_path, capsys):
+    model, corpus = tiny
+    out = tmp_path / "out"
+    base = ["sweep", "--model", model, "--corpus", str(corpus), "--out", str(out), *FAST]
+    assert main([*base, "--vocab", "observed"]) == 0
+    [first] = list((out / "models" / "bert").glob("*.json"))
+    kept = first.read_bytes()
+    assert main([*base, "--vocab", "top:8"]) == 0
+    files = sorted((out / "models" / "bert").glob("*.json"))
+    assert len(files) == 2 and first in files and first.read_bytes() == kept
+    assert first.name.startswith("vocab-observed-") and any(f.name.startswith("vocab-top8-") for f in files)
+    assert {r["vocab"] for r in RecoverabilityResult.from_json(out / "results.json").table} == {"top:8"}
+    capsys.readouterr()
+    assert main([*base, "--vocab", "observed"]) == 0  # the earlier setting again: reused, not recomputed
+    assert "reusing the finished results in" in capsys.readouterr().err
+    assert first.read_bytes() == kept
+
+    # report reads a run directory (positional, --from, or the old --out) or one setting's file
+    for argv in (["report", str(out)], ["report", "--from", str(out)], ["report", "--out", str(out)],
+                 ["report", str(first), "--plot", str(tmp_path / "first.png")]):
+        assert main(argv) == 0, argv
+    assert "observed" in json.dumps(RecoverabilityResult.from_json(first).table)
+    assert (tmp_path / "first.png").stat().st_size > 1000
+    assert main(["report"]) == 2 and "name the run to report" in capsys.readouterr().err
+
+
+def test_truncation_resume_and_complete_are_one_plain_line_each(tiny, tmp_path, capsys):
+    model, corpus = tiny
+    out = tmp_path / "cache"
+    argv = ["extract", "--model", model, "--corpus", str(corpus), "--out", str(out), "--max-length", "6",
+            "--no-progress"]
+    loaded = fastmi.load_model(model, progress=False)
+    sentences = fastmi.Corpus.from_text_file(corpus).sentences
+    expected = sum(len(loaded.tokenizer(s)["input_ids"]) > 6 for s in sentences)
+    assert 0 < expected < len(sentences)
+
+    assert main([*argv, "--layers", "0"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == [f"fastmi: {loaded.name}: {expected} of {len(sentences)} sentences are longer than "
+                   "max_length=6 tokens and were truncated to it"]
+    assert fastmi.ActivationCache.open(out).metadata["truncated_rows"] == expected
+
+    assert main(argv) == 0  # layers 1-2 still to do
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 2 and err[0].startswith(f"fastmi: resuming the activation cache at {out}: 1 of 3")
+    assert main(argv) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == [f"fastmi: the activation cache at {out} is already complete; nothing to extract"]
+    assert "Warning" not in "".join(err)
