@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "extract", "probe", "sweep", "report")
+COMMANDS = ("demo", "extract", "probe", "sweep", "report", "finetune")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
