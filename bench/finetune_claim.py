@@ -39,7 +39,7 @@ def main() -> None:
 
     from fastmi.corpus import Corpus
     from fastmi.split import Split
-    from fastmi.sweep import ProbeSettings, model_slug, sweep
+    from fastmi.sweep import ProbeSettings, sweep
 
     work, report = Path(args.work), Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
@@ -51,9 +51,9 @@ def main() -> None:
     kind = json.loads((Path(args.treatment) / "finetune.json").read_text())["kind"]
 
     bounds = {}
-    for arm, spec in arms.items():
-        rows = [r for r in result.table if model_slug(str(r["model"])) == model_slug(spec)
-                or str(r["model"]) == str(Path(spec).resolve())]
+    names = list(dict.fromkeys(str(r["model"]) for r in result.table))  # the sweep keeps the models' order
+    for arm, name in zip(arms, names):
+        rows = [r for r in result.table if str(r["model"]) == name]
         bounds[arm] = {int(r["layer"]): {k: r[k] for k in ("variational_bits", "variational_lcb", "list_fano_bits",
                                                            "list_fano_lcb", "ce_bits", "H_T")} for r in rows}
     last_layer = max(bounds["base"])
