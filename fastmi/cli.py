@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "extract", "probe", "sweep", "report", "plan", "compare")
+COMMANDS = ("demo", "extract", "probe", "sweep", "report", "compare", "plan", "finetune")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -3,12 +3,23 @@
 The variational bound I(T; z) >= H(T) - CE says that lowering the cross-entropy of a linear probe
 on a layer's pooled state raises a lower bound on how much of the sentence that layer keeps.  Added
 to a model's loss, this term fine-tunes the model (and the probe with it) towards layers that keep
-more of their input: the paper's third claim.
+more of their input: the paper's third claim (docs/finetune.md).
+
+Written for real training code:
+
+* **Compute dtype fp32, always.**  Hidden states and probe may be fp32, bf16 or fp16 in any mix
+  (bf16 models, ``torch.autocast``): the pooled state and the probe are widened to fp32 and
+  autocast is switched off inside the loss, so the value is the fp32 reference of the inputs as
+  given, and gradients flow back in each input's own dtype.
+* **torch.compile**: bag building, pooling and the fused loss run eagerly between the compiled
+  graphs of the calling module (graph breaks, never a recompilation per bag layout).
+* **DDP / gradient checkpointing**: a plain differentiable function of the hidden states; the probe
+  is an ordinary ``nn.Module`` whose parameters DDP reduces like any other.
+* **Bags from ``input_ids``** are built on the batch's device by :func:`fastmi.input_bags.bags_from_input_ids`.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -16,8 +27,11 @@ from torch import nn
 from . import kernels
 from .bags import BagTargets
 from .frozen import warn_if_frozen
+from .input_bags import bags_from_input_ids
 
-__all__ = ["RecoverabilityLoss"]
+__all__ = ["RecoverabilityLoss", "MultiLayerRecoverabilityLoss", "COMPUTE_DTYPE"]
+
+COMPUTE_DTYPE = torch.float32  # pooling, logits, LSE and the loss itself
 
 
 class RecoverabilityLoss(nn.Module):
@@ -25,10 +39,11 @@ class RecoverabilityLoss(nn.Module):
 
     ``forward(hidden [B, T, d], attention_mask [B, T], targets)`` pools ``hidden`` over the unmasked
     positions (``pooling``: "mean", "first", "last" or "max"), applies the probe and returns the mean
-    over sentences of (1/n) sum_i -log q(x_i | z).  ``targets`` is a :class:`fastmi.BagTargets` of
-    ids < ``vocab_size``, or the ``input_ids`` [B, T] themselves: then the bag of each row is built
-    from its unmasked ids, without ``exclude_ids`` (pass the tokenizer's special ids).  The logits
-    are never materialised: :func:`fastmi.kernels.bag_cross_entropy` fuses them.
+    over sentences of (1/n) sum_i -log q(x_i | z), in fp32 (:data:`COMPUTE_DTYPE`).  ``targets`` is
+    a :class:`fastmi.BagTargets` of ids < ``vocab_size``, or the ``input_ids`` [B, T] themselves:
+    then the bag of each row is built from its unmasked ids, without ``exclude_ids`` (pass the
+    tokenizer's special ids).  The logits are never materialised:
+    :func:`fastmi.kernels.bag_cross_entropy` fuses them.
 
     Example, fine-tuning a model so that its layer 6 keeps more of each sentence::
 
@@ -42,6 +57,8 @@ class RecoverabilityLoss(nn.Module):
             loss = task_loss(out) + 0.1 * recover(out.hidden_states[6], batch["attention_mask"],
                                                   batch["input_ids"])
             optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+    With the Hugging Face Trainer, :class:`fastmi.trainer.RecoverabilityTrainer` does this.
     """
 
     def __init__(
@@ -64,24 +81,130 @@ class RecoverabilityLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, vocab_size={self.vocab_size}, pooling={self.pooling!r}"
 
-    def bags(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> BagTargets:
-        """Bags of the unmasked ids of each row, special ids left out."""
-        keep = attention_mask.bool()
-        rows = [ids[mask].tolist() for ids, mask in zip(input_ids.cpu(), keep.cpu())]
-        return BagTargets.from_token_lists(rows, exclude=self.exclude_ids, vocab_size=self.vocab_size)
+    def bags(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> BagTargets:
+        """Bags of the unmasked ids of each row, special ids left out, on ``input_ids.device``."""
+        return bags_from_input_ids(input_ids, attention_mask, self.exclude_ids, self.vocab_size)
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The pooled state z [B, d] in fp32, differentiable."""
+        if hidden.dim() != 3 or hidden.shape[-1] != self.hidden_size:
+            raise ValueError(f"hidden must be [B, T, {self.hidden_size}], got shape {tuple(hidden.shape)}")
+        warn_if_frozen(hidden)  # a frozen model would silently train the probe alone
+        return _pool(hidden, attention_mask.to(hidden.device), self.pooling)
+
+    def loss_of_pooled(self, z: torch.Tensor, bags: BagTargets) -> torch.Tensor:
+        if bags.num_rows != z.shape[0]:
+            raise ValueError(f"targets have {bags.num_rows} rows but hidden has {z.shape[0]} sentences")
+        return _bag_loss(z, self.weight, self.bias, bags.to(z.device))
 
     def forward(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, targets: BagTargets | torch.Tensor
     ) -> torch.Tensor:
-        if hidden.dim() != 3 or hidden.shape[-1] != self.hidden_size:
-            raise ValueError(f"hidden must be [B, T, {self.hidden_size}], got shape {tuple(hidden.shape)}")
-        warn_if_frozen(hidden)  # a frozen model would silently train the probe alone
+        z = self.pool(hidden, attention_mask)
         bags = targets if isinstance(targets, BagTargets) else self.bags(targets, attention_mask)
-        if bags.num_rows != hidden.shape[0]:
-            raise ValueError(f"targets have {bags.num_rows} rows but hidden has {hidden.shape[0]} sentences")
-        # The Triton pooling kernel has no backward; the torch path is exact on any device and
-        # differentiable, so it serves whenever the model is being trained through this loss.
-        grad_safe = kernels.backend("cpu") if hidden.requires_grad else contextlib.nullcontext()
-        with grad_safe:
-            z = kernels.masked_pool(hidden, attention_mask.to(hidden.device), self.pooling)
-        return kernels.bag_cross_entropy(z, self.weight, self.bias, bags.to(z.device), reduction="mean")
+        return self.loss_of_pooled(z, bags)
+
+
+class MultiLayerRecoverabilityLoss(nn.Module):
+    """One :class:`RecoverabilityLoss` probe per layer, summed with weights.
+
+    ``forward(hidden_states, attention_mask, targets)`` takes the model's ``hidden_states`` (the
+    tuple of ``output_hidden_states=True``, indexed by layer, or a ``{layer: [B, T, d]}`` mapping)
+    and returns ``sum_l w_l * CE_l``.  ``layer_weights`` defaults to ``1 / len(layers)`` each, so
+    the term's scale (and a good lambda) does not depend on how many layers are tuned.  The bags
+    are built once and shared by every layer.  ``probes[str(layer)]`` is each layer's probe;
+    :meth:`layer_losses` returns the unweighted per-layer terms (for logging).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        vocab_size: int,
+        layers: Sequence[int],
+        layer_weights: Sequence[float] | None = None,
+        pooling: str = "mean",
+        exclude_ids: Sequence[int] = (),
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        layers = [int(layer) for layer in layers]
+        if not layers or len(set(layers)) != len(layers):
+            raise ValueError(f"layers must be a non-empty list of distinct layers, got {layers}")
+        if layer_weights is None:
+            layer_weights = [1.0 / len(layers)] * len(layers)
+        if len(layer_weights) != len(layers):
+            raise ValueError(f"{len(layer_weights)} layer_weights for {len(layers)} layers")
+        self.layers = layers
+        self.probes = nn.ModuleDict(
+            {str(layer): RecoverabilityLoss(hidden_size, vocab_size, pooling, exclude_ids, bias) for layer in layers}
+        )
+        self.register_buffer("layer_weights", torch.tensor([float(w) for w in layer_weights]))
+
+    @property
+    def exclude_ids(self) -> list[int]:
+        return self.probes[str(self.layers[0])].exclude_ids
+
+    @property
+    def vocab_size(self) -> int:
+        return self.probes[str(self.layers[0])].vocab_size
+
+    def bags(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> BagTargets:
+        return self.probes[str(self.layers[0])].bags(input_ids, attention_mask)
+
+    def layer_losses(
+        self,
+        hidden_states: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
+        attention_mask: torch.Tensor,
+        targets: BagTargets | torch.Tensor,
+    ) -> dict[int, torch.Tensor]:
+        """Unweighted CE (nats) of each layer's probe."""
+        bags = targets if isinstance(targets, BagTargets) else self.bags(targets, attention_mask)
+        available = len(hidden_states)
+        losses = {}
+        for layer in self.layers:
+            if not isinstance(hidden_states, Mapping) and not 0 <= layer < available:
+                raise ValueError(f"layer {layer} is not among the {available} hidden states (0..{available - 1})")
+            probe = self.probes[str(layer)]
+            losses[layer] = probe.loss_of_pooled(probe.pool(hidden_states[layer], attention_mask), bags)
+        return losses
+
+    def combine(self, losses: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """``sum_l w_l * losses[l]``."""
+        weights = self.layer_weights.to(COMPUTE_DTYPE)
+        return sum(weights[i] * losses[layer] for i, layer in enumerate(self.layers))
+
+    def forward(
+        self,
+        hidden_states: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
+        attention_mask: torch.Tensor,
+        targets: BagTargets | torch.Tensor,
+    ) -> torch.Tensor:
+        return self.combine(self.layer_losses(hidden_states, attention_mask, targets))
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+# Pooling and the fused loss run eagerly under torch.compile: they pick their backend from the
+# environment and the kernel reads the CSR offsets on the host.
+@torch.compiler.disable
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    # The Triton pooling kernel has no backward; the torch path is exact on any device and
+    # differentiable, so it serves whenever the model is being trained through this loss.
+    with _no_autocast(hidden.device):
+        if hidden.requires_grad and torch.is_grad_enabled():
+            with kernels.backend("cpu"):
+                return kernels.masked_pool(hidden, mask, mode).to(COMPUTE_DTYPE)
+        return kernels.masked_pool(hidden, mask, mode).to(COMPUTE_DTYPE)
+
+
+@torch.compiler.disable
+def _bag_loss(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bags: BagTargets) -> torch.Tensor:
+    # Explicit widening (not the kernel's own handling of mixed dtypes): every backend then sees one
+    # dtype, and the result is the fp32 reference of the inputs whatever mix they came in.
+    with _no_autocast(z.device):
+        w = weight.to(COMPUTE_DTYPE)
+        b = None if bias is None else bias.to(COMPUTE_DTYPE)
+        return kernels.bag_cross_entropy(z.to(COMPUTE_DTYPE), w.to(z.device), None if b is None else b.to(z.device),
+                                         bags, reduction="mean")

@@ -1,0 +1,61 @@
+"""Run by tests/test_loss_ddp.py: two processes (torch.multiprocessing, gloo), each running one rank's half of the batch through a DDP-wrapped
+model + MultiLayerRecoverabilityLoss; the synchronised gradients are written for the test to read."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from fastmi.loss import MultiLayerRecoverabilityLoss
+
+V, D, SPECIAL = 40, 12, (1, 2)
+
+
+class TinyModel(torch.nn.Module):
+    """Embedding, two blocks, and the loss on layers 1 and 2 (all one module, as DDP wraps it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(V, D)
+        self.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.Tanh()) for _ in range(2)])
+        self.recover = MultiLayerRecoverabilityLoss(D, V, layers=[1, 2], layer_weights=[0.5, 1.5], exclude_ids=SPECIAL)
+        with torch.no_grad():
+            for p in self.recover.parameters():
+                p.copy_(torch.randn(p.shape) * 0.5)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        states = [self.embed(ids)]
+        for block in self.blocks:
+            states.append(block(states[-1]))
+        return self.recover(states, mask, ids)
+
+
+def full_batch(B: int = 8, T: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[6, 2:] = 0
+    ids[0, 0], ids[5, 3] = 1, 2
+    return ids, mask
+
+
+def worker(rank: int, world: int, out: Path) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out / 'store'}", rank=rank, world_size=world)
+    model = torch.nn.parallel.DistributedDataParallel(TinyModel())
+    ids, mask = full_batch()
+    rows = slice(rank * ids.shape[0] // world, (rank + 1) * ids.shape[0] // world)
+    model(ids[rows], mask[rows]).backward()
+    grads = {name: p.grad.contiguous() for name, p in model.module.named_parameters()}
+    save_file(grads, str(out / f"grads_rank{rank}.safetensors"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    torch.multiprocessing.spawn(worker, args=(2, Path(sys.argv[1])), nprocs=2, join=True)
