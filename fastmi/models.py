@@ -101,7 +101,7 @@ def load_model(
     from fastmi.quiet import loading_bars
 
     with loading_bars(progress):
-        loaded = _load(spec, device, dtype, revision, trust_remote_code, model_cache_dir)
+        loaded = _load(spec, device, dtype, revision, trust_remote_code, model_cache_dir, max_memory, offload_dir, gpus)
     if trainable:
         loaded.model.train().requires_grad_(True)
     return loaded
@@ -146,7 +146,8 @@ def _close_names(name: str) -> str:
     return f" (the demo models are named {', '.join(DEMO_MODELS)}: did you mean {close[0]!r}?)" if close else ""
 
 
-def _load(spec, device, dtype, revision, trust_remote_code, model_cache_dir) -> LoadedModel:
+def _load(spec, device, dtype, revision, trust_remote_code, model_cache_dir, max_memory=None, offload_dir=None,
+          gpus=None) -> LoadedModel:
     name = os.fspath(spec)
     # "auto" shards the model over all visible GPUs (accelerate's device_map="auto"); a single CUDA
     # device is loaded onto directly, so a large model is never staged in host memory first.
