@@ -31,9 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence (longer ones are truncated)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="model compute dtype (default: float32 on CPU, bfloat16 on CUDA)")
-    parser.add_argument("--shard-rows", type=int, default=None,
-                        help="sentences per cache shard, the unit of work and of resumption "
-                        "(default: ~1 GB of all layers)")
     parser.add_argument("--revision", default=None,
                         help="hub commit, branch or tag of the hub-id models (local ones have none)")
     parser.add_argument("--trust-remote-code", action="store_true",
