@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="JSON path, rewritten after every stage (default bench/results/gpu-<date>.json)")
     p.add_argument("--time-budget", type=float, default=420.0,
                    help="seconds for the whole run (default 420: fits an 8-minute slot with start-up)")
-    p.add_argument("--stages", nargs="+", default=None, help="run only these stages (names above)")
+    p.add_argument("--stages", nargs="+", default=None, help="run only these stages: checks ceilings sweep_shapes baselines bag_topk masked_pool")
     p.add_argument("--vocab", type=int, default=128256, help="V of every bag_cross_entropy shape")
     p.add_argument("--bag-size", type=int, default=16, help="distinct ids per bag (each count 1)")
     p.add_argument("--filter-eps", type=float, default=2.0**-12,

@@ -29,20 +29,28 @@ def main(argv=None) -> None:
     parser.add_argument("caches", nargs="+", type=Path, help="activation cache directories")
     parser.add_argument("--vocab", default="top:512", help="alphabet, as fastmi.recoverability takes it")
     parser.add_argument("--out", type=Path, required=True, help="JSON written after each cache")
+    parser.add_argument("--layers", type=int, nargs="+", default=None,
+                        help="only these layers of each cache (default: all); the same split and alphabet")
     args = parser.parse_args(argv)
     report: dict = {"vocab": args.vocab, "caches": {}}
+    if args.out.exists():  # keep the caches an earlier run measured
+        report["caches"] = json.loads(args.out.read_text()).get("caches", {})
     for path in args.caches:
         cache = fastmi.ActivationCache.open(path)
+        source, extra = cache, {}
+        if args.layers is not None:
+            source = {layer: cache.embeddings(layer) for layer in args.layers}
+            extra = {"targets": cache.targets, "vocab_size": int(cache.metadata["vocab_size"])}
         runs = {}
         for precision in ("fp32", "bf16"):
             start = time.perf_counter()
-            result = fastmi.recoverability(cache, vocab=args.vocab, train=TrainConfig(precision=precision),
-                                           progress=False)
+            result = fastmi.recoverability(source, vocab=args.vocab, train=TrainConfig(precision=precision),
+                                           progress=False, **extra)
             runs[precision] = (result.table, time.perf_counter() - start)
         table32, seconds32 = runs["fp32"]
         table16, seconds16 = runs["bf16"]
         report["caches"][str(path)] = {
-            "layers": len(table32),
+            "layers": len(table32) if args.layers is None else args.layers,
             "seconds": {"fp32": round(seconds32, 1), "bf16": round(seconds16, 1)},
             "max_abs_difference": {
                 c: max(abs(a[c] - b[c]) for a, b in zip(table32, table16)) for c in COMPARED
