@@ -20,7 +20,13 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from .hardware import Hardware, detect_hardware
-from .memory import CACHE_DTYPE_BYTES, ProbeMemory, format_bytes, layer_groups, parse_train_softmax
+from .memory import (
+    CACHE_DTYPE_BYTES,
+    ProbeMemory,
+    format_bytes,
+    layer_groups,
+    parse_train_softmax,
+)
 from .model_shape import ModelShape, model_shape
 from .workload import Workload, corpus_workload, synthetic_workload
 
@@ -155,7 +161,8 @@ def plan(model, corpus=None, sentences: int | None = None, mean_tokens: float | 
     for change in ALTERNATIVES:
         if all(getattr(memory, k) == v for k, v in change.items()):
             continue
-        alt = _probe_memory(work, shape, change.get("train_softmax", train_softmax), change.get("probe", probe), precision)
+        alt = _probe_memory(work, shape, change.get("train_softmax", train_softmax), change.get("probe", probe),
+                            precision)
         alt_groups = layer_groups(wanted, alt.layers_per_group(budget, len(wanted)))
         alt_flops, alt_seconds = _probe_epoch(alt, work, hw, [len(g) for g in alt_groups])
         alternatives.append({**change, "probe_seconds_per_epoch": alt_seconds, "probe_flops_per_epoch": alt_flops,

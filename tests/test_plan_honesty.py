@@ -86,7 +86,7 @@ def assert_within_factor_2(what, estimated, measured):
 
 
 def test_plan_is_within_2x_of_a_tiny_llama_run(tmp_path, monkeypatch):
-    directory = make_tiny_model("llama", tmp_path / "llama", hidden=256, layers=4)
+    directory = make_tiny_model("llama", tmp_path / "llama", hidden=512, layers=4)
     corpus = Corpus.from_sentences(random_sentences(400, seed=5, min_words=8, max_words=40))
     extraction, epoch = measure_and_plan(directory, corpus, "observed", tmp_path, monkeypatch,
                                          model_cache_dir=tmp_path / "models")
