@@ -16,11 +16,25 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Hardware", "detect_hardware", "measure_matmul_flops", "measure_op_seconds", "measure_bandwidth",
-           "measure_elementwise_rate", "H200_BANDWIDTH", "GPU_PRECISION_SPEED"]
+__all__ = [
+    "GPU_PRECISION_SPEED",
+    "H200_BANDWIDTH",
+    "Hardware",
+    "detect_hardware",
+    "measure_bandwidth",
+    "measure_elementwise_rate",
+    "measure_matmul_flops",
+    "measure_op_seconds",
+    "measure_probe_step_seconds",
+]
 
 H200_BANDWIDTH = 4.8e12  # bytes/s of HBM3e, the default for GPUs not present here
+# Real work reaches this share of the rates measured here: the measurements run hot in cache, a
+# model's passes stream larger working sets.  Fitted on the planner's honesty runs on a 2-core CPU
+# (tests/test_plan_honesty.py: 7 estimate/measured ratios of 0.45-0.94 without it, geometric mean 0.63).
+CPU_EFFICIENCY = 0.65
 GPU_OP_SECONDS = 10e-6  # a kernel launch, when no GPU is present to measure one
+GPU_OPS_PER_STEP = (50, 25)  # launches of one probe step of L layers: a + b L (bag selection, kernels, AdamW)
 # Probe matmul speed relative to bf16 on a GPU (H100/H200 dense: 989 bf16, 494 TF32, 67 fp32 TFLOPS;
 # fastmi's fp32 kernels use full-precision dots, kernels/bag_cross_entropy_triton.py).  On a CPU
 # every precision runs fp32 matmuls.
@@ -37,7 +51,17 @@ class Hardware:
     bandwidth: float  # device memory bytes/s
     op_seconds: float  # cost of one small operation (launch, dispatch, thread wake-up)
     elementwise_rate: float  # elements/s of one elementwise pass (fp32 read + write)
+    probe_step_seconds: tuple[float, float]  # (a, b): fixed cost of one probe step of L layers is a + b L
     source: str  # how the figures were found, printed with the plan
+    measured: bool = False  # a local CPU whose matmul rate was not given: rates at the work's own shapes
+
+    def matmul_rate(self, m: int, k: int, n: int) -> float:
+        """FLOP/s of an [m, k] x [k, n] matmul.  Measured at that shape on a local CPU, where the small
+        matmuls of a small model run well below the large-matmul rate; the device's rate otherwise."""
+        if not self.measured:
+            return self.matmul_flops
+        shape = (max(1, min(m, 4096)), max(1, min(k, 8192)), max(1, min(n, 8192)))
+        return CPU_EFFICIENCY * measure_matmul_flops("cpu", shape=shape, seconds=0.3)
 
     def probe_flops(self, precision: str) -> float:
         """FLOP/s of the probe's matmuls at ``precision``."""
@@ -45,26 +69,32 @@ class Hardware:
 
 
 def measure_matmul_flops(device: str | torch.device = "cpu", dtype: torch.dtype | None = None, size: int = 1024,
-                         seconds: float = 0.5) -> float:
-    """FLOP/s of [size, size] x [size, size] matmuls, averaged over ``seconds`` after a warm-up."""
+                         seconds: float = 0.5, shape: tuple[int, int, int] | None = None) -> float:
+    """FLOP/s of [m, k] x [k, n] matmuls (``shape``, default ``size`` cubed), averaged over ``seconds``."""
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    m, k, n = shape or (size, size, size)
     generator = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device, dtype)
-    b = torch.randn(size, size, generator=generator).to(device, dtype)
+    a = torch.randn(m, k, generator=generator).to(device, dtype)
+    b = torch.randn(k, n, generator=generator).to(device, dtype)
     calls = _repeat(lambda: torch.mm(a, b), device, seconds)
-    return 2.0 * size**3 * calls
+    return 2.0 * m * k * n * calls
 
 
-def measure_op_seconds(device: str | torch.device = "cpu", elements: int = 1 << 16, seconds: float = 0.2) -> float:
+def measure_op_seconds(device: str | torch.device = "cpu", elements: int = 1 << 16, seconds: float = 0.4) -> float:
     """Seconds of one small elementwise operation (64k elements: big enough to use the thread pool)."""
     return elements / measure_elementwise_rate(device, elements, seconds)
 
 
-def measure_elementwise_rate(device: str | torch.device = "cpu", elements: int = 1 << 20, seconds: float = 0.3) -> float:
-    """Elements/s of an in-place multiply over ``elements`` fp32 values, averaged over ``seconds``."""
+def measure_elementwise_rate(device: str | torch.device = "cpu", elements: int = 1 << 20,
+                             seconds: float = 0.3) -> float:
+    """Elements/s of a multiply over ``elements`` fp32 values into a new tensor (as a model's norms and
+    activations allocate theirs), averaged over ``seconds``."""
     x = torch.ones(elements, device=torch.device(device))
-    return elements * _repeat(lambda: x.mul_(1.0), torch.device(device), seconds)
+    return elements * _repeat(lambda: x * 1.0, torch.device(device), seconds)
+
+
+_clock = time.perf_counter  # wall time: what a plan promises (a test may count this process's CPU time)
 
 
 def _repeat(operation, device: torch.device, seconds: float) -> float:
@@ -75,15 +105,50 @@ def _repeat(operation, device: torch.device, seconds: float) -> float:
     """
     operation()
     _sync(device)
-    calls, start = 0, time.perf_counter()
+    calls, start = 0, _clock()
     while True:
         operation()
         calls += 1
         if calls % 4 == 0 or calls < 4:
             _sync(device)
-            elapsed = time.perf_counter() - start
+            elapsed = _clock() - start
             if elapsed >= seconds:
                 return calls / elapsed
+
+
+def measure_probe_step_seconds(device: str | torch.device = "cpu", seconds: float = 0.3) -> tuple[float, float]:
+    """(a, b) with a + b L the seconds of one Adam step of the probe of L layers when its matmuls are free.
+
+    Timed on the probe's own code (bag selection, the fused bag CE forward and backward, AdamW) at a
+    tiny shape, for 1 and 4 layers: the dispatch, thread wake-ups and bookkeeping every step pays.
+    """
+    from .bags import BagTargets
+
+    device = torch.device(device)
+    bags = BagTargets.from_token_lists([[i % 32, (3 * i + 1) % 32] for i in range(8)], vocab_size=32).to(device)
+    rows = torch.arange(8, device=device)
+    timings = [1.0 / _repeat(_probe_step(layers, bags, rows, device), device, seconds) for layers in (1, 4)]
+    slope = max(0.0, (timings[1] - timings[0]) / 3)
+    return max(0.0, timings[0] - slope), slope
+
+
+def _probe_step(layers: int, bags, rows: torch.Tensor, device: torch.device):
+    """One Adam step of a tiny probe of ``layers`` layers, as a function of nothing."""
+    from . import kernels
+    from .training import _Adam
+
+    z = torch.randn(layers, 8, 16, generator=torch.Generator().manual_seed(0)).to(device)
+    weight = torch.zeros(layers, 32, 16, device=device, requires_grad=True)
+    bias = torch.zeros(layers, 32, device=device, requires_grad=True)
+    optimizer = _Adam([weight, bias], lr=1e-3, weight_decay=(0.0, 0.0))
+
+    def step() -> None:
+        loss = kernels.bag_cross_entropy(z[:, rows], weight, bias, bags.select(rows), reduction="mean")
+        weight.grad = bias.grad = None
+        loss.sum().backward()
+        optimizer.step()
+
+    return step
 
 
 def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int = 64 * 2**20) -> float:
@@ -116,10 +181,14 @@ def detect_hardware(gpus: int | None = None, gpu_memory: int | None = None, host
     host = host_memory or _host_memory()
     given = [name for name, value in (("matmul rate", matmul_flops), ("memory", gpu_memory)) if value]
     if count == 0:
-        rate = matmul_flops or measure_matmul_flops("cpu")
-        return Hardware("cpu", 1, host, host, rate, bandwidth or measure_bandwidth("cpu"), measure_op_seconds("cpu"),
-                        measure_elementwise_rate("cpu"),
-                        "CPU, " + ("given matmul rate" if matmul_flops else "matmul rate measured in this process"))
+        measured = not matmul_flops
+        scale = CPU_EFFICIENCY if measured else 1.0
+        rate = matmul_flops or scale * measure_matmul_flops("cpu")
+        step = tuple(t / scale for t in measure_probe_step_seconds("cpu"))
+        return Hardware("cpu", 1, host, host, rate, bandwidth or measure_bandwidth("cpu"),
+                        measure_op_seconds("cpu") / scale, scale * measure_elementwise_rate("cpu"), step,
+                        "CPU, " + ("given matmul rate" if matmul_flops else "rates measured in this process"),
+                        measured=measured)
     present = count <= local_gpus
     if not present and not (gpu_memory and matmul_flops):
         raise ValueError(f"planning for {count} GPUs that are not all present here ({local_gpus} found) needs "
@@ -129,10 +198,11 @@ def detect_hardware(gpus: int | None = None, gpu_memory: int | None = None, host
     band = bandwidth or (measure_bandwidth("cuda", 1 << 30) if present else H200_BANDWIDTH)
     op = measure_op_seconds("cuda") if present else GPU_OP_SECONDS
     elementwise = band / 8  # one fp32 read and write per element
+    step = tuple(n * op for n in GPU_OPS_PER_STEP)
     what = f"{count} GPU(s), " + (", ".join(f"given {g}" for g in given) or "measured here")
     if not present and not bandwidth:
         what += f", assumed memory bandwidth {band / 1e12:.1f} TB/s (H200)"
-    return Hardware("cuda", count, memory, host, rate, band, op, elementwise, what)
+    return Hardware("cuda", count, memory, host, rate, band, op, elementwise, step, what)
 
 
 def _host_memory() -> int:

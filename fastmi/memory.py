@@ -28,8 +28,17 @@ import math
 from dataclasses import dataclass
 
 __all__ = [
-    "PRECISIONS", "CACHE_DTYPE_BYTES", "ProbeMemory", "parse_train_softmax", "probe_parameters_per_layer",
-    "probe_layer_bytes", "probe_shared_bytes", "layers_per_group", "layer_groups", "parse_bytes", "format_bytes",
+    "CACHE_DTYPE_BYTES",
+    "PRECISIONS",
+    "ProbeMemory",
+    "format_bytes",
+    "layer_groups",
+    "layers_per_group",
+    "parse_bytes",
+    "parse_train_softmax",
+    "probe_layer_bytes",
+    "probe_parameters_per_layer",
+    "probe_shared_bytes",
 ]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -166,7 +175,7 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def parse_bytes(text: str | int | float) -> int:
+def parse_bytes(text: str | float) -> int:
     """ "141GB" -> 141e9, "80GiB" -> 80 * 2^30, 1024 -> 1024 (decimal units, as GPU vendors state them)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         if text <= 0:

@@ -64,7 +64,7 @@ def shape_from_config(config, name: str = "config", tokenizer_source: str | None
         full = AutoModelForCausalLM.from_config(config) if kind == "decoder" else base
     num_layers = int(config.num_hidden_layers)
     taps = find_layer_taps(base, num_layers)
-    heads = int(getattr(config, "num_attention_heads"))
+    heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     output = full.get_output_embeddings() if kind == "decoder" else None
     unembedding = (output if output is not None else base.get_input_embeddings()).weight.numel()

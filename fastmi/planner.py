@@ -20,7 +20,13 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from .hardware import Hardware, detect_hardware
-from .memory import CACHE_DTYPE_BYTES, ProbeMemory, format_bytes, layer_groups, parse_train_softmax
+from .memory import (
+    CACHE_DTYPE_BYTES,
+    ProbeMemory,
+    format_bytes,
+    layer_groups,
+    parse_train_softmax,
+)
 from .model_shape import ModelShape, model_shape
 from .workload import Workload, corpus_workload, synthetic_workload
 
@@ -31,8 +37,12 @@ PROBE_BUDGET_FRACTION = 0.5  # the probe's default max_memory: half of the devic
 OPS_PER_BLOCK = 24  # torch operations one transformer block's forward dispatches (norms, projections, ...)
 ELEMENTWISE_PER_WEIGHT_ROW = 3  # elementwise passes per token and block: 3 x (block weights / d) elements
 ATTENTION_PASSES = 5  # scale, mask, max, exp, sum over each token's [heads, context] scores
-OPS_PER_STEP = 60  # per layer group and Adam step: the bag CE forward/backward, the update, the batch gather
-ADAM_PASSES = 7  # elementwise passes of one AdamW update over the trainable state
+VALIDATION_CHUNK_STEPS = 0.6  # fixed cost of a validation chunk (forward only) in probe steps
+EPOCH_FIXED_STEPS = 3  # per epoch: shuffling, the validation bookkeeping, the best-copy update
+# Elements one AdamW update moves per trainable parameter: 7 operations (lerp, mul, addcmul, sqrt, div,
+# add, addcdiv), each reading or writing ~3 of value, gradient, moments and temporaries.
+ADAM_PASSES = 20
+BEST_COPY_PASSES = 2  # per epoch: the improved layers' weights copied into the best copy
 # Elementwise passes over each logit: max, subtract, exp, sum, then the gradient's scale and count terms.
 # The CPU path makes them in memory; the Triton kernels keep logits on chip and write dlogits once.
 LOGIT_PASSES = {"cpu": (10, 5), "cuda": (2, 0)}  # (training, validation)
@@ -151,7 +161,8 @@ def plan(model, corpus=None, sentences: int | None = None, mean_tokens: float | 
     for change in ALTERNATIVES:
         if all(getattr(memory, k) == v for k, v in change.items()):
             continue
-        alt = _probe_memory(work, shape, change.get("train_softmax", train_softmax), change.get("probe", probe), precision)
+        alt = _probe_memory(work, shape, change.get("train_softmax", train_softmax), change.get("probe", probe),
+                            precision)
         alt_groups = layer_groups(wanted, alt.layers_per_group(budget, len(wanted)))
         alt_flops, alt_seconds = _probe_epoch(alt, work, hw, [len(g) for g in alt_groups])
         alternatives.append({**change, "probe_seconds_per_epoch": alt_seconds, "probe_flops_per_epoch": alt_flops,
@@ -221,7 +232,9 @@ def _extraction_seconds(shape, hw: Hardware, work: Workload, placement: dict, fl
     batches = math.ceil(work.sentences / placement["batch_size"])
     per_token = ELEMENTWISE_PER_WEIGHT_ROW * max(shape.block_parameters) / shape.hidden_size \
         + ATTENTION_PASSES * shape.num_heads * work.mean_width
-    compute = (flops / hw.matmul_flops + work.padded_tokens * blocks * per_token / hw.elementwise_rate
+    tokens_per_batch = int(placement["batch_size"] * work.mean_width)
+    rate = hw.matmul_rate(tokens_per_batch, shape.hidden_size, 4 * shape.hidden_size)  # the MLP's shape
+    compute = (flops / rate + work.padded_tokens * blocks * per_token / hw.elementwise_rate
                + batches * blocks * OPS_PER_BLOCK * hw.op_seconds)
     transfer = 0.0
     if placement["offload"]:
@@ -247,11 +260,16 @@ def _probe_epoch(memory: ProbeMemory, work: Workload, hw: Hardware, group_sizes:
     steps = math.ceil(train / memory.batch_size)
     chunks = math.ceil(val / memory.batch_size)
     train_passes, val_passes = LOGIT_PASSES[hw.device]
-    elements = train * s * train_passes + val * m * val_passes + steps * memory.parameters_per_layer * ADAM_PASSES
+    elements = (train * s * train_passes + val * m * val_passes
+                + (steps * ADAM_PASSES + BEST_COPY_PASSES) * memory.parameters_per_layer)
     rate = hw.probe_flops(memory.precision)
+    if hw.measured:  # the fused bag CE's row blocks of the batch against the alphabet
+        rate = hw.matmul_rate(min(memory.batch_size, train), d, s)
     workers = [0.0] * (hw.count if hw.device == "cuda" else 1)
     for i, size in enumerate(group_sizes):
-        seconds = size * (layer_flops / rate + elements / hw.elementwise_rate) + (steps + chunks) * OPS_PER_STEP * hw.op_seconds
+        fixed, per_layer = hw.probe_step_seconds
+        overhead = (steps + VALIDATION_CHUNK_STEPS * chunks + EPOCH_FIXED_STEPS) * (fixed + per_layer * size)
+        seconds = size * (layer_flops / rate + elements / hw.elementwise_rate) + overhead
         workers[i % len(workers)] += seconds
     return layer_flops * sum(group_sizes), max(workers)
 

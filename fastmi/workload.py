@@ -16,7 +16,7 @@ import numpy as np
 
 from .model_shape import ModelShape
 
-__all__ = ["Workload", "corpus_workload", "synthetic_workload", "DEFAULT_MEAN_TOKENS"]
+__all__ = ["DEFAULT_MEAN_TOKENS", "Workload", "corpus_workload", "synthetic_workload"]
 
 DEFAULT_MEAN_TOKENS = 32
 DISTINCT_SHARE = 0.85  # distinct ids / tokens in an English sentence of ~30 tokens

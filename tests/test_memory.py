@@ -7,7 +7,13 @@ import torch
 import fastmi
 from fastmi.bags import BagTargets
 from fastmi.memory import (
-    LOGIT_BLOCK_BYTES, ProbeMemory, format_bytes, layer_groups, layers_per_group, parse_bytes, parse_train_softmax,
+    LOGIT_BLOCK_BYTES,
+    ProbeMemory,
+    format_bytes,
+    layer_groups,
+    layers_per_group,
+    parse_bytes,
+    parse_train_softmax,
     probe_parameters_per_layer,
 )
 from fastmi.training import probe_bytes

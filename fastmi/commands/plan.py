@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hardware.add_argument("--matmul-tflops", type=float, default=None,
                           help="achieved dense matmul TFLOP/s of one device in the extraction dtype (bf16 on GPUs), "
                           "e.g. 593 for an H200 at 60%% of its 989; measured here with one large matmul if omitted")
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON (the fields of fastmi.plan's result)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the plan as JSON (the fields of fastmi.plan's result)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +83,10 @@ def format_plan(p) -> str:
                 return f"{seconds / span:.3g} {unit}"
         return f"{seconds:.3g} s"
 
-    where = f"{p.gpus} GPU(s) x {size(p.device_memory)}" if p.device == "cuda" else f"CPU, {size(p.device_memory)} RAM free"
+    if p.device == "cuda":
+        where = f"{p.gpus} GPU(s) x {size(p.device_memory)}"
+    else:
+        where = f"CPU, {size(p.device_memory)} RAM free"
     offload = f"offload to {p.offload}" if p.offload else "no offload"
     unit = "GPUs" if p.device == "cuda" else "CPU"
     lines = [
@@ -91,9 +95,11 @@ def format_plan(p) -> str:
         f"{p.parameters / 1e9:.4g} B parameters, {p.loaded_parameters / 1e9:.4g} B loaded for extraction",
         f"hardware     {where}, {p.matmul_tflops:.3g} TFLOP/s per device ({p.hardware})",
         f"weights      estimate: {size(p.weight_bytes)} ({'bf16' if p.device == 'cuda' else 'fp32'})",
-        f"placement    estimate: {p.replicas} data-parallel replica(s) x {p.devices_per_replica} {unit} each, {offload}; "
+        f"placement    estimate: {p.replicas} data-parallel replica(s) x {p.devices_per_replica} {unit} each, "
+        f"{offload}; "
         f"extraction batch {p.extraction_batch_size} sentences",
-        f"corpus       {p.sentences:,} sentences, {p.tokens:,} tokens, layers {p.layers[0]}-{p.layers[-1]} ({len(p.layers)})",
+        f"corpus       {p.sentences:,} sentences, {p.tokens:,} tokens, "
+        f"layers {p.layers[0]}-{p.layers[-1]} ({len(p.layers)})",
         f"extraction   estimate: {p.extraction_flops:.3g} FLOP, {t(p.extraction_seconds)}",
         f"cache        estimate: {size(p.cache_bytes)} on disk ({p.cache_dtype})",
         f"probe        vocab {p.vocab} (M = {p.alphabet_size:,}), {p.probe}, {p.train_softmax} softmax, {p.precision}",
