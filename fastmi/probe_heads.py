@@ -157,7 +157,11 @@ def fit_heads(
     params = head.dense + head.rowwise
     # W carries the weight decay (as in fit_probes); A', c' and b do not.
     decay = [0.0] * len(head.dense) + [config.weight_decay if probe == "linear" else 0.0] + [0.0] * (len(head.rowwise) - 1)
-    optimizer = RowSparseAdam(params, lr=config.lr / math.sqrt(max(dim, 1)), weight_decay=decay)
+    # A' and c' move every logit through U: their steps are divided by the typical row norm of U, so
+    # a step moves logits as much as a linear probe's step does, whatever the model's embedding scale.
+    dense_scale = 1.0 if probe == "linear" else 1.0 / float(head.unembedding.norm(dim=1).median().clamp(min=1e-6))
+    lr_scale = [dense_scale] * len(head.dense) + [1.0] * len(head.rowwise)
+    optimizer = RowSparseAdam(params, lr=config.lr / math.sqrt(max(dim, 1)), weight_decay=decay, lr_scale=lr_scale)
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if num_samples is not None:

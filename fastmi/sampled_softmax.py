@@ -22,8 +22,10 @@ One step, for a batch of bags (``fastmi.BagTargets`` with compact ids < M):
 
 Proposals (``"sampled:K:unigram"`` / ``"sampled:K:loguniform"``; plain ``"sampled:K"`` is
 :data:`DEFAULT_PROPOSAL`): the smoothed training marginal of T, or the log-uniform (Zipf) law over
-the ids ranked by training frequency, as in word2vec-era language models.  The default was chosen
-by measurement on the demo caches (README, "Probe settings for large vocabularies").
+the ids ranked by training frequency, as in word2vec-era language models.  The default, unigram,
+was chosen by measurement (docs/performance.md, "Probe settings for large vocabularies"): on the
+5,000-symbol Zipf channel of the tests both end within 0.03 bit of each other, and unigram is the
+cheaper, since its draws repeat the batch's frequent ids and leave a smaller sub-vocabulary.
 
 Parameters touched by a step are updated with lazy Adam (:class:`RowSparseAdam`): only the rows in
 S move and only their moments decay, so a step costs O(|S| d) in the optimiser as well.
@@ -131,8 +133,10 @@ class RowSparseAdam:
     """
 
     def __init__(self, params: Sequence[torch.Tensor], lr: float, weight_decay: Sequence[float],
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 lr_scale: Sequence[float] | None = None) -> None:
         self.params, self.lr, self.weight_decay = list(params), lr, list(weight_decay)
+        self.lr_scale = list(lr_scale) if lr_scale is not None else [1.0] * len(self.params)
         self.betas, self.eps, self.steps = betas, eps, 0
         self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
 
@@ -142,7 +146,8 @@ class RowSparseAdam:
         beta1, beta2 = self.betas
         step_size = self.lr / (1 - beta1**self.steps)
         correction2 = math.sqrt(1 - beta2**self.steps)
-        for p, (m, v), decay, (grad, rows) in zip(self.params, self.moments, self.weight_decay, grads):
+        for p, (m, v), decay, scale, (grad, rows) in zip(self.params, self.moments, self.weight_decay,
+                                                         self.lr_scale, grads):
             if grad is None:
                 continue
             if rows is None:
@@ -153,7 +158,7 @@ class RowSparseAdam:
                 p_rows.mul_(1 - self.lr * decay)
             m_rows.lerp_(grad, 1 - beta1)
             v_rows.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            p_rows.addcdiv_(m_rows, v_rows.sqrt().div_(correction2).add_(self.eps), value=-step_size)
+            p_rows.addcdiv_(m_rows, v_rows.sqrt().div_(correction2).add_(self.eps), value=-step_size * scale)
             if rows is not None:
                 p.index_copy_(1, rows, p_rows)
                 m.index_copy_(1, rows, m_rows)
