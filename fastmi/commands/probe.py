@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from ..split import Split
     from ..sweep import load_or_make_split, print_summary, probe_cache, write_outputs
 
+    settings = probe_settings(args)  # bad settings fail before the cache is read
     cache = ActivationCache.open(args.cache)
-    settings = probe_settings(args)
     out = Path(args.out)
     meta = cache.metadata
     if args.split is not None:
