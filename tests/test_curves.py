@@ -83,3 +83,11 @@ def test_bound_rises_with_n_train_and_the_flag_turns_off_once_n_train_is_large(t
 
     assert len(bounds_figure(many).axes) == 4  # three bounds + the curves
     assert len(bounds_figure(RecoverabilityResult(many.table, many.config)).axes) == 3
+
+
+def test_bad_curve_fails_before_any_work(tmp_path, capsys):
+    from fastmi.cli import main
+
+    assert main(["probe", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--curve", "0,2"]) == 2
+    assert "curve fractions must lie in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

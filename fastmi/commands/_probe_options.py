@@ -87,7 +87,10 @@ def parse_size(text: str | None) -> int | None:
 def _fractions(text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
+    from ..curves import check_curve
+
     try:
-        return tuple(float(f) for f in text.split(",") if f.strip())
+        fractions = tuple(float(f) for f in text.split(",") if f.strip())
     except ValueError:
         raise ValueError(f"--curve takes comma-separated fractions such as 0.125,0.25,0.5,1, got {text!r}") from None
+    return check_curve(fractions)  # checked here, before any extraction or training
