@@ -55,9 +55,12 @@ def argv(model, corpus, out) -> list[str]:
 # atomic write: manifest, targets, manifest, three layer files, manifest), so the parent can press
 # Ctrl-C (SIGINT) while some shards are finished and others are not, however loaded the machine.
 SLOW_CLI = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     import fastmi.cache as cache
     from fastmi.cli import main
+    # Ctrl-C as a terminal delivers it: a test run started in the background (cmd &) hands its
+    # children an ignored SIGINT, which Python would keep.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     real_write, calls = cache.atomic_write_bytes, []
 
     def stalling_write(path, data):
