@@ -174,7 +174,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.bar(range(3), [lm[a][0] for a in arms], color=[colors[a] for a in arms],
            yerr=np.array([[lm[a][0] - lm[a][1] for a in arms], [lm[a][2] - lm[a][0] for a in arms]]), capsize=3)
     ax.set_xticks(range(3), arms)
-    ax.set(ylabel=f"held-out {lm['objective']} loss, {lm['unit']}", title="(c) own objective")
+    ax.set(ylabel=f"held-out loss, {lm['unit']} (95% bootstrap)", title=f"(c) own objective: {lm['objective']}")
     fig.suptitle(f"{summary['family']}: recoverability fine-tuning (treatment) vs lambda = 0 (control)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
