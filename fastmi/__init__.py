@@ -18,6 +18,8 @@ _LAZY = {
     "recoverability": "fastmi.probe",
     "RecoverabilityResult": "fastmi.result",
     "RecoverabilityLoss": "fastmi.loss",
+    "MultiLayerRecoverabilityLoss": "fastmi.loss",
+    "RecoverabilityTrainer": "fastmi.trainer",
     "load_model": "fastmi.models",
 }
 _SUBMODULES = {"bounds", "kernels", "models", "corpus", "cache", "extraction", "hooks", "probe", "result", "report", "sweep", "cli"}
