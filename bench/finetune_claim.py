@@ -103,7 +103,8 @@ def topic_stage(arms, work: Path, split, args, layers) -> dict:
             emb = cache.embeddings(layer)
             emb = emb.numpy() if hasattr(emb, "numpy") else np.asarray(emb)
             correct[arm] = topic_probe_correct(emb, labels, split.train, split.test).astype(np.float64)
-        entry = {arm: list(bootstrap_interval(lambda rows, c=c: float(c[rows].mean()), c.size)) for arm, c in correct.items()}
+        entry = {arm: list(bootstrap_interval(lambda rows, c=c: float(c[rows].mean()), c.size))
+                 for arm, c in correct.items()}
         entry["treatment-control"] = paired(correct["treatment"], correct["control"])
         entry["treatment-base"] = paired(correct["treatment"], correct["base"])
         entry["control-base"] = paired(correct["control"], correct["base"])
@@ -151,9 +152,9 @@ def plot(summary: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     ax = axes[0]
     for arm in arms:
-        layers = sorted(int(l) for l in summary["bounds"][arm])
-        ax.plot(layers, [summary["bounds"][arm][l]["variational_bits"] if l in summary["bounds"][arm]
-                         else summary["bounds"][arm][str(l)]["variational_bits"] for l in layers],
+        by_layer = {int(k): v for k, v in summary["bounds"][arm].items()}  # int keys, or str after JSON
+        layers = sorted(by_layer)
+        ax.plot(layers, [by_layer[layer]["variational_bits"] for layer in layers],
                 marker="o", color=colors[arm], label=arm)
     ax.axvline(summary["tuned_layer"], color="k", ls=":", lw=1)
     ax.set(xlabel="layer", ylabel="variational bound, bits (held-out)", title="(a) I(T; z) lower bound")
@@ -161,12 +162,12 @@ def plot(summary: dict, path: Path) -> None:
     ax = axes[1]
     layers = list(summary["topics"]["layers"])
     for i, arm in enumerate(arms):
-        vals = [summary["topics"]["layers"][l][arm] for l in layers]
+        vals = [summary["topics"]["layers"][layer][arm] for layer in layers]
         x = np.arange(len(layers)) + (i - 1) * 0.25
         ax.bar(x, [v[0] for v in vals], 0.25, color=colors[arm], label=arm,
                yerr=np.array([[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]]), capsize=3)
     ax.axhline(summary["topics"]["majority_class"], color="k", ls=":", lw=1, label="majority class")
-    ax.set_xticks(range(len(layers)), [f"layer {l}" for l in layers])
+    ax.set_xticks(range(len(layers)), [f"layer {layer}" for layer in layers])
     ax.set(ylabel="held-out accuracy (95% bootstrap)", title="(b) BBC topic, logistic probe")
     ax.legend(fontsize=8)
     ax = axes[2]
@@ -174,7 +175,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.bar(range(3), [lm[a][0] for a in arms], color=[colors[a] for a in arms],
            yerr=np.array([[lm[a][0] - lm[a][1] for a in arms], [lm[a][2] - lm[a][0] for a in arms]]), capsize=3)
     ax.set_xticks(range(3), arms)
-    ax.set(ylabel=f"held-out {lm['objective']} loss, {lm['unit']}", title="(c) own objective")
+    ax.set(ylabel=f"held-out loss, {lm['unit']} (95% bootstrap)", title=f"(c) own objective: {lm['objective']}")
     fig.suptitle(f"{summary['family']}: recoverability fine-tuning (treatment) vs lambda = 0 (control)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -18,6 +18,8 @@ _LAZY = {
     "recoverability": "fastmi.probe",
     "RecoverabilityResult": "fastmi.result",
     "RecoverabilityLoss": "fastmi.loss",
+    "MultiLayerRecoverabilityLoss": "fastmi.loss",
+    "RecoverabilityTrainer": "fastmi.trainer",
     "load_model": "fastmi.models",
     "plan": "fastmi.planner",  # not fastmi.plan, for the same reason as extract
     "compare": "fastmi.comparison",  # not fastmi.compare: a submodule would shadow the function

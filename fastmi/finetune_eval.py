@@ -84,7 +84,8 @@ def topic_probe_correct(embeddings: np.ndarray, labels: np.ndarray, train_rows: 
 
 @torch.no_grad()
 def lm_token_losses(model, tokenizer, sentences: Sequence[str], kind: str, max_length: int = 48,
-                    batch_size: int = 16, seed: int = 0, mlm_probability: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 16, seed: int = 0,
+                    mlm_probability: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
     """``(summed NLL in nats, scored tokens)`` per sentence, ``model`` a *ForCausalLM / *ForMaskedLM.
 
     Causal: every next-token prediction within the sentence.  Masked: a seeded ``mlm_probability``

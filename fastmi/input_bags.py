@@ -39,7 +39,8 @@ def bags_from_input_ids(
     keep = ids >= 0
     if attention_mask is not None:
         if attention_mask.shape != ids.shape:
-            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(ids.shape)}")
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(ids.shape)}")
         keep &= attention_mask.to(ids.device).bool()
     exclude = torch.as_tensor(list(exclude_ids) if not torch.is_tensor(exclude_ids) else exclude_ids,
                               dtype=torch.long, device=ids.device)

@@ -22,8 +22,9 @@ Logged at every logging step, beside the Trainer's own ``loss``, ``learning_rate
 ``own_loss`` (the model's loss), ``recoverability`` (sum_l w_l CE_l, nats), per layer
 ``recoverability_ce_bits/layer_L`` and ``variational_bound_bits/layer_L`` = H(T) - CE in bits, and
 ``entropy_bits`` H(T).  H(T) is the plug-in entropy of the token marginal p(t) = E_S[count_S(t)/n_S]
-of every training bag seen so far, CE the mean of the logging window's training batches: a running,
-training-set estimate of the bound (docs/theory.md), optimistic next to a held-out one.
+of every training bag this process has seen (it restarts when a run resumes), CE the mean of the
+logging window's training batches: a running, training-set estimate of the bound (docs/theory.md),
+optimistic next to a held-out one.
 """
 from __future__ import annotations
 

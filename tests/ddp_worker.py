@@ -1,5 +1,5 @@
-"""Run by tests/test_loss_ddp.py: two processes (torch.multiprocessing, gloo), each running one rank's half of the batch through a DDP-wrapped
-model + MultiLayerRecoverabilityLoss; the synchronised gradients are written for the test to read."""
+"""Run by tests/test_loss_ddp.py: two processes (torch.multiprocessing, gloo), each putting one rank's
+half of the batch through a DDP-wrapped model + MultiLayerRecoverabilityLoss; the synchronised gradients are written for the test to read."""
 from __future__ import annotations
 
 import sys

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="sentences per step")
     parser.add_argument("--max-length", type=int, default=48, help="tokens per sentence (longer ones are truncated)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, data order and masking")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share of the split, never trained on")
+    parser.add_argument("--test-fraction", type=float, default=0.2, 
+                        help="held-out share of the split, never trained on")
     parser.add_argument("--pooling", default="mean", choices=("mean", "first", "last", "max"),
                         help="pooling of the probed hidden states")
     parser.add_argument("--logging-steps", type=int, default=10, help="steps between log lines")
