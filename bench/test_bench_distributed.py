@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 SENTENCES, SHARD_ROWS, MAX_LENGTH, BATCH = 2000, 125, 128, 32
-PROBE = ["--vocab", "top:512", "--max-epochs", "3", "--probe-memory", "10MB", "--no-progress"]  # 1 layer per group
+PROBE = ["--vocab", "top:512", "--max-epochs", "3", "--probe-memory", "1KB", "--no-progress"]  # less than a layer: 1 layer per group
 ROUNDS = 1
 
 

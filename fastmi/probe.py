@@ -246,7 +246,7 @@ def recoverability(
     store = GroupStore.open(source, src.layers, checkpoint_dir=checkpoint_dir, settings=dict(
         model=src.model, vocab=vocab, alphabet_size=alphabet.size, k=k, level=level, seed=seed, entropy=entropy,
         n_bootstrap=n_bootstrap, train=asdict(train), split=split.to_dict(), excluded_ids=list(src.excluded_ids),
-        probe=probe, train_softmax=train_softmax))
+        probe=probe, train_softmax=train_softmax, curve=list(fractions or ())))
     mine = store.pending(groups)  # this rank's groups not saved by an earlier run
     test_rows = part_rows["test"].astype(np.int64)
     for group in tqdm(mine, desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):

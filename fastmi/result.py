@@ -19,10 +19,9 @@ from typing import Any, Iterable, Sequence
 
 __all__ = ["RecoverabilityResult", "COLUMNS", "TERMINAL_COLUMNS"]
 
-_STR_COLUMNS = ("model", "revision", "pooling", "vocab", "clamped")
-_BOOL_COLUMNS = ("data_limited",)
+_STR_COLUMNS = ("model", "revision", "pooling", "vocab", "clamped", "probe", "train_softmax")
+_BOOL_COLUMNS = ("data_limited", "converged")
 _INT_COLUMNS = ("layer", "M", "n_train", "n_test", "n_skipped", "k")
-_BOOL_COLUMNS = ("converged",)
 COLUMNS = [
     "model", "revision", "layer", "rel_depth", "pooling", "vocab", "M", "n_train", "n_test", "n_skipped",
     "H_T", "p_error", "p_error_ucb", "k", "p_error_k", "p_error_k_ucb", "ce_bits", "ce_bits_ucb", "bag_recall",

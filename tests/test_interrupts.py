@@ -51,25 +51,24 @@ def argv(model, corpus, out) -> list[str]:
             "--batch-size", "2", "--no-progress"]
 
 
-# The CLI in a child process that stalls once the first shard is listed in the manifest (the 7th
-# atomic write: manifest, targets, manifest, three layer files, manifest), so the parent can press
+# The CLI in a child process that stalls once the first shard is listed in the manifest (the first
+# manifest write that lists three units: shard 0 of layers 0-2), so the parent can press
 # Ctrl-C (SIGINT) while some shards are finished and others are not, however loaded the machine.
 SLOW_CLI = textwrap.dedent("""
-    import signal, sys, time
+    import json, signal, sys, time
     import fastmi.cache as cache
     from fastmi.cli import main
     # Ctrl-C as a terminal delivers it: a test run started in the background (cmd &) hands its
     # children an ignored SIGINT, which Python would keep.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    real_write, calls = cache.atomic_write_bytes, []
+    real_commit = cache.CacheWriter._commit_units
 
-    def stalling_write(path, data):
-        real_write(path, data)
-        calls.append(path)
-        if len(calls) >= 7:
+    def stalling_commit(self, finished):
+        real_commit(self, finished)
+        if sum(map(len, json.loads((self.directory / "manifest.json").read_text())["units"].values())) >= 3:
             time.sleep(300)  # the parent's SIGINT ends this
 
-    cache.atomic_write_bytes = stalling_write
+    cache.CacheWriter._commit_units = stalling_commit
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -131,7 +130,7 @@ def test_a_full_disk_prints_one_line_naming_the_directory_and_the_space_needed(
     def filling_open(path, mode="r", *args, **kwargs):
         if mode == "wb":
             opened.append(path)
-            if len(opened) == 9:  # manifest, targets, manifest, shard 0 (3 layers + manifest), then shard 1
+            if "shard_00001" in str(path):  # shard 0 of every layer is finished and listed
                 return FullDisk(path, mode)
         return open(path, mode, *args, **kwargs)
 

@@ -50,7 +50,7 @@ def measure_and_plan(spec, corpus, vocab, tmp_path, monkeypatch, max_length=128,
     loaded = load_model(spec, model_cache_dir=model_cache_dir)
     shape = model_shape(spec, model_cache_dir)
     fitting = {"seconds": 0.0, "epochs": 0}
-    real_fit = fastmi.probe.fit_probes
+    real_fit = fastmi.probe.fit_heads
 
     def timed_fit(*args, **kwargs):
         start = clock()
@@ -59,7 +59,7 @@ def measure_and_plan(spec, corpus, vocab, tmp_path, monkeypatch, max_length=128,
         fitting["epochs"] += fitted.epochs_run
         return fitted
 
-    monkeypatch.setattr(fastmi.probe, "fit_probes", timed_fit)
+    monkeypatch.setattr(fastmi.probe, "fit_heads", timed_fit)
     machine = [detect_hardware(gpus=0)]
     start = clock()
     cache = fastmi.extract(loaded, corpus, cache_dir=tmp_path / "cache", max_length=max_length, progress=False)
