@@ -8,8 +8,9 @@ at different speeds are still compared on the same sentences and one split.  Usa
     python bench/findings_run.py --out runs/large --rows 2500 --vocab top:512 --curve \\
         --cache minilm=runs/cache/minilm --cache smollm2=runs/cache/smollm2
 
-    python bench/findings_run.py --combine runs/pool_last/results.json runs/pool_first/results.json \\
-        --rename smollm2=smollm2/last --out runs/poolings
+    python bench/findings_run.py --combine runs/pool_mean/results.json runs/pool_first/results.json \\
+        runs/pool_last/results.json --rename 1:minilm=minilm-first --rename 2:smollm2=smollm2-last \\
+        --out runs/poolings
 
 Writes OUT/results.{csv,json,png}, OUT/claims.json, OUT/compare_*.json and OUT/timing.json.
 """
@@ -97,19 +98,18 @@ def main() -> None:
     parser.add_argument("--vocab", default="top:512")
     parser.add_argument("--curve", action="store_true")
     parser.add_argument("--combine", nargs="*", default=[], help="results.json files to join instead of probing")
-    parser.add_argument("--rename", action="append", default=[], help="OLD=NEW model names when combining")
+    parser.add_argument("--rename", action="append", default=[],
+                        help="I:OLD=NEW: rename model OLD of the I-th --combine file (from 0)")
     parser.add_argument("--compare", action="append", default=[], help="A,B pairs to compare")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    renames = dict(r.split("=", 1) for r in args.rename)
+    renames = [(int(r.split(":", 1)[0]), *r.split(":", 1)[1].rsplit("=", 1)) for r in args.rename]
     timing = {}
     if args.combine:
         results = [RecoverabilityResult.from_json(p) for p in args.combine]
-        for i, result in enumerate(results):
-            for old, new in renames.items():
-                if old in result.models:
-                    results[i] = result = renamed(result, old, new)
+        for i, old, new in renames:
+            results[i] = renamed(results[i], old, new)
         combined, split = RecoverabilityResult.concat(results), None
     else:
         from fastmi.probe import recoverability
