@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .sampled_softmax import parse_train_softmax
+
 __all__ = [
     "CACHE_DTYPE_BYTES",
     "PRECISIONS",
@@ -35,7 +37,6 @@ __all__ = [
     "layer_groups",
     "layers_per_group",
     "parse_bytes",
-    "parse_train_softmax",
     "probe_layer_bytes",
     "probe_parameters_per_layer",
     "probe_shared_bytes",
@@ -50,18 +51,6 @@ STATE_BYTES = {"fp32": 20, "tf32": 20, "bf16": 22}
 # The fused bag CE holds at most one block of logits at a time: 48 MiB per row block on the CPU path,
 # 256 MiB per vocabulary chunk of the Triton backward (kernels/bag_cross_entropy_*.py).
 LOGIT_BLOCK_BYTES = 256 * 2**20
-
-
-def parse_train_softmax(train_softmax: str) -> int | None:
-    """ "full" -> None; "sampled:K" -> K (negatives drawn per step, shared across the batch)."""
-    text = str(train_softmax).strip().lower()
-    if text == "full":
-        return None
-    if text.startswith("sampled:"):
-        value = text.split(":", 1)[1]
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    raise ValueError(f"train_softmax must be 'full' or 'sampled:K' with K a positive integer, got {train_softmax!r}")
 
 
 def _check(precision: str, probe: str) -> None:
@@ -94,7 +83,7 @@ class ProbeMemory:
     @property
     def trained_columns(self) -> int:
         """S: alphabet columns one training step touches (M, or K + the batch's bag ids)."""
-        k = parse_train_softmax(self.train_softmax)
+        k, _ = parse_train_softmax(self.train_softmax)
         if k is None:
             return self.alphabet
         return min(self.alphabet, k + math.ceil(self.batch_size * self.mean_bag))

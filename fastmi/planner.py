@@ -25,9 +25,9 @@ from .memory import (
     ProbeMemory,
     format_bytes,
     layer_groups,
-    parse_train_softmax,
 )
 from .model_shape import ModelShape, model_shape
+from .sampled_softmax import parse_train_softmax
 from .workload import Workload, corpus_workload, synthetic_workload
 
 __all__ = ["Plan", "plan"]

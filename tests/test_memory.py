@@ -13,7 +13,6 @@ from fastmi.memory import (
     layer_groups,
     layers_per_group,
     parse_bytes,
-    parse_train_softmax,
     probe_parameters_per_layer,
 )
 from fastmi.training import probe_bytes
@@ -44,10 +43,9 @@ def test_unembedding_trains_a_square_map_and_shares_the_frozen_unembedding():
 
 
 def test_sampled_softmax_touches_k_plus_bag_columns():
-    assert parse_train_softmax("full") is None and parse_train_softmax("sampled:4096") == 4096
     for bad in ("sampled", "sampled:0", "sampled:x", "partial"):
         with pytest.raises(ValueError, match="train_softmax"):
-            parse_train_softmax(bad)
+            ProbeMemory(100, 64, 1000, 256, train_softmax=bad)
     full = ProbeMemory(100, 64, 100_000, 256, mean_bag=20)
     sampled = ProbeMemory(100, 64, 100_000, 256, train_softmax="sampled:1024", mean_bag=20)
     assert full.trained_columns == 100_000

@@ -51,7 +51,7 @@ def probe_settings(args: argparse.Namespace):
 
     train = TrainConfig() if args.max_epochs is None else TrainConfig(max_epochs=args.max_epochs)
     return ProbeSettings(vocab=args.vocab, test_fraction=args.test_fraction, seed=args.seed, k=args.k,
-                         level=args.level, entropy=args.entropy, train=train, max_memory=parse_size(args.probe_memory),
+                         level=args.level, entropy=args.entropy, train=train, max_memory=_size(args.probe_memory),
                          probe=args.probe, train_softmax=args.train_softmax, curve=_fractions(args.curve),
                          device=_rank_device(args.device, getattr(args, "devices_per_replica", 1)))
 
@@ -68,20 +68,10 @@ def _rank_device(device: str | None, devices_per_replica: int = 1) -> str | None
     return device
 
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+def _size(text: str | None) -> int | None:
+    from ..memory import parse_bytes
 
-
-def parse_size(text: str | None) -> int | None:
-    """'2GiB' -> 2147483648, '500MB' -> 500000000, '1024' -> 1024."""
-    import re
-
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if m is None or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot read the size {text!r}: expected e.g. 2GiB, 500MB or a number of bytes")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return None if text is None else parse_bytes(text)
 
 
 def _fractions(text: str | None) -> tuple[float, ...] | None:
