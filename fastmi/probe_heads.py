@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from . import kernels
 from .bags import BagTargets
 from .sampled_softmax import Candidates, NegativeSampler, RowSparseAdam, parse_train_softmax, proposal_probabilities
-from .training import TrainConfig, fit_probes, token_marginal
+from .training import EarlyStopping, TrainConfig, fit_probes, token_marginal
 
 __all__ = ["PROBE_FORMS", "TrainedHeads", "fit_heads", "feature_stats", "check_probe_form", "batch_loss"]
 
@@ -168,10 +168,7 @@ def fit_heads(
         sampler = NegativeSampler(proposal_probabilities(proposal, marginal, config.prior_smoothing), num_samples,
                                   torch.Generator().manual_seed(seed + 1))
 
-    best = [p.detach().clone() for p in params]
-    best_ce = _validation_ce(head, z_val, targets_val, chunk)
-    best_epoch = torch.zeros(num_layers, dtype=torch.long)
-    stale = torch.zeros(num_layers, dtype=torch.long)
+    stopping = EarlyStopping(params, _validation_ce(head, z_val, targets_val, chunk), config)
     epochs = tqdm(range(1, config.max_epochs + 1), desc=description, leave=False, disable=not progress)
     epoch = 0
     for epoch in epochs:
@@ -179,25 +176,17 @@ def fit_heads(
         for begin in range(0, num_rows, chunk):
             rows = order[begin : begin + chunk]
             _step(head, optimizer, sampler, z_train[:, rows], targets_train.select(rows))
-        ce = _validation_ce(head, z_val, targets_val, chunk)
-        improved = (ce < best_ce - config.min_improvement).cpu()
-        if bool(improved.any()):
-            layers = torch.nonzero(improved).flatten().to(device)
-            for saved, p in zip(best, params):
-                saved[layers] = p.detach()[layers]
-            best_ce = torch.where(improved.to(device), ce, best_ce)
-            best_epoch[improved] = epoch
-        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
-        epochs.set_postfix(val_ce=f"{float(best_ce.mean()):.3f}", stale=int(stale.min()))
-        if bool((stale >= config.patience).all()):
+        done = stopping.update(epoch, params, _validation_ce(head, z_val, targets_val, chunk))
+        epochs.set_postfix(val_ce=f"{float(stopping.best_ce.mean()):.3f}", stale=int(stopping.stale.min()))
+        if done:
             break
     epochs.close()
-    for p, saved in zip(params, best):
+    for p, saved in zip(params, stopping.best):
         p.data.copy_(saved)
     weight, bias = head.output(None, head.rowwise)
     return TrainedHeads(weight=weight.detach(), bias=bias.detach(), features=_frozen_features(head),
-                        best_epoch=best_epoch.tolist(), validation_ce_nats=best_ce.tolist(), epochs_run=epoch, start=start,
-                        converged=(stale >= config.patience).tolist())
+                        best_epoch=stopping.best_epoch.tolist(), validation_ce_nats=stopping.best_ce.tolist(), epochs_run=epoch,
+                        start=start, converged=stopping.converged)
 
 
 def batch_loss(head: _Head, z: torch.Tensor, targets: BagTargets,

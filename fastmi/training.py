@@ -23,7 +23,7 @@ from . import kernels
 from .bags import BagTargets
 from .precision import loss_operands, matmul_precision
 
-__all__ = ["TrainConfig", "FittedProbes", "fit_probes", "standardize", "token_marginal", "probe_bytes"]
+__all__ = ["TrainConfig", "FittedProbes", "EarlyStopping", "fit_probes", "standardize", "token_marginal", "probe_bytes"]
 
 
 @dataclass
@@ -118,6 +118,38 @@ class _Adam:
             p.addcdiv_(m, v.sqrt().div_(correction2).add_(self.eps), value=-step_size)
 
 
+class EarlyStopping:
+    """Per-layer early stopping on validation cross-entropy, shared by every probe form.
+
+    Keeps each layer's best parameters (slice ``[layer]`` of each tensor) and its best epoch; says
+    when every layer has gone ``patience`` epochs without improving by ``min_improvement`` nats.
+    """
+
+    def __init__(self, params: list[torch.Tensor], validation_ce: torch.Tensor, config: TrainConfig) -> None:
+        self.best = [p.detach().clone() for p in params]
+        self.best_ce = validation_ce
+        self.best_epoch = torch.zeros(validation_ce.shape[0], dtype=torch.long)
+        self.stale = torch.zeros_like(self.best_epoch)
+        self.patience, self.min_improvement = config.patience, config.min_improvement
+
+    def update(self, epoch: int, params: list[torch.Tensor], validation_ce: torch.Tensor) -> bool:
+        """Record an epoch's validation CE [L]; True once no layer is improving any more."""
+        improved = (validation_ce < self.best_ce - self.min_improvement).cpu()
+        if bool(improved.any()):
+            layers = torch.nonzero(improved).flatten().to(validation_ce.device)
+            for saved, p in zip(self.best, params):
+                saved[layers] = p.detach()[layers]
+            self.best_ce = torch.where(improved.to(validation_ce.device), validation_ce, self.best_ce)
+            self.best_epoch[improved] = epoch
+        self.stale = torch.where(improved, torch.zeros_like(self.stale), self.stale + 1)
+        return bool((self.stale >= self.patience).all())
+
+    @property
+    def converged(self) -> list[bool]:
+        """Per layer: stopped by patience.  A layer still improving when max_epochs ran out is not."""
+        return (self.stale >= self.patience).tolist()
+
+
 @torch.no_grad()
 def _mean_ce(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: BagTargets, chunk: int) -> torch.Tensor:
     """Mean per-row cross-entropy (nats) of each layer, in row chunks to bound memory: [L]."""
@@ -151,10 +183,8 @@ def fit_probes(
     bias = prior.log().float().expand(num_layers, -1).clone().requires_grad_(True)
     optimizer = _Adam([weight, bias], lr=config.lr / math.sqrt(max(dim, 1)), weight_decay=(config.weight_decay, 0.0))
     chunk = max(config.batch_size, 1)
-    best_weight, best_bias = weight.detach().clone(), bias.detach().clone()
-    best_ce = _mean_ce(z_val, best_weight, best_bias, targets_val, chunk)
-    best_epoch = torch.zeros(num_layers, dtype=torch.long)
-    stale = torch.zeros(num_layers, dtype=torch.long)
+    stopping = EarlyStopping([weight, bias], _mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk),
+                             config)
     generator = torch.Generator().manual_seed(seed)
     epochs = tqdm(range(1, config.max_epochs + 1), desc=description, leave=False, disable=not progress)
     epoch = 0
@@ -168,25 +198,17 @@ def fit_probes(
             weight.grad = bias.grad = None
             losses.sum().backward()
             optimizer.step()
-        ce = _mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk)
-        improved = (ce < best_ce - config.min_improvement).cpu()
-        if bool(improved.any()):
-            layers = torch.nonzero(improved).flatten().to(device)
-            best_weight[layers] = weight.detach()[layers]
-            best_bias[layers] = bias.detach()[layers]
-            best_ce = torch.where(improved.to(device), ce, best_ce)
-            best_epoch[improved] = epoch
-        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
-        epochs.set_postfix(val_ce=f"{float(best_ce.mean()):.3f}", stale=int(stale.min()))
-        if bool((stale >= config.patience).all()):
+        done = stopping.update(epoch, [weight, bias], _mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk))
+        epochs.set_postfix(val_ce=f"{float(stopping.best_ce.mean()):.3f}", stale=int(stopping.stale.min()))
+        if done:
             break
     epochs.close()
+    best_weight, best_bias = stopping.best
     return FittedProbes(
         weight=best_weight,
         bias=best_bias,
-        best_epoch=best_epoch.tolist(),
-        validation_ce_nats=best_ce.tolist(),
+        best_epoch=stopping.best_epoch.tolist(),
+        validation_ce_nats=stopping.best_ce.tolist(),
         epochs_run=epoch,
-        # A layer whose validation loss was still improving when max_epochs ran out is not converged.
-        converged=(stale >= config.patience).tolist(),
+        converged=stopping.converged,
     )
