@@ -14,6 +14,7 @@ at different speeds are still compared on the same sentences and one split.  Usa
 
 Writes OUT/results.{csv,json,png}, OUT/claims.json, OUT/compare_*.json and OUT/timing.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,13 @@ class CacheHead:
             raise ValueError(f"{cache.directory}: no layer has finished its first {rows} rows")
         self.cache, self.rows, self.shards = cache, rows, shards
         meta = cache.metadata
-        meta.update(model=name, num_rows=rows,
-                    corpus_fingerprint=f"{meta['corpus_fingerprint']}[:{rows}]" if rows < cache.num_rows else
-                    meta["corpus_fingerprint"])
+        meta.update(
+            model=name,
+            num_rows=rows,
+            corpus_fingerprint=f"{meta['corpus_fingerprint']}[:{rows}]"
+            if rows < cache.num_rows
+            else meta["corpus_fingerprint"],
+        )
         self.metadata = meta
 
     def embeddings(self, layer: int) -> torch.Tensor:
@@ -98,8 +103,9 @@ def main() -> None:
     parser.add_argument("--vocab", default="top:512")
     parser.add_argument("--curve", action="store_true")
     parser.add_argument("--combine", nargs="*", default=[], help="results.json files to join instead of probing")
-    parser.add_argument("--rename", action="append", default=[],
-                        help="I:OLD=NEW: rename model OLD of the I-th --combine file (from 0)")
+    parser.add_argument(
+        "--rename", action="append", default=[], help="I:OLD=NEW: rename model OLD of the I-th --combine file (from 0)"
+    )
     parser.add_argument("--compare", action="append", default=[], help="A,B pairs to compare")
     args = parser.parse_args()
     out = Path(args.out)
@@ -127,8 +133,13 @@ def main() -> None:
         results = []
         for name, head in heads.items():
             started = time.perf_counter()
-            result = recoverability(head, vocab=args.vocab, split=split, curve=(0.125, 0.25, 0.5, 1.0) if args.curve
-                                    else None, progress=True)
+            result = recoverability(
+                head,
+                vocab=args.vocab,
+                split=split,
+                curve=(0.125, 0.25, 0.5, 1.0) if args.curve else None,
+                progress=True,
+            )
             timing[name] = round(time.perf_counter() - started, 1)
             print(f"{name}: probed {rows} sentences x {len(head.layers)} layers in {timing[name]} s", flush=True)
             result.to_json(out / "models" / f"{name.replace('/', '-')}.json")

@@ -14,6 +14,7 @@ Every stage writes JSON under --work and is reused when run again.  Usage:
     python bench/finetune_claim.py --family minilm --base minilm --control RUNS/minilm-control \\
         --treatment RUNS/minilm-treat --tuned-layer 3 --work RUNS/eval-minilm --report docs/finetune
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,15 @@ def main() -> None:
     report.mkdir(parents=True, exist_ok=True)
     arms = {"base": args.base, "control": args.control, "treatment": args.treatment}
     corpus = Corpus.load("demo", max_sentences=args.max_sentences)
-    result = sweep(list(arms.values()), corpus, work, settings=ProbeSettings(vocab="top:512"),
-                   max_length=args.max_length, layers=args.layers, progress=False)
+    result = sweep(
+        list(arms.values()),
+        corpus,
+        work,
+        settings=ProbeSettings(vocab="top:512"),
+        max_length=args.max_length,
+        layers=args.layers,
+        progress=False,
+    )
     split = Split.load(work / "split.json")
     kind = json.loads((Path(args.treatment) / "finetune.json").read_text())["kind"]
 
@@ -54,14 +62,28 @@ def main() -> None:
     names = list(dict.fromkeys(str(r["model"]) for r in result.table))  # the sweep keeps the models' order
     for arm, name in zip(arms, names):
         rows = [r for r in result.table if str(r["model"]) == name]
-        bounds[arm] = {int(r["layer"]): {k: r[k] for k in ("variational_bits", "variational_lcb", "list_fano_bits",
-                                                           "list_fano_lcb", "ce_bits", "H_T")} for r in rows}
+        bounds[arm] = {
+            int(r["layer"]): {
+                k: r[k]
+                for k in ("variational_bits", "variational_lcb", "list_fano_bits", "list_fano_lcb", "ce_bits", "H_T")
+            }
+            for r in rows
+        }
     last_layer = max(bounds["base"])
     topics = stage(work / "topics.json", lambda: topic_stage(arms, work, split, args, [args.tuned_layer, last_layer]))
     lm = stage(work / "lm_loss.json", lambda: lm_stage(arms, corpus, split, kind, args))
-    summary = {"family": args.family, "kind": kind, "tuned_layer": args.tuned_layer, "last_layer": last_layer,
-               "runs": {arm: _run_info(spec) for arm, spec in arms.items()}, "bounds": bounds,
-               "topics": topics, "lm_loss": lm, "n_train": int(split.train.size), "n_test": int(split.test.size)}
+    summary = {
+        "family": args.family,
+        "kind": kind,
+        "tuned_layer": args.tuned_layer,
+        "last_layer": last_layer,
+        "runs": {arm: _run_info(spec) for arm, spec in arms.items()},
+        "bounds": bounds,
+        "topics": topics,
+        "lm_loss": lm,
+        "n_train": int(split.train.size),
+        "n_test": int(split.test.size),
+    }
     (report / f"{args.family}.json").write_text(json.dumps(summary, indent=2))
     plot(summary, report / f"{args.family}.png")
     print(json.dumps({k: summary[k] for k in ("topics", "lm_loss")}, indent=2))
@@ -103,8 +125,9 @@ def topic_stage(arms, work: Path, split, args, layers) -> dict:
             emb = cache.embeddings(layer)
             emb = emb.numpy() if hasattr(emb, "numpy") else np.asarray(emb)
             correct[arm] = topic_probe_correct(emb, labels, split.train, split.test).astype(np.float64)
-        entry = {arm: list(bootstrap_interval(lambda rows, c=c: float(c[rows].mean()), c.size))
-                 for arm, c in correct.items()}
+        entry = {
+            arm: list(bootstrap_interval(lambda rows, c=c: float(c[rows].mean()), c.size)) for arm, c in correct.items()
+        }
         entry["treatment-control"] = paired(correct["treatment"], correct["control"])
         entry["treatment-base"] = paired(correct["treatment"], correct["base"])
         entry["control-base"] = paired(correct["control"], correct["base"])
@@ -154,8 +177,9 @@ def plot(summary: dict, path: Path) -> None:
     for arm in arms:
         by_layer = {int(k): v for k, v in summary["bounds"][arm].items()}  # int keys, or str after JSON
         layers = sorted(by_layer)
-        ax.plot(layers, [by_layer[layer]["variational_bits"] for layer in layers],
-                marker="o", color=colors[arm], label=arm)
+        ax.plot(
+            layers, [by_layer[layer]["variational_bits"] for layer in layers], marker="o", color=colors[arm], label=arm
+        )
     ax.axvline(summary["tuned_layer"], color="k", ls=":", lw=1)
     ax.set(xlabel="layer", ylabel="variational bound, bits (held-out)", title="(a) I(T; z) lower bound")
     ax.legend()
@@ -164,16 +188,28 @@ def plot(summary: dict, path: Path) -> None:
     for i, arm in enumerate(arms):
         vals = [summary["topics"]["layers"][layer][arm] for layer in layers]
         x = np.arange(len(layers)) + (i - 1) * 0.25
-        ax.bar(x, [v[0] for v in vals], 0.25, color=colors[arm], label=arm,
-               yerr=np.array([[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]]), capsize=3)
+        ax.bar(
+            x,
+            [v[0] for v in vals],
+            0.25,
+            color=colors[arm],
+            label=arm,
+            yerr=np.array([[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]]),
+            capsize=3,
+        )
     ax.axhline(summary["topics"]["majority_class"], color="k", ls=":", lw=1, label="majority class")
     ax.set_xticks(range(len(layers)), [f"layer {layer}" for layer in layers])
     ax.set(ylabel="held-out accuracy (95% bootstrap)", title="(b) BBC topic, logistic probe")
     ax.legend(fontsize=8)
     ax = axes[2]
     lm = summary["lm_loss"]
-    ax.bar(range(3), [lm[a][0] for a in arms], color=[colors[a] for a in arms],
-           yerr=np.array([[lm[a][0] - lm[a][1] for a in arms], [lm[a][2] - lm[a][0] for a in arms]]), capsize=3)
+    ax.bar(
+        range(3),
+        [lm[a][0] for a in arms],
+        color=[colors[a] for a in arms],
+        yerr=np.array([[lm[a][0] - lm[a][1] for a in arms], [lm[a][2] - lm[a][0] for a in arms]]),
+        capsize=3,
+    )
     ax.set_xticks(range(3), arms)
     ax.set(ylabel=f"held-out loss, {lm['unit']} (95% bootstrap)", title=f"(c) own objective: {lm['objective']}")
     fig.suptitle(f"{summary['family']}: recoverability fine-tuning (treatment) vs lambda = 0 (control)")

@@ -28,6 +28,7 @@ recomputes the logits, 2 for a forward), each as a fraction of the matmul rate o
 ``--time-budget`` bounds the whole run: a timing that would start past it is skipped and recorded
 as skipped.  ``--cpu-dry-run`` runs every stage at tiny shapes on the CPU (CI runs it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,20 +48,43 @@ RESULTS_DIR = ROOT / "bench" / "results"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--out", type=Path, default=None,
-                   help="JSON path, rewritten after every stage (default bench/results/gpu-<date>.json)")
-    p.add_argument("--time-budget", type=float, default=420.0,
-                   help="seconds for the whole run (default 420: fits an 8-minute slot with start-up)")
-    p.add_argument("--stages", nargs="+", default=None, help="run only these stages: checks ceilings sweep_shapes baselines bag_topk masked_pool")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path, rewritten after every stage (default bench/results/gpu-<date>.json)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=420.0,
+        help="seconds for the whole run (default 420: fits an 8-minute slot with start-up)",
+    )
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        default=None,
+        help="run only these stages: checks ceilings sweep_shapes baselines bag_topk masked_pool",
+    )
     p.add_argument("--vocab", type=int, default=128256, help="V of every bag_cross_entropy shape")
     p.add_argument("--bag-size", type=int, default=16, help="distinct ids per bag (each count 1)")
-    p.add_argument("--filter-eps", type=float, default=2.0**-12,
-                   help="fastmi's gradient-filter threshold in its 'filter on' timing (CCE's bf16 'auto' level)")
+    p.add_argument(
+        "--filter-eps",
+        type=float,
+        default=2.0**-12,
+        help="fastmi's gradient-filter threshold in its 'filter on' timing (CCE's bf16 'auto' level)",
+    )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
-    p.add_argument("--cpu-dry-run", action="store_true",
-                   help="every stage at tiny shapes on the CPU, plain timers: checks the plumbing, measures nothing")
+    p.add_argument(
+        "--cpu-dry-run",
+        action="store_true",
+        help="every stage at tiny shapes on the CPU, plain timers: checks the plumbing, measures nothing",
+    )
     return p.parse_args(argv)
 
 
@@ -97,16 +121,27 @@ class Run:
         self.device = "cpu" if args.cpu_dry_run else "cuda"
         if self.device == "cuda":
             props = torch.cuda.get_device_properties(0)
-            device = {"name": props.name, "capability": f"{props.major}.{props.minor}",
-                      "sms": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1),
-                      "cuda": torch.version.cuda}
+            device = {
+                "name": props.name,
+                "capability": f"{props.major}.{props.minor}",
+                "sms": props.multi_processor_count,
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "cuda": torch.version.cuda,
+            }
         else:
             device = {"name": "cpu (dry run: plumbing only, no figure means anything)"}
         self.out = args.out or RESULTS_DIR / f"gpu-{datetime.date.today().isoformat()}.json"
         self.record = {
-            "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": device, "versions": versions(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "device": device,
+            "versions": versions(),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "stages": {}, "checks": [], "ceilings": {}, "timings": [], "notes": [], "targets": {},
+            "stages": {},
+            "checks": [],
+            "ceilings": {},
+            "timings": [],
+            "notes": [],
+            "targets": {},
         }
         self.write()
 
@@ -137,8 +172,11 @@ class Run:
             yield
             entry["status"] = "ok"
         except Exception as error:  # recorded; the next stage still runs
-            entry.update(status="failed", error=f"{type(error).__name__}: {str(error)[:500]}",
-                         traceback=traceback.format_exc(limit=6)[-3000:])
+            entry.update(
+                status="failed",
+                error=f"{type(error).__name__}: {str(error)[:500]}",
+                traceback=traceback.format_exc(limit=6)[-3000:],
+            )
             print(f"stage {name} failed: {entry['error']}", flush=True)
         finally:
             entry["seconds"] = round(self.elapsed() - entry["started_s"], 1)
@@ -170,8 +208,18 @@ class Run:
             times.append((time.perf_counter() - begin) * 1e3)
         return sorted(times)[len(times) // 2]
 
-    def measure(self, op: str, impl: str, fn, *, useful_flops=None, executed_flops=None, bytes_moved=None,
-                ceiling: str | None = None, **extra) -> dict | None:
+    def measure(
+        self,
+        op: str,
+        impl: str,
+        fn,
+        *,
+        useful_flops=None,
+        executed_flops=None,
+        bytes_moved=None,
+        ceiling: str | None = None,
+        **extra,
+    ) -> dict | None:
         """Median ms of ``fn``; peak memory of one call after a warm-up call; FLOP fractions."""
         torch = self.torch
         row = {"op": op, "impl": impl, **extra}
@@ -209,8 +257,10 @@ class Run:
             row["gb_per_s"] = bytes_moved / row["ms"] / 1e6
             if self.record["ceilings"].get("copy_gb_per_s"):
                 row["fraction_of_copy"] = row["gb_per_s"] / self.record["ceilings"]["copy_gb_per_s"]
-        print(f"{op:<34} {impl:<30} {row['ms']:10.3f} ms  {row.get('useful_fraction_of_matmul', float('nan')):.2f}",
-              flush=True)
+        print(
+            f"{op:<34} {impl:<30} {row['ms']:10.3f} ms  {row.get('useful_fraction_of_matmul', float('nan')):.2f}",
+            flush=True,
+        )
         self.write()
         return row
 
@@ -220,8 +270,11 @@ def main(argv=None) -> int:
     import torch
 
     if not args.cpu_dry_run and not torch.cuda.is_available():
-        print("bench/gpu.py needs a CUDA GPU and torch.cuda.is_available() is False here.\n"
-              "Without one: python bench/gpu.py --cpu-dry-run (plumbing), or the CPU suites in bench/.", file=sys.stderr)
+        print(
+            "bench/gpu.py needs a CUDA GPU and torch.cuda.is_available() is False here.\n"
+            "Without one: python bench/gpu.py --cpu-dry-run (plumbing), or the CPU suites in bench/.",
+            file=sys.stderr,
+        )
         return 2
     import_fastmi_kernels()
     import gpu_stages

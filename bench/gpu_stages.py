@@ -1,4 +1,5 @@
 """The stages of bench/gpu.py: problems, baselines and what each one times (see that file's docstring)."""
+
 from __future__ import annotations
 
 import inspect
@@ -16,12 +17,28 @@ DTYPES = {"bf16": torch.bfloat16, "tf32": torch.float32, "fp32": torch.float32}
 def shapes(run) -> SimpleNamespace:
     """Every size a stage uses; tiny ones under --cpu-dry-run."""
     if run.args.cpu_dry_run:
-        return SimpleNamespace(vocab=1000, bag=4, dims=(32,), batches=((16, 2), (64, 1)), canonical=(64, 32),
-                               check=(40, 24, 301), pool=(4, 16, 32), topk=(64, 32), matmul=(64, 64, 64))
-    return SimpleNamespace(vocab=run.args.vocab, bag=run.args.bag_size, dims=(4096, 8192),
-                           batches=((256, 8), (8192, 1), (256, 1)), canonical=(8192, 4096),
-                           check=(1000, 320, 5003), pool=(64, 2048, 4096), topk=(8192, 4096),
-                           matmul=(8192, 4096, run.args.vocab))
+        return SimpleNamespace(
+            vocab=1000,
+            bag=4,
+            dims=(32,),
+            batches=((16, 2), (64, 1)),
+            canonical=(64, 32),
+            check=(40, 24, 301),
+            pool=(4, 16, 32),
+            topk=(64, 32),
+            matmul=(64, 64, 64),
+        )
+    return SimpleNamespace(
+        vocab=run.args.vocab,
+        bag=run.args.bag_size,
+        dims=(4096, 8192),
+        batches=((256, 8), (8192, 1), (256, 1)),
+        canonical=(8192, 4096),
+        check=(1000, 320, 5003),
+        pool=(64, 2048, 4096),
+        topk=(8192, 4096),
+        matmul=(8192, 4096, run.args.vocab),
+    )
 
 
 def make_bags(rows, vocab, bag_size, device) -> BagTargets:
@@ -53,6 +70,7 @@ def forward_backward(loss_fn, *params):
         for p in params:
             p.grad = None
         loss_fn().sum().backward()
+
     return step
 
 
@@ -66,9 +84,12 @@ def _release(*tensors):
 def checks(run) -> None:
     dev, (rows, dim, vocab) = run.device, shapes(run).check
     bags = make_bags(rows, vocab, 7, dev)
-    cases = [("fp32", torch.float32, torch.float32, None, 2e-4), ("bf16", torch.bfloat16, torch.bfloat16, None, 1e-2),
-             ("z fp32 + W bf16", torch.float32, torch.bfloat16, None, 1e-2), ("layers=3 bf16", torch.bfloat16,
-             torch.bfloat16, 3, 1e-2)]
+    cases = [
+        ("fp32", torch.float32, torch.float32, None, 2e-4),
+        ("bf16", torch.bfloat16, torch.bfloat16, None, 1e-2),
+        ("z fp32 + W bf16", torch.float32, torch.bfloat16, None, 1e-2),
+        ("layers=3 bf16", torch.bfloat16, torch.bfloat16, 3, 1e-2),
+    ]
     for label, z_dtype, w_dtype, layers, tol in cases:
         z, _, _ = make_probe(layers, rows, dim, vocab, z_dtype, dev)
         _, w, b = make_probe(layers, rows, dim, vocab, w_dtype, dev)
@@ -106,8 +127,11 @@ def checks(run) -> None:
 def ceilings(run) -> None:
     m, k, n = shapes(run).matmul
     c = run.record["ceilings"]
-    for name, dtype, precision in (("bf16", torch.bfloat16, "highest"), ("tf32", torch.float32, "high"),
-                                   ("fp32", torch.float32, "highest")):
+    for name, dtype, precision in (
+        ("bf16", torch.bfloat16, "highest"),
+        ("tf32", torch.float32, "high"),
+        ("fp32", torch.float32, "highest"),
+    ):
         rows = m if name == "bf16" else m // 4  # fp32 is slow: a quarter of the rows gives the same rate
         x = torch.randn(rows, k, device=run.device, dtype=dtype)
         y = torch.randn(n, k, device=run.device, dtype=dtype)
@@ -144,16 +168,30 @@ def _one_sweep_shape(run, precision, dim, rows, layers, vocab, bag_size) -> None
         bags = make_bags(rows, vocab, bag_size, run.device)
         op = f"bag_ce {precision} d={dim} B={rows} L={layers}"
         flops = 2 * rows * dim * vocab * layers  # one logits product
-        common = dict(ceiling=f"matmul_{precision}_tflops", precision=precision, dim=dim, rows=rows, layers=layers,
-                      vocab=vocab)
-        run.measure(op, "fastmi fwd+bwd (mean)", forward_backward(lambda: K.bag_cross_entropy(z, w, b, bags), z, w, b),
-                    useful_flops=3 * flops, executed_flops=3 * flops, **common)
+        common = dict(
+            ceiling=f"matmul_{precision}_tflops", precision=precision, dim=dim, rows=rows, layers=layers, vocab=vocab
+        )
+        run.measure(
+            op,
+            "fastmi fwd+bwd (mean)",
+            forward_backward(lambda: K.bag_cross_entropy(z, w, b, bags), z, w, b),
+            useful_flops=3 * flops,
+            executed_flops=3 * flops,
+            **common,
+        )
         with torch.no_grad():
-            run.measure(op, "fastmi forward (no grad)", lambda: K.bag_cross_entropy(z, w, b, bags),
-                        useful_flops=flops, executed_flops=flops, **common)
+            run.measure(
+                op,
+                "fastmi forward (no grad)",
+                lambda: K.bag_cross_entropy(z, w, b, bags),
+                useful_flops=flops,
+                executed_flops=flops,
+                **common,
+            )
         step = forward_backward(lambda: K.bag_cross_entropy(z, w, b, bags, reduction="none"), z, w, b)
-        run.measure(op, "fastmi fwd+bwd (none: recompute)", step, useful_flops=3 * flops, executed_flops=4 * flops,
-                    **common)
+        run.measure(
+            op, "fastmi fwd+bwd (none: recompute)", step, useful_flops=3 * flops, executed_flops=4 * flops, **common
+        )
         if rows * vocab * layers * 4 * 3 < 24 * 2**30 or run.device == "cpu":  # the naive path's logits must fit
             rows_i, ids, counts, tokens = bags.row_index, bags.ids, bags.counts.float(), bags.lengths.float()
             naive = forward_backward(lambda: naive_bag_loss(z, w, rows_i, ids, counts, tokens), z, w)
@@ -175,8 +213,13 @@ def baselines(run) -> None:
     op = f"bag_ce bf16 d={dim} B={rows} L=1 (baselines)"
     flops = 6 * rows * dim * vocab
     common = dict(useful_flops=flops, ceiling="matmul_bf16_tflops")
-    run.measure(op, "fastmi", forward_backward(lambda: K.bag_cross_entropy(z, w, None, bags), z, w),
-                executed_flops=flops, **common)
+    run.measure(
+        op,
+        "fastmi",
+        forward_backward(lambda: K.bag_cross_entropy(z, w, None, bags), z, w),
+        executed_flops=flops,
+        **common,
+    )
     filtered = lambda: K.bag_cross_entropy(z, w, None, bags, filter_eps=run.args.filter_eps)  # noqa: E731
     run.measure(op, f"fastmi filter on (eps={run.args.filter_eps:g})", forward_backward(filtered, z, w), **common)
     naive = lambda: naive_bag_loss(z, w, rows_i, ids, counts, tokens)  # noqa: E731
@@ -212,7 +255,11 @@ def baselines(run) -> None:
             target = torch.zeros_like(lse).index_add_(0, rows_i, counts * target_logits)
             return ((tokens * lse - target) / tokens).mean()
 
-        variants = [("filter off", {"filter_eps": None}), ("filter on", {"filter_eps": "auto"})] if takes_filter else [("", {})]
+        variants = (
+            [("filter off", {"filter_eps": None}), ("filter on", {"filter_eps": "auto"})]
+            if takes_filter
+            else [("", {})]
+        )
         for label, options in variants:
             step = forward_backward(lambda: cce_bag_loss(**options), z, w)
             run.measure(op, f"cce lse form {label}".strip(), step, executed_flops=flops, **common)
@@ -227,15 +274,27 @@ def bag_topk(run) -> None:
         z, w, b = make_probe(None, rows, dim, vocab, torch.bfloat16, run.device, grad=False)
         flops = 2 * rows * dim * vocab
         for k in (1, 5, 64):
-            run.measure(f"bag_topk k={k}", "fastmi", lambda: K.bag_topk(z, w, b, k), useful_flops=flops,
-                        executed_flops=flops, ceiling="matmul_bf16_tflops")
+            run.measure(
+                f"bag_topk k={k}",
+                "fastmi",
+                lambda: K.bag_topk(z, w, b, k),
+                useful_flops=flops,
+                executed_flops=flops,
+                ceiling="matmul_bf16_tflops",
+            )
 
         def naive(z, w, b):
             logits = (z @ w.t() + b).float()
             return logits.topk(5, dim=-1).indices, logits.logsumexp(-1)
 
-        run.measure("bag_topk k=5", "naive torch", lambda: naive(z, w, b), useful_flops=flops,
-                    executed_flops=flops, ceiling="matmul_bf16_tflops")
+        run.measure(
+            "bag_topk k=5",
+            "naive torch",
+            lambda: naive(z, w, b),
+            useful_flops=flops,
+            executed_flops=flops,
+            ceiling="matmul_bf16_tflops",
+        )
 
 
 def masked_pool(run) -> None:
@@ -249,8 +308,14 @@ def masked_pool(run) -> None:
     run.measure("masked_pool mean", "naive torch", naive, bytes_moved=moved)
 
 
-STAGES = {"checks": checks, "ceilings": ceilings, "sweep_shapes": sweep_shapes, "baselines": baselines,
-          "bag_topk": bag_topk, "masked_pool": masked_pool}
+STAGES = {
+    "checks": checks,
+    "ceilings": ceilings,
+    "sweep_shapes": sweep_shapes,
+    "baselines": baselines,
+    "bag_topk": bag_topk,
+    "masked_pool": masked_pool,
+}
 
 
 def summarise(run) -> None:
@@ -262,7 +327,10 @@ def summarise(run) -> None:
     t = run.record["targets"]
     if mine is not None:
         t["useful_fraction_of_bf16_matmul (>= 0.60)"] = mine.get("useful_fraction_of_matmul")
-        for impl, key, goal in (("liger", "speedup_vs_liger (>= 5)", None), ("cce lse form", "time_vs_cce_lse (<= 1.2)", None)):
+        for impl, key, goal in (
+            ("liger", "speedup_vs_liger (>= 5)", None),
+            ("cce lse form", "time_vs_cce_lse (<= 1.2)", None),
+        ):
             other = next((r for r in base if r["impl"].startswith(impl) and "filter on" not in r["impl"]), None)
             if other is not None:
                 t[key] = other["ms"] / mine["ms"] if impl == "liger" else mine["ms"] / other["ms"]
@@ -271,8 +339,10 @@ def summarise(run) -> None:
         t["pool_min_fraction_of_copy (>= 0.75)"] = min(pools)
     print(f"\n{'op':<44} {'impl':<34} {'ms':>10} {'useful':>7} {'exec':>7} {'peak GiB':>9}")
     for (op, impl), r in by.items():
-        print(f"{op[:44]:<44} {impl[:34]:<34} {r['ms']:>10.3f} {r.get('useful_fraction_of_matmul', float('nan')):>7.2f} "
-              f"{r.get('executed_fraction_of_matmul', float('nan')):>7.2f} {r.get('peak_extra_gib', float('nan')):>9.2f}")
+        print(
+            f"{op[:44]:<44} {impl[:34]:<34} {r['ms']:>10.3f} {r.get('useful_fraction_of_matmul', float('nan')):>7.2f} "
+            f"{r.get('executed_fraction_of_matmul', float('nan')):>7.2f} {r.get('peak_extra_gib', float('nan')):>9.2f}"
+        )
     failed = [c["name"] for c in run.record["checks"] if not c["ok"]]
     stages = {name: s["status"] for name, s in run.record["stages"].items()}
     print(f"stages: {stages}\nchecks: {len(failed)} failed {failed if failed else ''}\ntargets: {t}")

@@ -9,6 +9,7 @@ are exact in fp32, so this is what tensor cores compute).  Held-out scoring is f
 report is the largest absolute difference, over layers, of every bound column (bits), and the
 seconds each run took.  The JSON is rewritten after each cache, so a stopped run keeps its results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,17 @@ import fastmi
 from fastmi.training import TrainConfig
 
 # point values and lower confidence values of the three bounds, and the held-out cross-entropy
-COMPARED = ("fano_bits", "fano_lcb", "list_fano_bits", "list_fano_lcb", "variational_bits", "variational_lcb",
-            "ce_bits", "p_error", "p_error_k")
+COMPARED = (
+    "fano_bits",
+    "fano_lcb",
+    "list_fano_bits",
+    "list_fano_lcb",
+    "variational_bits",
+    "variational_lcb",
+    "ce_bits",
+    "p_error",
+    "p_error_k",
+)
 
 
 def main(argv=None) -> None:
@@ -29,8 +39,13 @@ def main(argv=None) -> None:
     parser.add_argument("caches", nargs="+", type=Path, help="activation cache directories")
     parser.add_argument("--vocab", default="top:512", help="alphabet, as fastmi.recoverability takes it")
     parser.add_argument("--out", type=Path, required=True, help="JSON written after each cache")
-    parser.add_argument("--layers", type=int, nargs="+", default=None,
-                        help="only these layers of each cache (default: all); the same split and alphabet")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="only these layers of each cache (default: all); the same split and alphabet",
+    )
     args = parser.parse_args(argv)
     report: dict = {"vocab": args.vocab, "caches": {}}
     if args.out.exists():  # keep the caches an earlier run measured
@@ -44,17 +59,16 @@ def main(argv=None) -> None:
         runs = {}
         for precision in ("fp32", "bf16"):
             start = time.perf_counter()
-            result = fastmi.recoverability(source, vocab=args.vocab, train=TrainConfig(precision=precision),
-                                           progress=False, **extra)
+            result = fastmi.recoverability(
+                source, vocab=args.vocab, train=TrainConfig(precision=precision), progress=False, **extra
+            )
             runs[precision] = (result.table, time.perf_counter() - start)
         table32, seconds32 = runs["fp32"]
         table16, seconds16 = runs["bf16"]
         report["caches"][str(path)] = {
             "layers": len(table32) if args.layers is None else args.layers,
             "seconds": {"fp32": round(seconds32, 1), "bf16": round(seconds16, 1)},
-            "max_abs_difference": {
-                c: max(abs(a[c] - b[c]) for a, b in zip(table32, table16)) for c in COMPARED
-            },
+            "max_abs_difference": {c: max(abs(a[c] - b[c]) for a, b in zip(table32, table16)) for c in COMPARED},
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")

@@ -23,6 +23,7 @@ reports ``VmHWM - VmRSS before the run``: the peak memory the variant added, gra
 Run: ``python -m pytest bench/test_bench_bag_cross_entropy.py -s``; set
 ``FASTMI_BENCH_SMALL=1`` for a quick smoke run at 1/8 of the rows and vocabulary.
 """
+
 from __future__ import annotations
 
 import json
@@ -118,7 +119,7 @@ def test_fused_cpu_forward_backward(benchmark):
     if "naive" in _timings:
         info["time_ratio_vs_naive"] = seconds / _timings["naive"]
         info["extra_peak_memory_fraction_of_naive"] = info["extra_peak_bytes"] / _peaks["naive"]
-    print("\nbag_cross_entropy CPU fp32, B=%d d=%d V=%d (machine shared: figures are noisy)" % (ROWS, HIDDEN, VOCAB))
+    print(f"\nbag_cross_entropy CPU fp32, B={ROWS} d={HIDDEN} V={VOCAB} (machine shared: figures are noisy)")
     for key, value in sorted(info.items()):
         print(f"  {key:40s} {value:.4g}" if isinstance(value, float) else f"  {key:40s} {value}")
     for name, t in _timings.items():

@@ -9,6 +9,7 @@ models extracted and probed); ``caches``: the caches exist but the per-model res
 cold <= 300 s, warm <= 60 s.  Baseline in the same run: a subprocess that only imports fastmi and
 torch, so the ratios say how much the demo costs over starting Python.
 """
+
 from __future__ import annotations
 
 import os

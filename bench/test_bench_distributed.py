@@ -17,6 +17,7 @@ In each round the 1-process baseline runs first (pytest-benchmark's ``setup``), 
 run; the speed-up (baseline / 2 processes) and the load average go to ``extra_info`` and are printed.
 Other work on the machine slows both, but not necessarily alike: report the load with the figure.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,26 +30,65 @@ from pathlib import Path
 import pytest
 
 SENTENCES, SHARD_ROWS, MAX_LENGTH, BATCH = 2000, 125, 128, 32
-PROBE = ["--vocab", "top:512", "--max-epochs", "3", "--probe-memory", "1KB", "--no-progress"]  # less than a layer: 1 layer per group
+PROBE = [
+    "--vocab",
+    "top:512",
+    "--max-epochs",
+    "3",
+    "--probe-memory",
+    "1KB",
+    "--no-progress",
+]  # less than a layer: 1 layer per group
 ROUNDS = 1
 
 
 def torchrun(nproc: int, args: list[str], home: Path) -> float:
     """Seconds of ``torchrun --nproc_per_node nproc -m fastmi args`` at one thread per process."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", FASTMI_HOME=str(home),
-               TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", FASTMI_HOME=str(home), TOKENIZERS_PARALLELISM="false"
+    )
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(nproc), "-m", "fastmi", *args], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+            "fastmi",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-4000:]
     return seconds
 
 
 def extract_args(out: Path) -> list[str]:
-    return ["extract", "--model", "minilm", "--corpus", "demo", "--max-sentences", str(SENTENCES), "--out", str(out),
-            "--shard-rows", str(SHARD_ROWS), "--max-length", str(MAX_LENGTH), "--batch-size", str(BATCH),
-            "--overwrite", "--no-progress"]
+    return [
+        "extract",
+        "--model",
+        "minilm",
+        "--corpus",
+        "demo",
+        "--max-sentences",
+        str(SENTENCES),
+        "--out",
+        str(out),
+        "--shard-rows",
+        str(SHARD_ROWS),
+        "--max-length",
+        str(MAX_LENGTH),
+        "--batch-size",
+        str(BATCH),
+        "--overwrite",
+        "--no-progress",
+    ]
 
 
 def cache_bytes(directory: Path) -> dict[str, bytes]:
@@ -64,19 +104,31 @@ def record(benchmark, name: str, one: list[float]) -> float:
     two = benchmark.stats.stats.min
     speedup = min(one) / two
     load = os.getloadavg()
-    benchmark.extra_info.update({f"{name}_one_process_s": one, f"{name}_two_processes_s": two,
-                                 f"{name}_speedup": speedup, "loadavg_1_5_15": load, "cpus": os.cpu_count()})
-    print(f"\n{name}: 1 process {min(one):.1f}s, 2 processes {two:.1f}s, speed-up {speedup:.2f}x "
-          f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs)")
+    benchmark.extra_info.update(
+        {
+            f"{name}_one_process_s": one,
+            f"{name}_two_processes_s": two,
+            f"{name}_speedup": speedup,
+            "loadavg_1_5_15": load,
+            "cpus": os.cpu_count(),
+        }
+    )
+    print(
+        f"\n{name}: 1 process {min(one):.1f}s, 2 processes {two:.1f}s, speed-up {speedup:.2f}x "
+        f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs)"
+    )
     return speedup
 
 
 def test_extraction_two_processes_over_one(benchmark, root):
     one: list[float] = []
     benchmark.group = f"extract minilm {SENTENCES} demo sentences, 1 thread per process"
-    benchmark.pedantic(lambda: torchrun(2, extract_args(root / "two"), root / "home"),
-                       setup=lambda: one.append(torchrun(1, extract_args(root / "one"), root / "home")),
-                       rounds=ROUNDS, iterations=1)
+    benchmark.pedantic(
+        lambda: torchrun(2, extract_args(root / "two"), root / "home"),
+        setup=lambda: one.append(torchrun(1, extract_args(root / "one"), root / "home")),
+        rounds=ROUNDS,
+        iterations=1,
+    )
     assert cache_bytes(root / "two") == cache_bytes(root / "one") and len(cache_bytes(root / "one")) == 1 + 7 * 16
     benchmark.extra_info["target"] = 1.6
     record(benchmark, "extract", one)
@@ -94,8 +146,12 @@ def test_probe_two_processes_over_one(benchmark, root):
 
     one: list[float] = []
     benchmark.group = "probe the minilm cache (7 groups of 1 layer), 1 thread per process"
-    benchmark.pedantic(lambda: probe(2, root / "probe-two"), setup=lambda: one.append(probe(1, root / "probe-one")),
-                       rounds=ROUNDS, iterations=1)
+    benchmark.pedantic(
+        lambda: probe(2, root / "probe-two"),
+        setup=lambda: one.append(probe(1, root / "probe-one")),
+        rounds=ROUNDS,
+        iterations=1,
+    )
     rows = [json.loads((root / f"probe-{n}" / "results.json").read_text())["rows"] for n in ("one", "two")]
     assert len(rows[0]) == 7
     for a, b in zip(*rows):

@@ -10,6 +10,7 @@ the cache writes (sha256, fsync, rename).  Each round times the baseline first (
 ``setup``) and then extract, so load drift on a shared machine hits both alike; the ratio of the
 fastest rounds goes to ``extra_info`` and is printed.  Target: at most 1.15.
 """
+
 from __future__ import annotations
 
 import time
@@ -39,8 +40,11 @@ def bare_forward(loaded, corpus) -> None:
     params = forward_parameters(loaded.model)
     with torch.inference_mode():
         for rows in batch_plan(lengths, shard_rows=len(ids), batch_size=BATCH):
-            loaded.model(**collate([ids[r] for r in rows], loaded.tokenizer.pad_token_id,
-                                   loaded.tokenizer.padding_side, "cpu", params))
+            loaded.model(
+                **collate(
+                    [ids[r] for r in rows], loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side, "cpu", params
+                )
+            )
 
 
 def test_extract_over_bare_forward(benchmark, workload, tmp_path):
@@ -53,8 +57,15 @@ def test_extract_over_bare_forward(benchmark, workload, tmp_path):
         bare_times.append(time.perf_counter() - start)
 
     def run_extract():
-        return fastmi.extract(loaded, corpus, cache_dir=tmp_path / "cache", overwrite=True, progress=False,
-                              batch_size=BATCH, max_length=MAX_LENGTH)
+        return fastmi.extract(
+            loaded,
+            corpus,
+            cache_dir=tmp_path / "cache",
+            overwrite=True,
+            progress=False,
+            batch_size=BATCH,
+            max_length=MAX_LENGTH,
+        )
 
     benchmark.group = f"extract minilm {SENTENCES} demo sentences"
     cache = benchmark.pedantic(run_extract, setup=time_bare, rounds=ROUNDS, warmup_rounds=0)
@@ -64,7 +75,14 @@ def test_extract_over_bare_forward(benchmark, workload, tmp_path):
 
     stats = benchmark.stats.stats
     ratio, median_ratio = stats.min / min(bare_times), stats.median / float(np.median(bare_times))
-    benchmark.extra_info.update(bare_forward_s=bare_times, extract_over_bare_forward=ratio,
-                                extract_over_bare_forward_median=median_ratio, target=1.15)
-    print(f"\nextract / bare forward: {ratio:.3f} fastest rounds (extract {stats.min:.2f}s, bare {min(bare_times):.2f}s), "
-          f"{median_ratio:.3f} medians, {ROUNDS} rounds each")
+    benchmark.extra_info.update(
+        bare_forward_s=bare_times,
+        extract_over_bare_forward=ratio,
+        extract_over_bare_forward_median=median_ratio,
+        target=1.15,
+    )
+    print(
+        f"\nextract / bare forward: {ratio:.3f} fastest rounds "
+        f"(extract {stats.min:.2f}s, bare {min(bare_times):.2f}s), "
+        f"{median_ratio:.3f} medians, {ROUNDS} rounds each"
+    )

@@ -9,6 +9,7 @@ recoverability term alone on the hidden states of one step, split into its parts
 input_ids, pooling, the fused bag cross-entropy with its backward).  The target is an added cost of
 at most 15% of the model's step; docs/finetune.md records the measured ratios.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -26,13 +27,22 @@ def setup():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True,
-                         max_position_embeddings=8192, rope_theta=100000.0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+    )
     model = LlamaForCausalLM(config).train()
     ids = torch.randint(3, VOCAB, (BATCH, TOKENS))
     mask = torch.ones(BATCH, TOKENS, dtype=torch.long)
-    mask[::2, TOKENS * 2 // 3:] = 0  # a third of the rows padded: the demo's batches are ragged
+    mask[::2, TOKENS * 2 // 3 :] = 0  # a third of the rows padded: the demo's batches are ragged
     recover = RecoverabilityLoss(576, VOCAB, exclude_ids=SPECIAL)
     with torch.no_grad():
         recover.weight.normal_(0, 0.02)
@@ -65,8 +75,9 @@ def test_model_step(benchmark, setup):
 def test_model_step_with_recoverability(benchmark, setup):
     model, ids, mask, recover = setup
     benchmark.group = "training step, SmolLM2 shapes (B=8, T=48, V=49152)"
-    loss = benchmark.pedantic(_step_with_recoverability, args=(model, ids, mask, recover), rounds=3, iterations=1,
-                              warmup_rounds=1)
+    loss = benchmark.pedantic(
+        _step_with_recoverability, args=(model, ids, mask, recover), rounds=3, iterations=1, warmup_rounds=1
+    )
     assert torch.isfinite(loss) and recover.weight.grad is not None
 
 
@@ -87,7 +98,11 @@ def test_recoverability_term(benchmark, setup, part):
     def cross_entropy():
         recover.loss_of_pooled(z, bags).backward()
 
-    run = {"whole_term": whole, "bags": lambda: bags_from_input_ids(ids, mask, SPECIAL, VOCAB), "pool": pool,
-           "bag_cross_entropy": cross_entropy}[part]
+    run = {
+        "whole_term": whole,
+        "bags": lambda: bags_from_input_ids(ids, mask, SPECIAL, VOCAB),
+        "pool": pool,
+        "bag_cross_entropy": cross_entropy,
+    }[part]
     benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
     assert recover.weight.grad is None or torch.isfinite(recover.weight.grad).all()

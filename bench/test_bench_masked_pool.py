@@ -6,6 +6,7 @@ Each group holds the baseline ``(h * m[..., None]).sum(1) / m.sum(1)`` and fastm
 one shape and dtype; pytest-benchmark's table gives the ratio.  Shapes: a SmolLM-sized hidden
 (d = 576) and a larger one, 30% right padding.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -11,6 +11,7 @@ and backward of ``bag_cross_entropy`` over the training rows of all layers at on
 how many such epochs the whole probe costs.  Caches are built once into a temporary directory
 (extraction is not timed here; see test_bench_demo.py).
 """
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,10 @@ ROUNDS = 2
 def demo_caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe-bench")
     corpus = fastmi.Corpus.demo(DEMO_SENTENCES)
-    return {name: fastmi.extract(name, corpus, cache_dir=root / name, max_length=DEMO_MAX_LENGTH, progress=False)
-            for name in ("minilm", "smollm2")}
+    return {
+        name: fastmi.extract(name, corpus, cache_dir=root / name, max_length=DEMO_MAX_LENGTH, progress=False)
+        for name in ("minilm", "smollm2")
+    }
 
 
 def one_epoch_of_the_loss(cache) -> None:
@@ -58,19 +61,27 @@ def test_probe_throughput(benchmark, demo_caches, model):
         one_epoch_of_the_loss(cache)
         baseline.append(time.perf_counter() - start)
 
-    result = benchmark.pedantic(lambda: fastmi.recoverability(cache, vocab=DEMO_VOCAB, progress=False), setup=time_baseline,
-                                rounds=ROUNDS, iterations=1)
+    result = benchmark.pedantic(
+        lambda: fastmi.recoverability(cache, vocab=DEMO_VOCAB, progress=False),
+        setup=time_baseline,
+        rounds=ROUNDS,
+        iterations=1,
+    )
     seconds = benchmark.stats.stats.min
     sentence_layers = cache.metadata["num_rows"] * len(cache.layers)
-    benchmark.extra_info.update({
-        "sentence_layers_per_s": sentence_layers / seconds,
-        "probe_s": seconds,
-        "loss_epoch_s": min(baseline),
-        "probe_over_loss_epoch": seconds / min(baseline),
-        "epochs_run": max(v["epochs_run"] for v in result.config["training"].values()),
-        "alphabet_size": result.config["alphabet_size"],
-    })
-    print(f"\n{model}: {sentence_layers / seconds:.0f} sentence-layers/s ({seconds:.1f} s for "
-          f"{sentence_layers} sentence-layers, M = {result.config['alphabet_size']}); "
-          f"{seconds / min(baseline):.1f} x one epoch of the bare loss")
+    benchmark.extra_info.update(
+        {
+            "sentence_layers_per_s": sentence_layers / seconds,
+            "probe_s": seconds,
+            "loss_epoch_s": min(baseline),
+            "probe_over_loss_epoch": seconds / min(baseline),
+            "epochs_run": max(v["epochs_run"] for v in result.config["training"].values()),
+            "alphabet_size": result.config["alphabet_size"],
+        }
+    )
+    print(
+        f"\n{model}: {sentence_layers / seconds:.0f} sentence-layers/s ({seconds:.1f} s for "
+        f"{sentence_layers} sentence-layers, M = {result.config['alphabet_size']}); "
+        f"{seconds / min(baseline):.1f} x one epoch of the bare loss"
+    )
     assert len(result) == len(cache.layers)

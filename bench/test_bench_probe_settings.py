@@ -9,7 +9,8 @@ validation, held-out scoring and bounds) for each setting of :data:`SETTINGS`, t
 baseline, and reports per setting: seconds (wall, and CPU time of the process, the fairer figure on
 a machine shared with other work), speed-up over the baseline, the variational bound of
 every layer (and H(T) - CE before clamping at 0) and the largest difference from the baseline's,
-compared before clamping (the clamped bounds of a vacuous layer are all 0 and would hide any difference).  The headline is the fastest setting
+compared before clamping (the clamped bounds of a vacuous layer are all 0 and would hide any
+difference).  The headline is the fastest setting
 whose bound is within :data:`TOLERANCE_BITS` of the baseline at every layer.
 
 Knobs (environment): ``FASTMI_BENCH_CACHES`` a folder holding prebuilt ``minilm/`` and ``smollm2/``
@@ -22,6 +23,7 @@ Script mode, for long runs in the background (one setting, resumable by its outp
 
     python bench/test_bench_probe_settings.py CACHE_DIR SETTING OUT.json [--layers 0,10,20]
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +50,9 @@ VOCAB = "full"
 def measure(cache, probe: str, train_softmax: str, layers=None) -> dict:
     """Seconds (wall and CPU) to a converged probe of ``layers`` and its per-layer variational bounds."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    result = fastmi.recoverability(cache, vocab=VOCAB, probe=probe, train_softmax=train_softmax, layers=layers,
-                                   progress=False)
+    result = fastmi.recoverability(
+        cache, vocab=VOCAB, probe=probe, train_softmax=train_softmax, layers=layers, progress=False
+    )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "seconds": seconds,
@@ -114,8 +117,10 @@ def demo_caches(tmp_path_factory):
         return {name: fastmi.ActivationCache.open(Path(prebuilt) / name) for name in ("minilm", "smollm2")}
     root = tmp_path_factory.mktemp("probe-settings-bench")
     corpus = fastmi.Corpus.demo(DEMO_SENTENCES)
-    return {name: fastmi.extract(name, corpus, cache_dir=root / name, max_length=DEMO_MAX_LENGTH, progress=False)
-            for name in ("minilm", "smollm2")}
+    return {
+        name: fastmi.extract(name, corpus, cache_dir=root / name, max_length=DEMO_MAX_LENGTH, progress=False)
+        for name in ("minilm", "smollm2")
+    }
 
 
 @pytest.mark.parametrize("model", ["minilm", "smollm2"])
@@ -137,12 +142,16 @@ def test_probe_settings(benchmark, demo_caches, model):
         Path(out).write_text(json.dumps(previous | {model: report}, indent=1))
     print(f"\n{model} (layers {report['layers']}, M = {measured[SETTINGS[0][0]]['alphabet_size']}):")
     for name, figures in report["settings"].items():
-        print(f"  {name:26s} {figures['seconds']:8.1f} s  x{figures['speedup']:5.2f}  "
-              f"(CPU {figures['cpu_seconds']:8.1f} s  x{figures['cpu_speedup']:5.2f})  "
-              f"max |diff| {figures['max_abs_difference_bits']:.4f} bit")
-    print(f"  fastest within {TOLERANCE_BITS} bit at every layer: {report['fastest_within_tolerance']} "
-          f"(x{report['its_speedup'] or 0:.2f}); fastest never more than {TOLERANCE_BITS} bit below: "
-          f"{report['fastest_no_worse']} (x{report['its_no_worse_speedup'] or 0:.2f})")
+        print(
+            f"  {name:26s} {figures['seconds']:8.1f} s  x{figures['speedup']:5.2f}  "
+            f"(CPU {figures['cpu_seconds']:8.1f} s  x{figures['cpu_speedup']:5.2f})  "
+            f"max |diff| {figures['max_abs_difference_bits']:.4f} bit"
+        )
+    print(
+        f"  fastest within {TOLERANCE_BITS} bit at every layer: {report['fastest_within_tolerance']} "
+        f"(x{report['its_speedup'] or 0:.2f}); fastest never more than {TOLERANCE_BITS} bit below: "
+        f"{report['fastest_no_worse']} (x{report['its_no_worse_speedup'] or 0:.2f})"
+    )
     assert set(report["settings"]) == {name for name, _, _ in SETTINGS}
     assert all(len(m["variational_bits"]) == len(report["layers"]) for m in measured.values())
 

@@ -3,6 +3,7 @@
 Public names (shared/DESIGN.md section 4) are imported lazily so that ``import fastmi`` stays
 cheap and does not pull transformers in until a model is needed.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,8 +25,24 @@ _LAZY = {
     "plan": "fastmi.planner",  # not fastmi.plan, for the same reason as extract
     "compare": "fastmi.comparison",  # not fastmi.compare: a submodule would shadow the function
 }
-_SUBMODULES = {"bounds", "kernels", "models", "corpus", "cache", "extraction", "hooks", "probe", "result", "report", "sweep", "cli",
-               "curves", "comparison", "claims", "heldout"}
+_SUBMODULES = {
+    "bounds",
+    "kernels",
+    "models",
+    "corpus",
+    "cache",
+    "extraction",
+    "hooks",
+    "probe",
+    "result",
+    "report",
+    "sweep",
+    "cli",
+    "curves",
+    "comparison",
+    "claims",
+    "heldout",
+}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES])
 

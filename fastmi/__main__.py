@@ -5,6 +5,7 @@
 Each process joins the process group torchrun describes (gloo on CPUs, NCCL on GPUs); rank 0 alone
 prints.  See docs/distributed.md.
 """
+
 from __future__ import annotations
 
 import sys

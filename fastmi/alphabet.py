@@ -10,10 +10,11 @@ embedding is seen, and I(T; z) >= I(f(T); z) by data processing.  With a few hun
 rare ids cannot be learned nor their entropy estimated, so they only add noise to both sides of
 H(T) - CE; merging them gives a smaller, honest bound that small corpora can actually show.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -54,9 +55,7 @@ class Alphabet:
         return int(self.vocab_ids.numel()) + int(self.other)
 
     @classmethod
-    def build(
-        cls, setting: str, targets: BagTargets, vocab_size: int, excluded_ids: Sequence[int] = ()
-    ) -> "Alphabet":
+    def build(cls, setting: str, targets: BagTargets, vocab_size: int, excluded_ids: Sequence[int] = ()) -> Alphabet:
         kind, top = parse_vocab(setting)
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
@@ -78,7 +77,7 @@ class Alphabet:
         return cls(setting=setting, vocab_ids=vocab_ids, vocab_size=vocab_size)
 
     @classmethod
-    def _most_frequent(cls, setting: str, targets: BagTargets, vocab_size: int, size: int) -> "Alphabet":
+    def _most_frequent(cls, setting: str, targets: BagTargets, vocab_size: int, size: int) -> Alphabet:
         # Ranked by the weight each id has in p(t) = E_S[count_S(t) / n_S], ties to the smaller id.
         # The ranking reads tokens only, never embeddings, so f(T) is fixed before the probe sees z.
         lengths = targets.lengths.double().cpu()

@@ -4,10 +4,11 @@ Row b of a :class:`BagTargets` is one sentence: the distinct token ids ``ids[off
 with their counts.  The probe's loss and all error rates are functions of these bags only, so
 they are built once per (corpus, tokenizer) and shared by every layer.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numba
 import numpy as np
@@ -108,7 +109,7 @@ class BagTargets:
                 f"target id {self.max_id} (row {row}) is out of range for an alphabet of size {vocab_size}"
             )
 
-    def select(self, rows: torch.Tensor | Sequence[int] | np.ndarray) -> "BagTargets":
+    def select(self, rows: torch.Tensor | Sequence[int] | np.ndarray) -> BagTargets:
         """The bags of ``rows`` (in that order), as a new BagTargets."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.offsets.device)
         starts, sizes = self.offsets[rows], self.bag_sizes[rows]
@@ -124,17 +125,17 @@ class BagTargets:
         return subset
 
     @classmethod
-    def _trusted(cls, offsets: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> "BagTargets":
+    def _trusted(cls, offsets: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> BagTargets:
         """A BagTargets of int64 tensors already known to be valid, without the checks."""
         bags = object.__new__(cls)
         for name, t in (("offsets", offsets), ("ids", ids), ("counts", counts)):
             object.__setattr__(bags, name, t)
         return bags
 
-    def to(self, device: torch.device | str) -> "BagTargets":
+    def to(self, device: torch.device | str) -> BagTargets:
         return BagTargets(self.offsets.to(device), self.ids.to(device), self.counts.to(device))
 
-    def remap(self, mapping: torch.Tensor) -> "BagTargets":
+    def remap(self, mapping: torch.Tensor) -> BagTargets:
         """Ids replaced by ``mapping[id]``; ids that land on the same new id in a row are merged
         (counts added), and rows come back sorted.  Used to compact ids onto an alphabet."""
         new_ids = mapping.to(self.ids.device)[self.ids]
@@ -153,13 +154,13 @@ class BagTargets:
         return {"offsets": self.offsets.contiguous(), "ids": self.ids.contiguous(), "counts": self.counts.contiguous()}
 
     @classmethod
-    def from_dict(cls, tensors: dict[str, torch.Tensor]) -> "BagTargets":
+    def from_dict(cls, tensors: dict[str, torch.Tensor]) -> BagTargets:
         return cls(tensors["offsets"], tensors["ids"], tensors["counts"])
 
     @classmethod
     def from_token_lists(
         cls, token_lists: Sequence[Sequence[int]], exclude: Sequence[int] = (), vocab_size: int | None = None
-    ) -> "BagTargets":
+    ) -> BagTargets:
         """Bags of python lists of token ids, dropping ids in ``exclude`` (special tokens)."""
         lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
         token_offsets = np.zeros(len(token_lists) + 1, dtype=np.int64)

@@ -12,6 +12,7 @@ return the raw bound (negative means vacuous); :func:`layer_bounds` adds the con
 clamps at 0 and says which values it clamped.  Every function gives a defined value at the edges
 (P = 0, P past the bound's turning point, M = 1, k >= M, H(T) = 0) and never returns NaN.
 """
+
 from __future__ import annotations
 
 import functools
@@ -152,7 +153,11 @@ def list_fano_lower_bound(p_error_k: Any, k: int, entropy_bits: Any, alphabet_si
     """
     if isinstance(k, bool) or int(k) != k or int(k) < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    p, h_t, m = _probability(p_error_k, "p_error_k"), _array(entropy_bits, "entropy_bits"), _alphabet_size(alphabet_size)
+    p, h_t, m = (
+        _probability(p_error_k, "p_error_k"),
+        _array(entropy_bits, "entropy_bits"),
+        _alphabet_size(alphabet_size),
+    )
     k = min(int(k), m)
     p = np.minimum(p, (m - k) / m)
     return _scalar_or_array(h_t - binary_entropy_bits(p) - (1 - p) * math.log2(k) - _xlog2y(p, m - k))

@@ -16,6 +16,7 @@ Several processes may write one cache (``torchrun``, see docs/distributed.md): e
 its own units, and the manifest is read, merged and replaced under a second lock
 (``.manifest.lock``), one writer at a time, so no finished unit is ever lost.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,8 @@ import json
 import os
 import re
 import struct
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ class CacheCorruptError(RuntimeError):
 
 
 def resolve_cache_dtype(name: str | torch.dtype | None) -> str:
-    """"fp32" | "bf16" | "fp16" (or the long names, or a torch dtype) -> "float32" | "bfloat16" | "float16"."""
+    """ "fp32" | "bf16" | "fp16" (or the long names, or a torch dtype) -> "float32" | "bfloat16" | "float16"."""
     if name is None:
         return DEFAULT_CACHE_DTYPE
     text = str(name).removeprefix("torch.")
@@ -198,7 +199,7 @@ class ActivationCache:
 
     # ---- opening --------------------------------------------------------------------------------
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> "ActivationCache":
+    def open(cls, directory: str | os.PathLike) -> ActivationCache:
         directory = Path(directory)
         manifest = read_manifest(directory)
         if manifest is None:
@@ -256,8 +257,10 @@ class ActivationCache:
 
     def __repr__(self) -> str:
         m = self._manifest["metadata"]
-        return (f"ActivationCache({str(self.directory)!r}, model={m['model']!r}, corpus={m['corpus_name']!r}, "
-                f"rows={self.num_rows}, layers={format_layers(self.layers)}, pooling={m['pooling']!r})")
+        return (
+            f"ActivationCache({str(self.directory)!r}, model={m['model']!r}, corpus={m['corpus_name']!r}, "
+            f"rows={self.num_rows}, layers={format_layers(self.layers)}, pooling={m['pooling']!r})"
+        )
 
     # ---- reading --------------------------------------------------------------------------------
     def embeddings(self, layer: int) -> torch.Tensor:
@@ -268,14 +271,18 @@ class ActivationCache:
         only this layer is ever in memory.  A mismatch raises CacheCorruptError naming the file.
         """
         if layer not in self.layers:
-            raise KeyError(f"layer {layer} is not (fully) in the cache at {self.directory}; "
-                           f"finished layers: {format_layers(self.layers) or 'none'}")
+            raise KeyError(
+                f"layer {layer} is not (fully) in the cache at {self.directory}; "
+                f"finished layers: {format_layers(self.layers) or 'none'}"
+            )
         out = torch.empty(self.num_rows, self.hidden_size, dtype=torch.float32)
         for shard in range(self.num_shards):
             start, stop = self.shard_range(shard)
             tensors = self._read_unit(layer, shard)
             if not np.array_equal(tensors["row_ids"], np.arange(start, stop)):
-                raise CacheCorruptError(f"{shard_path(self.directory, layer, shard)} holds rows other than [{start}, {stop})")
+                raise CacheCorruptError(
+                    f"{shard_path(self.directory, layer, shard)} holds rows other than [{start}, {stop})"
+                )
             stored = tensors["embeddings"]
             if self.cache_dtype == "bfloat16":  # raw 16-bit words: a bf16 is the top half of its fp32
                 out[start:stop].numpy().view(np.uint32)[...] = stored.astype(np.uint32) << 16
@@ -292,8 +299,11 @@ class ActivationCache:
     def targets(self) -> BagTargets:
         """The bags of tokens (special tokens excluded), one row per corpus sentence."""
         t = self._read_targets()
-        return BagTargets(torch.from_numpy(t["offsets"].copy()), torch.from_numpy(t["ids"].copy()),
-                          torch.from_numpy(t["counts"].copy()))
+        return BagTargets(
+            torch.from_numpy(t["offsets"].copy()),
+            torch.from_numpy(t["ids"].copy()),
+            torch.from_numpy(t["counts"].copy()),
+        )
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -321,7 +331,8 @@ class ActivationCache:
             raise MissingUnembeddingError(
                 f"the cache at {self.directory} holds no output embedding ({why}); probe='unembedding' needs it. "
                 "Use probe='linear' (--probe linear), or run fastmi extract on this cache again (it resumes, "
-                "adding only the output embedding)")
+                "adding only the output embedding)"
+            )
         tensors, header = read_safetensors(self.directory / UNEMBEDDING, entry["bytes"], entry["sha256"])
         pick = (lambda a: a) if rows is None else (lambda a: a[rows.cpu().numpy()])
         bias = torch.from_numpy(pick(tensors["bias"]).copy()) if "bias" in tensors else None
@@ -347,7 +358,7 @@ class CacheWriter(ActivationCache):
     """The writing side, used by :func:`fastmi.extract`; holds an exclusive lock on the directory."""
 
     @classmethod
-    def attach(cls, directory: str | os.PathLike) -> "CacheWriter":
+    def attach(cls, directory: str | os.PathLike) -> CacheWriter:
         """Join a cache another process of the same run has prepared (and holds the run lock of).
 
         Used by ranks other than 0 of a multi-process extraction: they write their own units and
@@ -360,8 +371,9 @@ class CacheWriter(ActivationCache):
         return writer
 
     @classmethod
-    def prepare(cls, directory: str | os.PathLike, metadata: dict, shard_rows: int,
-                resume: bool = True, overwrite: bool = False) -> "CacheWriter":
+    def prepare(
+        cls, directory: str | os.PathLike, metadata: dict, shard_rows: int, resume: bool = True, overwrite: bool = False
+    ) -> CacheWriter:
         """Open ``directory`` for ``metadata``: start it, continue it, or refuse it with the reason."""
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
@@ -377,15 +389,25 @@ class CacheWriter(ActivationCache):
             manifest = read_manifest(directory)
             if manifest is None:
                 if not overwrite and any(p.name not in (".lock", ".manifest.lock") for p in directory.iterdir()):
-                    raise ValueError(f"{directory} is not empty and holds no fastmi cache; choose another "
-                                     "directory (or pass overwrite=True / --overwrite to use it anyway)")
-                manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": metadata,
-                            "shard_rows": int(shard_rows), "targets": None, "units": {}}
+                    raise ValueError(
+                        f"{directory} is not empty and holds no fastmi cache; choose another "
+                        "directory (or pass overwrite=True / --overwrite to use it anyway)"
+                    )
+                manifest = {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "metadata": metadata,
+                    "shard_rows": int(shard_rows),
+                    "targets": None,
+                    "units": {},
+                }
             else:
                 _check_same(directory, manifest, metadata)
                 if not resume and manifest["units"]:
-                    raise ValueError(f"the cache at {directory} already holds finished units; pass resume=True "
-                                     "(--resume) to continue it or overwrite=True (--overwrite) to replace it")
+                    raise ValueError(
+                        f"the cache at {directory} already holds finished units; pass resume=True "
+                        "(--resume) to continue it or overwrite=True (--overwrite) to replace it"
+                    )
                 # Descriptive fields (version, batch size, ...) follow the latest run.
                 manifest["metadata"] = manifest["metadata"] | metadata
             writer = cls(directory, manifest)
@@ -408,7 +430,7 @@ class CacheWriter(ActivationCache):
             lock.close()
             self._lock = None
 
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -444,7 +466,9 @@ class CacheWriter(ActivationCache):
 
     def write_targets(self, targets: BagTargets, lengths: torch.Tensor) -> None:
         tensors = targets.to("cpu").to_dict() | {
-            "row_ids": torch.arange(targets.num_rows, dtype=torch.long), "lengths": lengths.long().contiguous()}
+            "row_ids": torch.arange(targets.num_rows, dtype=torch.long),
+            "lengths": lengths.long().contiguous(),
+        }
         data, checksum = encode_safetensors(tensors, self._header())
         atomic_write_bytes(self.directory / TARGETS, data)
         self._manifest["targets"] = [len(data), checksum]
@@ -461,7 +485,7 @@ class CacheWriter(ActivationCache):
             return True
         except (CacheCorruptError, ValueError) as err:
             if entry is not None:
-                warnings.warn(f"{err}; rewriting the output embedding", stacklevel=3)
+                notice(f"{err}; rewriting the output embedding")
             return False
 
     def write_unembedding(self, weight: torch.Tensor | None, bias: torch.Tensor | None, source: str) -> None:
@@ -469,7 +493,9 @@ class CacheWriter(ActivationCache):
         if weight is None:
             self._manifest["unembedding"] = {"missing": source}
         else:
-            tensors = {"weight": weight.float().contiguous()} | ({} if bias is None else {"bias": bias.float().contiguous()})
+            tensors = {"weight": weight.float().contiguous()} | (
+                {} if bias is None else {"bias": bias.float().contiguous()}
+            )
             data, checksum = encode_safetensors(tensors, self._header() | {"source": source})
             atomic_write_bytes(self.directory / UNEMBEDDING, data)
             self._manifest["unembedding"] = {"bytes": len(data), "sha256": checksum, "source": source}
@@ -501,11 +527,16 @@ class CacheWriter(ActivationCache):
         finished = {}
         for layer, values in pooled.items():
             if values.shape != (stop - start, self.hidden_size):
-                raise ValueError(f"layer {layer} shard {shard}: expected shape {(stop - start, self.hidden_size)}, got {values.shape}")
+                raise ValueError(
+                    f"layer {layer} shard {shard}: expected shape {(stop - start, self.hidden_size)}, "
+                    f"got {values.shape}"
+                )
             stored = torch.from_numpy(values).to(stored_dtype)
             if stored_dtype != torch.float32 and not bool(torch.isfinite(stored).all()):
-                raise ValueError(f"layer {layer} shard {shard}: pooled values exceed the range of {self.cache_dtype} "
-                                 f"(largest magnitude {float(np.abs(values).max()):.4g}); use cache_dtype bf16 or fp32")
+                raise ValueError(
+                    f"layer {layer} shard {shard}: pooled values exceed the range of {self.cache_dtype} "
+                    f"(largest magnitude {float(np.abs(values).max()):.4g}); use cache_dtype bf16 or fp32"
+                )
             header = self._header() | {"layer": layer, "shard": shard, "row_start": start, "rows": stop - start}
             data, checksum = encode_safetensors({"embeddings": stored, "row_ids": row_ids}, header)
             atomic_write_bytes(shard_path(self.directory, layer, shard), data)
@@ -525,8 +556,10 @@ def read_manifest(directory: Path) -> dict | None:
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not a fastmi activation cache manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has cache format version {manifest.get('format_version')}, this fastmi reads "
-                         f"{FORMAT_VERSION}; pass overwrite=True to rebuild it")
+        raise ValueError(
+            f"{path} has cache format version {manifest.get('format_version')}, this fastmi reads "
+            f"{FORMAT_VERSION}; pass overwrite=True to rebuild it"
+        )
     return manifest
 
 
@@ -542,8 +575,10 @@ def _check_same(directory: Path, manifest: dict, metadata: dict) -> None:
     differ = [k for k in IDENTITY_KEYS if _metadata_value(old, k) != new.get(k)]
     if differ:
         lines = "; ".join(f"{k}: cache has {_metadata_value(old, k)!r}, this run {new.get(k)!r}" for k in differ)
-        raise ValueError(f"the cache at {directory} was built for another {', '.join(differ)} ({lines}); "
-                         "pass overwrite=True (--overwrite) to replace it, or choose another cache directory")
+        raise ValueError(
+            f"the cache at {directory} was built for another {', '.join(differ)} ({lines}); "
+            "pass overwrite=True (--overwrite) to replace it, or choose another cache directory"
+        )
 
 
 def _lock(directory: Path):

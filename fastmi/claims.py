@@ -20,6 +20,7 @@ fractions (bound / H(T)).  The two claims are separate statements, each at the s
 is no correction across them.  As in :mod:`fastmi.comparison`, a difference of lower bounds says what a
 linear probe recovers, not how the mutual informations themselves compare.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,19 @@ from typing import Any
 
 import numpy as np
 
-from .comparison import (LayerRef, _shared_rows, layer_statistic, matched_layers, paired_bootstrap, peak_layer,
-                      resample_counts, same_tokenizer)
+from .comparison import (
+    LayerRef,
+    _shared_rows,
+    layer_statistic,
+    matched_layers,
+    paired_bootstrap,
+    peak_layer,
+    resample_counts,
+    same_tokenizer,
+)
 from .heldout import STATISTICS
 
-__all__ = ["Statement", "Claim", "evaluate_claims", "verdict", "format_claims", "HOLDS", "CONTRADICTED",
-           "UNRESOLVED"]
+__all__ = ["Statement", "Claim", "evaluate_claims", "verdict", "format_claims", "HOLDS", "CONTRADICTED", "UNRESOLVED"]
 
 HOLDS, CONTRADICTED, UNRESOLVED = "holds", "contradicted", "not resolved at this level"
 
@@ -88,8 +96,9 @@ def _difference(result, refs_a, refs_b, rows, counts, bound, fraction, level, n_
     width = len(STATISTICS)
 
     def statistic(means: np.ndarray) -> np.ndarray:
-        parts = [f(means[..., j * width:(j + 1) * width]) for j, f in enumerate(functions)]
+        parts = [f(means[..., j * width : (j + 1) * width]) for j, f in enumerate(functions)]
         return sum(parts[0::2]) / len(refs_a) - sum(parts[1::2]) / len(refs_a)
+
     return paired_bootstrap(values, statistic, level, n_bootstrap, seed, counts)
 
 
@@ -102,25 +111,65 @@ def _encoder_keeps_more(result, encoder, decoder, level, n_bootstrap, seed, boun
     adjusted = 1 - (1 - level) / len(pairs)
     tests = []
     for le, ld in pairs:
-        point, lower, upper = _difference(result, [LayerRef(encoder, le)], [LayerRef(decoder, ld)], rows, counts,
-                                          bound, fraction, adjusted, n_bootstrap, seed)
-        tests.append(Statement(f"depth {depth[le]:.3f}: {encoder}:{le} - {decoder}:{ld}", point, lower, upper,
-                               adjusted, verdict(lower, upper)))
-    point, lower, upper = _difference(result, [LayerRef(encoder, le) for le, _ in pairs],
-                                      [LayerRef(decoder, ld) for _, ld in pairs], rows, counts, bound, fraction,
-                                      level, n_bootstrap, seed)
+        point, lower, upper = _difference(
+            result,
+            [LayerRef(encoder, le)],
+            [LayerRef(decoder, ld)],
+            rows,
+            counts,
+            bound,
+            fraction,
+            adjusted,
+            n_bootstrap,
+            seed,
+        )
+        tests.append(
+            Statement(
+                f"depth {depth[le]:.3f}: {encoder}:{le} - {decoder}:{ld}",
+                point,
+                lower,
+                upper,
+                adjusted,
+                verdict(lower, upper),
+            )
+        )
+    point, lower, upper = _difference(
+        result,
+        [LayerRef(encoder, le) for le, _ in pairs],
+        [LayerRef(decoder, ld) for _, ld in pairs],
+        rows,
+        counts,
+        bound,
+        fraction,
+        level,
+        n_bootstrap,
+        seed,
+    )
     mean = Statement(f"mean over {len(pairs)} depths", point, lower, upper, level, verdict(lower, upper))
     unit = "recoverable fraction (bound / own H(T)): the tokenizers differ" if fraction else "bits"
-    shared = [f"{bound} bound, {unit}; {rows.size} shared held-out sentences",
-              f"{len(pairs)} matched depths, layers paired by nearest relative depth"]
+    shared = [
+        f"{bound} bound, {unit}; {rows.size} shared held-out sentences",
+        f"{len(pairs)} matched depths, layers paired by nearest relative depth",
+    ]
     return [
-        Claim(f"encoder keeps more than decoder at each matched depth ({encoder} vs {decoder})",
-              f"{encoder} - {decoder} > 0 at every matched depth", _conjunction([t.verdict for t in tests]), tests,
-              shared + [f"Bonferroni over the {len(pairs)} depths: each interval at {adjusted:.2%}, simultaneous "
-                        f"{level:.0%}; holds only if every depth holds, contradicted if any depth is"]),
-        Claim(f"encoder keeps more than decoder, mean over depths ({encoder} vs {decoder})",
-              f"mean over matched depths of ({encoder} - {decoder}) > 0", mean.verdict, [mean],
-              shared + [f"one statement at {level:.0%}"]),
+        Claim(
+            f"encoder keeps more than decoder at each matched depth ({encoder} vs {decoder})",
+            f"{encoder} - {decoder} > 0 at every matched depth",
+            _conjunction([t.verdict for t in tests]),
+            tests,
+            shared
+            + [
+                f"Bonferroni over the {len(pairs)} depths: each interval at {adjusted:.2%}, simultaneous "
+                f"{level:.0%}; holds only if every depth holds, contradicted if any depth is"
+            ],
+        ),
+        Claim(
+            f"encoder keeps more than decoder, mean over depths ({encoder} vs {decoder})",
+            f"mean over matched depths of ({encoder} - {decoder}) > 0",
+            mean.verdict,
+            [mean],
+            shared + [f"one statement at {level:.0%}"],
+        ),
     ]
 
 
@@ -131,22 +180,40 @@ def _gains_then_forgets(result, decoder, level, n_bootstrap, seed, bound) -> Cla
     counts = resample_counts(rows.size, n_bootstrap, seed)
     tests = []
     for other, name in ((layers[0], "first"), (layers[-1], "last")):
-        point, lower, upper = _difference(result, [LayerRef(decoder, peak)], [LayerRef(decoder, other)], rows, counts,
-                                          bound, False, level, n_bootstrap, seed)
-        tests.append(Statement(f"peak {decoder}:{peak} - {name} {decoder}:{other}", point, lower, upper, level,
-                               verdict(lower, upper)))
+        point, lower, upper = _difference(
+            result,
+            [LayerRef(decoder, peak)],
+            [LayerRef(decoder, other)],
+            rows,
+            counts,
+            bound,
+            False,
+            level,
+            n_bootstrap,
+            seed,
+        )
+        tests.append(
+            Statement(
+                f"peak {decoder}:{peak} - {name} {decoder}:{other}", point, lower, upper, level, verdict(lower, upper)
+            )
+        )
     return Claim(
-        f"decoder gains, then forgets ({decoder})", f"peak - first > 0 and peak - last > 0 ({decoder})",
-        _conjunction([t.verdict for t in tests]), tests,
-        [f"{bound} bound, bits; {rows.size} held-out sentences",
-         f"peak = layer {peak}, the interior layer of lowest validation cross-entropy (chosen on validation rows, "
-         "not on the held-out rows tested here)",
-         f"intersection-union test: the claim holds if both parts hold, each at {level:.0%}; no correction needed"],
+        f"decoder gains, then forgets ({decoder})",
+        f"peak - first > 0 and peak - last > 0 ({decoder})",
+        _conjunction([t.verdict for t in tests]),
+        tests,
+        [
+            f"{bound} bound, bits; {rows.size} held-out sentences",
+            f"peak = layer {peak}, the interior layer of lowest validation cross-entropy (chosen on validation rows, "
+            "not on the held-out rows tested here)",
+            f"intersection-union test: the claim holds if both parts hold, each at {level:.0%}; no correction needed",
+        ],
     )
 
 
-def evaluate_claims(result: Any, level: float = 0.95, n_bootstrap: int = 2000, seed: int = 0,
-                    bound: str = "variational") -> list[Claim]:
+def evaluate_claims(
+    result: Any, level: float = 0.95, n_bootstrap: int = 2000, seed: int = 0, bound: str = "variational"
+) -> list[Claim]:
     """Both claims for every encoder/decoder in ``result`` (kinds read from each model's cache metadata)."""
     kinds = {m: _kind(result, m) for m in result.models}
     encoders = [m for m, k in kinds.items() if k == "encoder"]
@@ -170,8 +237,10 @@ def format_claims(claims: list[Claim], digits: int = 3) -> str:
         lines += [f"  note: {note}" for note in claim.notes]
         width = max(len(t.label) for t in claim.tests)
         for t in claim.tests:
-            lines.append(f"    {t.label.ljust(width)}  {t.difference:+.{digits}f}  [{t.lower:+.{digits}f}, "
-                         f"{t.upper:+.{digits}f}] at {t.level:.2%}  {t.verdict}")
+            lines.append(
+                f"    {t.label.ljust(width)}  {t.difference:+.{digits}f}  [{t.lower:+.{digits}f}, "
+                f"{t.upper:+.{digits}f}] at {t.level:.2%}  {t.verdict}"
+            )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

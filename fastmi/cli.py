@@ -3,6 +3,7 @@
 Each command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
 Modules are imported only when their subcommand is listed or run, so ``fastmi --help`` is quick.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
             if err.name != f"fastmi.commands.{name}":
                 raise
             continue  # a command not built yet
-        command = sub.add_parser(
-            name, help=module.HELP, description=module.__doc__, formatter_class=_HelpFormatter
-        )
+        command = sub.add_parser(name, help=module.HELP, description=module.__doc__, formatter_class=_HelpFormatter)
         module.add_arguments(command)
         command.set_defaults(_run=module.run)
     return parser

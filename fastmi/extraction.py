@@ -10,13 +10,14 @@ Under torch.distributed (e.g. ``torchrun -m fastmi extract``), rank 0 opens the 
 the unfinished shards, every rank takes its round-robin share of them and writes only those
 (docs/distributed.md); the files are the ones one process would write.
 """
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,9 +27,9 @@ from .cache import ActivationCache, CacheWriter, default_cache_dir, resolve_cach
 from .corpus import Corpus
 from .hooks import LayerPooler, find_layer_taps, forward_parameters, hidden_states_pooled
 from .kernels.reference import POOL_MODES
-from .unembedding import output_embedding_or_reason
-from .placement import input_device
 from .notices import notice
+from .placement import input_device
+from .unembedding import output_embedding_or_reason
 
 __all__ = ["extract", "parse_layers", "batch_plan", "batches_by_length", "collate", "NonFiniteActivationError"]
 
@@ -112,13 +113,16 @@ def extract(
         writer = CacheWriter.prepare(directory, metadata, shard_rows, resume=resume, overwrite=overwrite)
         try:
             if requested_rows is not None and writer.shard_rows != requested_rows:
-                notice(f"the cache at {directory} was started with shard_rows={writer.shard_rows}; "
-                       f"continuing with it, not {requested_rows}")
+                notice(
+                    f"the cache at {directory} was started with shard_rows={writer.shard_rows}; "
+                    f"continuing with it, not {requested_rows}"
+                )
             if not writer.targets_ok():
                 from .bags import BagTargets
 
-                targets = BagTargets.from_token_lists(token_lists, exclude=loaded.special_ids,
-                                                      vocab_size=loaded.vocab_size)
+                targets = BagTargets.from_token_lists(
+                    token_lists, exclude=loaded.special_ids, vocab_size=loaded.vocab_size
+                )
                 writer.write_targets(targets, torch.from_numpy(lengths))
             if not writer.unembedding_ok():  # stored once per cache, for probe="unembedding"
                 writer.write_unembedding(*output_embedding_or_reason(loaded.model))
@@ -126,9 +130,15 @@ def extract(
             _note_progress(writer, wanted)
             todo = [(s, writer.missing_layers(s, wanted)) for s in range(writer.num_shards)]
             todo = [(s, missing) for s, missing in todo if missing]
-            _announce(directory, todo, writer.num_shards * len(wanted),
-                      f"{loaded.name}: {truncated} of {len(corpus)} sentences are longer than "
-                      f"max_length={max_length} tokens and were truncated to it" if truncated else "")
+            _announce(
+                directory,
+                todo,
+                writer.num_shards * len(wanted),
+                f"{loaded.name}: {truncated} of {len(corpus)} sentences are longer than "
+                f"max_length={max_length} tokens and were truncated to it"
+                if truncated
+                else "",
+            )
             return writer, todo
         except BaseException:
             writer.close()
@@ -137,8 +147,10 @@ def extract(
     writer, todo = _on_main_then_share(prepare, ctx, lambda: CacheWriter.attach(directory))
     try:
         if ctx.is_main and 0 < len(todo) < ctx.world:
-            notice(f"{len(todo)} unfinished shard(s) for {ctx.world} processes: some have nothing to do; "
-                   "pass a smaller shard_rows (--shard-rows)")
+            notice(
+                f"{len(todo)} unfinished shard(s) for {ctx.world} processes: some have nothing to do; "
+                "pass a smaller shard_rows (--shard-rows)"
+            )
         todo = distributed.my_share(todo, ctx)
         progress = progress and ctx.is_main
         if todo:
@@ -183,8 +195,10 @@ def _announce(directory: Path, todo: list, total_units: int, truncated: str) -> 
     if left == 0:
         notice(f"the activation cache at {directory} is already complete; nothing to extract")
     elif left < total_units:
-        notice(f"resuming the activation cache at {directory}: {total_units - left} of {total_units} "
-               "(layer, shard) units already finished")
+        notice(
+            f"resuming the activation cache at {directory}: {total_units - left} of {total_units} "
+            "(layer, shard) units already finished"
+        )
     if truncated and left:  # said once, by the run that extracts them
         notice(truncated)
 
@@ -228,8 +242,10 @@ def parse_layers(layers: str | int | Sequence[int], num_layers: int) -> list[int
     resolved = sorted({v + L + 1 if v < 0 else v for v in values})
     bad = [v for v in values if not -(L + 1) <= v <= L]
     if bad or not resolved:
-        raise ValueError(f"layers {bad or layers!r} out of range: this model has layers 0..{L} "
-                         "(0 = embedding output, negative counts from the last)")
+        raise ValueError(
+            f"layers {bad or layers!r} out of range: this model has layers 0..{L} "
+            "(0 = embedding output, negative counts from the last)"
+        )
     return resolved
 
 
@@ -240,7 +256,9 @@ def _as_corpus(corpus) -> Corpus:
         return Corpus.load(corpus)
     if isinstance(corpus, Sequence):
         return Corpus.from_sentences(list(corpus))
-    raise TypeError(f"corpus must be a fastmi.Corpus, a list of sentences or a corpus spec, not {type(corpus).__name__}")
+    raise TypeError(
+        f"corpus must be a fastmi.Corpus, a list of sentences or a corpus spec, not {type(corpus).__name__}"
+    )
 
 
 def _as_loaded_model(model, device, dtype, progress: bool = True):
@@ -250,9 +268,12 @@ def _as_loaded_model(model, device, dtype, progress: bool = True):
         want_device = torch.device(device) if device is not None else None
         want_dtype = _torch_dtype(dtype) if dtype is not None else None
         if (want_device is not None and torch.device(model.device) != want_device) or (
-                want_dtype is not None and model.dtype != want_dtype):
-            raise ValueError(f"the model is loaded on {model.device} in {model.dtype}; pass device/dtype to "
-                             "load_model (or pass the model spec to extract) to change them")
+            want_dtype is not None and model.dtype != want_dtype
+        ):
+            raise ValueError(
+                f"the model is loaded on {model.device} in {model.dtype}; pass device/dtype to "
+                "load_model (or pass the model spec to extract) to change them"
+            )
         return model
     if isinstance(model, (str, os.PathLike)):
         return load_model(model, device=device if device is not None else "cpu", dtype=dtype, progress=progress)
@@ -270,12 +291,23 @@ def _torch_dtype(dtype) -> torch.dtype:
 
 def _metadata(loaded, corpus: Corpus, pooling, max_length, batch_size, side, sources) -> dict:
     return {
-        "model": loaded.name, "revision": loaded.revision, "architecture": loaded.architecture,
-        "kind": loaded.kind, "num_layers": loaded.num_layers, "hidden_size": loaded.hidden_size,
-        "vocab_size": loaded.vocab_size, "excluded_ids": sorted(int(i) for i in loaded.special_ids),
-        "pooling": pooling, "max_length": max_length, "dtype": str(loaded.dtype).replace("torch.", ""),
-        "corpus_name": corpus.name, "corpus_fingerprint": corpus.fingerprint, "num_rows": len(corpus),
-        "fastmi_version": __version__, "batch_size": batch_size, "padding_side": side,
+        "model": loaded.name,
+        "revision": loaded.revision,
+        "architecture": loaded.architecture,
+        "kind": loaded.kind,
+        "num_layers": loaded.num_layers,
+        "hidden_size": loaded.hidden_size,
+        "vocab_size": loaded.vocab_size,
+        "excluded_ids": sorted(int(i) for i in loaded.special_ids),
+        "pooling": pooling,
+        "max_length": max_length,
+        "dtype": str(loaded.dtype).replace("torch.", ""),
+        "corpus_name": corpus.name,
+        "corpus_fingerprint": corpus.fingerprint,
+        "num_rows": len(corpus),
+        "fastmi_version": __version__,
+        "batch_size": batch_size,
+        "padding_side": side,
         "layer_sources": list(sources),
     }
 
@@ -294,8 +326,11 @@ def batches_by_length(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 def batch_plan(lengths: np.ndarray, shard_rows: int, batch_size: int) -> list[np.ndarray]:
     """Corpus rows of every batch, in the order :func:`extract` runs them (shard by shard)."""
-    return [positions + start for start in range(0, lengths.size, shard_rows)
-            for positions in batches_by_length(lengths[start : start + shard_rows], batch_size)]
+    return [
+        positions + start
+        for start in range(0, lengths.size, shard_rows)
+        for positions in batches_by_length(lengths[start : start + shard_rows], batch_size)
+    ]
 
 
 def collate(token_lists: Sequence[Sequence[int]], pad_id: int, side: str, device, parameters: set[str]) -> dict:
@@ -364,9 +399,11 @@ class _Run:
             got, want = tapped[layer].float().cpu(), expected[layer].float().cpu()
             if not torch.allclose(got, want, rtol=1e-4, atol=1e-5, equal_nan=True):
                 raise RuntimeError(
-                    f"the hook for layer {layer} ({self.taps.sources[layer]}) does not reproduce hidden_states[{layer}] "
+                    f"the hook for layer {layer} ({self.taps.sources[layer]}) does not reproduce "
+                    f"hidden_states[{layer}] "
                     f"of {self.loaded.architecture} (max difference {float((got - want).abs().max()):.3g}); "
-                    "this architecture needs its own layer taps in fastmi.hooks")
+                    "this architecture needs its own layer taps in fastmi.hooks"
+                )
 
 
 def _to_host(pooled: dict[int, torch.Tensor], layers: list[int]) -> dict[int, np.ndarray]:
@@ -389,7 +426,8 @@ def _check_finite(values: np.ndarray, layer: int, shard: int, batch: int, rows: 
         raise NonFiniteActivationError(
             f"layer {layer}: non-finite pooled values in batch {batch} of shard {shard} "
             f"(corpus rows {shown}); nothing of this shard was written. Try dtype=float32 if the model runs in "
-            "float16, or check the checkpoint")
+            "float16, or check the checkpoint"
+        )
 
 
 class _progress:

@@ -14,6 +14,7 @@ OUT holds, in the standard ``from_pretrained`` layout:
 * OUT/checkpoints/: the Trainer's checkpoints: a killed run resumes from the last one;
 * OUT/log.jsonl: every Trainer log line; OUT/finetune.json (written last: the run is finished).
 """
+
 from __future__ import annotations
 
 import json
@@ -138,8 +139,10 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     source = training_source(config.model)
     model, tokenizer, kind, missing = load_trainable(source, config.seed)
     if missing:
-        print(f"finetune: {len(missing)} weights of the {kind} head are not in {source} and start at random "
-              f"(seed {config.seed}): {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        print(
+            f"finetune: {len(missing)} weights of the {kind} head are not in {source} and start at random "
+            f"(seed {config.seed}): {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
+        )
     num_layers = int(model.config.num_hidden_layers)
     layers = resolve_training_layers(config.layers, num_layers)
 
@@ -153,21 +156,42 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         model = _with_lora(model, config, kind, missing)
     special = sorted({int(i) for i in tokenizer.all_special_ids})
     recoverability = MultiLayerRecoverabilityLoss(
-        int(model.config.hidden_size), len(tokenizer), layers, pooling=config.pooling, exclude_ids=special)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=kind == "encoder", mlm_probability=config.mlm_probability,
-                                               seed=config.seed)
+        int(model.config.hidden_size), len(tokenizer), layers, pooling=config.pooling, exclude_ids=special
+    )
+    collator = DataCollatorForLanguageModeling(
+        tokenizer, mlm=kind == "encoder", mlm_probability=config.mlm_probability, seed=config.seed
+    )
     args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), max_steps=config.steps, per_device_train_batch_size=config.batch_size,
-        learning_rate=config.lr, weight_decay=0.0, warmup_steps=min(10, config.steps // 10),
-        lr_scheduler_type="linear", logging_steps=config.logging_steps, logging_first_step=True,
-        save_steps=config.save_steps, save_total_limit=1, seed=config.seed, data_seed=config.seed,
-        report_to=[], remove_unused_columns=False, dataloader_num_workers=0, bf16=config.bf16,
-        gradient_checkpointing=config.gradient_checkpointing, disable_tqdm=not config.progress,
+        output_dir=str(out / "checkpoints"),
+        max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        weight_decay=0.0,
+        warmup_steps=min(10, config.steps // 10),
+        lr_scheduler_type="linear",
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        disable_tqdm=not config.progress,
         use_cpu=not torch.cuda.is_available(),
     )
     trainer = RecoverabilityTrainer(
-        model=model, args=args, train_dataset=train, data_collator=collator, processing_class=tokenizer,
-        recoverability=recoverability, lam=config.lam, probe_lr=config.probe_lr,
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=collator,
+        processing_class=tokenizer,
+        recoverability=recoverability,
+        lam=config.lam,
+        probe_lr=config.probe_lr,
         callbacks=[JsonlLogCallback(out / "log.jsonl")],
     )
     resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
@@ -176,9 +200,16 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     save_tuned_model(trainer.model, tokenizer, out, source, kind, lora=config.lora, merge=config.merge)
     save_probe(recoverability, out / "recoverability", lam=config.lam)
     logs = [entry for entry in trainer.state.log_history if "own_loss" in entry]
-    done = {"config": settings, "source": source, "kind": kind, "layers": layers, "train_sentences": len(train),
-            "missing_weights": missing, "train_runtime_s": result.metrics.get("train_runtime"),
-            "last_log": logs[-1] if logs else None}
+    done = {
+        "config": settings,
+        "source": source,
+        "kind": kind,
+        "layers": layers,
+        "train_sentences": len(train),
+        "missing_weights": missing,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "last_log": logs[-1] if logs else None,
+    }
     tmp = out / f".{FINISHED}.tmp"
     tmp.write_text(json.dumps(done, indent=2))
     os.replace(tmp, out / FINISHED)
@@ -190,9 +221,13 @@ def _with_lora(model, config: FinetuneConfig, kind: str, missing: list[str]):
 
     # A head that starts at random (missing from the checkpoint) must be trained in full.
     heads = sorted({key.split(".")[0] for key in missing})
-    lora = LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0,
-                      task_type=TaskType.CAUSAL_LM if kind == "decoder" else None,
-                      modules_to_save=heads or None)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=2 * config.lora_r,
+        lora_dropout=0.0,
+        task_type=TaskType.CAUSAL_LM if kind == "decoder" else None,
+        modules_to_save=heads or None,
+    )
     model = get_peft_model(model, lora)
     if config.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad

@@ -10,10 +10,11 @@ during tuning, the model's own LM / masked-LM loss, and paired bootstrap interva
 * :func:`bootstrap_interval`: a seeded bootstrap over held-out sentences of a statistic of one model,
   or of the difference between two models on the same resampled sentences (paired).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,9 +24,9 @@ __all__ = ["demo_topics", "topic_probe_correct", "lm_token_losses", "bootstrap_i
 
 def demo_topics(max_sentences: int | None = None) -> tuple[list[str], np.ndarray, list[str]]:
     """``(sentences, label per sentence, label names)`` of the demo corpus, in its order."""
-    from .corpus import DEMO_MIN_WORDS, DEMO_PACKAGE, Corpus, split_sentences
-
     import importlib.util
+
+    from .corpus import DEMO_MIN_WORDS, DEMO_PACKAGE, Corpus, split_sentences
 
     spec = importlib.util.find_spec(DEMO_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -55,8 +56,15 @@ def demo_topics(max_sentences: int | None = None) -> tuple[list[str], np.ndarray
     return sentences, np.asarray(labels, dtype=np.int64), names
 
 
-def topic_probe_correct(embeddings: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray,
-                        l2: float = 1e-3, seed: int = 0, max_iter: int = 200) -> np.ndarray:
+def topic_probe_correct(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    train_rows: np.ndarray,
+    test_rows: np.ndarray,
+    l2: float = 1e-3,
+    seed: int = 0,
+    max_iter: int = 200,
+) -> np.ndarray:
     """Bool per test row: does an L2-regularised multinomial logistic regression, fitted (LBFGS,
     full batch) on the standardised train rows, predict its label?"""
     torch.manual_seed(seed)
@@ -83,9 +91,16 @@ def topic_probe_correct(embeddings: np.ndarray, labels: np.ndarray, train_rows: 
 
 
 @torch.no_grad()
-def lm_token_losses(model, tokenizer, sentences: Sequence[str], kind: str, max_length: int = 48,
-                    batch_size: int = 16, seed: int = 0,
-                    mlm_probability: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+def lm_token_losses(
+    model,
+    tokenizer,
+    sentences: Sequence[str],
+    kind: str,
+    max_length: int = 48,
+    batch_size: int = 16,
+    seed: int = 0,
+    mlm_probability: float = 0.15,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(summed NLL in nats, scored tokens)`` per sentence, ``model`` a *ForCausalLM / *ForMaskedLM.
 
     Causal: every next-token prediction within the sentence.  Masked: a seeded ``mlm_probability``
@@ -99,16 +114,16 @@ def lm_token_losses(model, tokenizer, sentences: Sequence[str], kind: str, max_l
     nll, count = np.zeros(len(encoded)), np.zeros(len(encoded))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for start in range(0, len(encoded), batch_size):
-        rows = encoded[start:start + batch_size]
+        rows = encoded[start : start + batch_size]
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         labels = torch.full_like(ids, -100)
         for i, row in enumerate(rows):
-            ids[i, :len(row)] = torch.as_tensor(row)
-            mask[i, :len(row)] = 1
+            ids[i, : len(row)] = torch.as_tensor(row)
+            mask[i, : len(row)] = 1
             if kind == "decoder":
-                labels[i, :len(row)] = torch.as_tensor(row)
+                labels[i, : len(row)] = torch.as_tensor(row)
             else:
                 rng = np.random.default_rng([seed, start + i])
                 candidates = [j for j, t in enumerate(row) if t not in special]
@@ -120,13 +135,14 @@ def lm_token_losses(model, tokenizer, sentences: Sequence[str], kind: str, max_l
         if kind == "decoder":
             logits, labels = logits[:, :-1], labels[:, 1:]
         losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        nll[start:start + len(rows)] = losses.sum(1).numpy()
-        count[start:start + len(rows)] = (labels != -100).sum(1).numpy()
+        nll[start : start + len(rows)] = losses.sum(1).numpy()
+        count[start : start + len(rows)] = (labels != -100).sum(1).numpy()
     return nll, count
 
 
-def bootstrap_interval(statistic: Callable[[np.ndarray], float], num_rows: int, level: float = 0.95,
-                       resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], float], num_rows: int, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """``(point, low, high)``: ``statistic(rows)`` on all rows and the percentile interval of it over
     seeded resamples of the rows (pass a difference of two models' statistics for a paired one)."""
     rng = np.random.default_rng(seed)

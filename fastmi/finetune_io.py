@@ -1,5 +1,6 @@
 """Writing a fine-tuned model so that ``from_pretrained`` and ``fastmi extract`` read it back, and
 the JSONL log of a run."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,7 @@ def _carry_base_only_weights(out: Path, source: str, model) -> None:
     for path in sorted(source_dir.glob("*.safetensors")):
         with safe_open(str(path), "pt") as handle:
             for key in handle.keys():
-                bare = key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key
+                bare = key[len(prefix) + 1 :] if prefix and key.startswith(prefix + ".") else key
                 if bare.startswith("pooler."):
                     full = f"{prefix}.{bare}" if prefix else bare
                     if full not in tensors:

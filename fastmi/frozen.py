@@ -6,6 +6,7 @@ extraction wants.  Hidden states of such a model carry no graph back into it, so
 calls :func:`warn_if_frozen` on the hidden states it receives.  A user who means to train only the
 probe on fixed features can silence it: ``warnings.simplefilter("ignore", FrozenHiddenStatesWarning)``.
 """
+
 from __future__ import annotations
 
 import warnings

@@ -9,6 +9,7 @@ The directory is built under a temporary name and renamed into place, so a load 
 leaves no directory that a later load could mistake for a finished one; the next conversion of
 the same file removes such leftovers of dead processes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,6 +54,7 @@ def gguf_block_count(gguf_path: str | os.PathLike) -> int:
     import struct
 
     with open(gguf_path, "rb") as f:
+
         def read(fmt: str):
             size = struct.calcsize("<" + fmt)
             return struct.unpack("<" + fmt, f.read(size))[0]
@@ -127,8 +129,12 @@ def _convert(gguf_path: Path, sha: str, target: Path) -> None:
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _list_added_tokens(tokenizer, tmp / "tokenizer_config.json")
-        record = {"format": CACHE_FORMAT, "gguf": str(gguf_path), "sha256": sha,
-                  "transformers": transformers.__version__}
+        record = {
+            "format": CACHE_FORMAT,
+            "gguf": str(gguf_path),
+            "sha256": sha,
+            "transformers": transformers.__version__,
+        }
         (tmp / SOURCE_RECORD).write_text(json.dumps(record, indent=1))
         _fsync_tree(tmp)
         if target.exists():  # an older format: swap it out, then delete it
@@ -154,8 +160,14 @@ def _list_added_tokens(tokenizer, config_path: Path) -> None:
     """
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["added_tokens_decoder"] = {
-        str(index): {"content": t.content, "single_word": t.single_word, "lstrip": t.lstrip,
-                     "rstrip": t.rstrip, "normalized": t.normalized, "special": t.special}
+        str(index): {
+            "content": t.content,
+            "single_word": t.single_word,
+            "lstrip": t.lstrip,
+            "rstrip": t.rstrip,
+            "normalized": t.normalized,
+            "special": t.special,
+        }
         for index, t in sorted(tokenizer.added_tokens_decoder.items())
     }
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")

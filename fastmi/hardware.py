@@ -8,6 +8,7 @@ the passes of norms, activations and softmaxes and the many small steps of a sma
 matmuls alone would promise too much.  Both use the intra-op thread pool, so on a CPU crowded with
 other processes they show the stalls that the model's own operations will meet.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,13 @@ class Hardware:
         return self.matmul_flops * (GPU_PRECISION_SPEED[precision] if self.device == "cuda" else 1.0)
 
 
-def measure_matmul_flops(device: str | torch.device = "cpu", dtype: torch.dtype | None = None, size: int = 1024,
-                         seconds: float = 0.5, shape: tuple[int, int, int] | None = None) -> float:
+def measure_matmul_flops(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    size: int = 1024,
+    seconds: float = 0.5,
+    shape: tuple[int, int, int] | None = None,
+) -> float:
     """FLOP/s of [m, k] x [k, n] matmuls (``shape``, default ``size`` cubed), averaged over ``seconds``."""
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -86,8 +92,9 @@ def measure_op_seconds(device: str | torch.device = "cpu", elements: int = 1 << 
     return elements / measure_elementwise_rate(device, elements, seconds)
 
 
-def measure_elementwise_rate(device: str | torch.device = "cpu", elements: int = 1 << 20,
-                             seconds: float = 0.3) -> float:
+def measure_elementwise_rate(
+    device: str | torch.device = "cpu", elements: int = 1 << 20, seconds: float = 0.3
+) -> float:
     """Elements/s of a multiply over ``elements`` fp32 values into a new tensor (as a model's norms and
     activations allocate theirs), averaged over ``seconds``."""
     x = torch.ones(elements, device=torch.device(device))
@@ -167,8 +174,13 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int = 64 * 2**
     return 2.0 * nbytes / best
 
 
-def detect_hardware(gpus: int | None = None, gpu_memory: int | None = None, host_memory: int | None = None,
-                    matmul_flops: float | None = None, bandwidth: float | None = None) -> Hardware:
+def detect_hardware(
+    gpus: int | None = None,
+    gpu_memory: int | None = None,
+    host_memory: int | None = None,
+    matmul_flops: float | None = None,
+    bandwidth: float | None = None,
+) -> Hardware:
     """The machine to plan for: the given figures, the rest detected or measured here.
 
     ``gpus=None`` means the local GPUs (the CPU if there is none); ``gpus=0`` plans for this CPU.
@@ -185,14 +197,25 @@ def detect_hardware(gpus: int | None = None, gpu_memory: int | None = None, host
         scale = CPU_EFFICIENCY if measured else 1.0
         rate = matmul_flops or scale * measure_matmul_flops("cpu")
         step = tuple(t / scale for t in measure_probe_step_seconds("cpu"))
-        return Hardware("cpu", 1, host, host, rate, bandwidth or measure_bandwidth("cpu"),
-                        measure_op_seconds("cpu") / scale, scale * measure_elementwise_rate("cpu"), step,
-                        "CPU, " + ("given matmul rate" if matmul_flops else "rates measured in this process"),
-                        measured=measured)
+        return Hardware(
+            "cpu",
+            1,
+            host,
+            host,
+            rate,
+            bandwidth or measure_bandwidth("cpu"),
+            measure_op_seconds("cpu") / scale,
+            scale * measure_elementwise_rate("cpu"),
+            step,
+            "CPU, " + ("given matmul rate" if matmul_flops else "rates measured in this process"),
+            measured=measured,
+        )
     present = count <= local_gpus
     if not present and not (gpu_memory and matmul_flops):
-        raise ValueError(f"planning for {count} GPUs that are not all present here ({local_gpus} found) needs "
-                         "--gpu-memory and --matmul-tflops")
+        raise ValueError(
+            f"planning for {count} GPUs that are not all present here ({local_gpus} found) needs "
+            "--gpu-memory and --matmul-tflops"
+        )
     memory = gpu_memory or torch.cuda.get_device_properties(0).total_memory
     rate = matmul_flops or measure_matmul_flops("cuda", size=8192, seconds=1.0)
     band = bandwidth or (measure_bandwidth("cuda", 1 << 30) if present else H200_BANDWIDTH)

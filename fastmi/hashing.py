@@ -5,6 +5,7 @@ mtime in ns); a file that changes gets a new key and is hashed again.  The index
 atomically (temporary file, then rename); two processes racing can only lose an entry, which
 costs one re-hash, never a wrong hash.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,9 +47,7 @@ def weights_revision(directory: str | os.PathLike, cache_dir: str | os.PathLike 
     directory = Path(directory)
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
     if not files:
-        raise FileNotFoundError(
-            f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in the model directory {directory}"
-        )
+        raise FileNotFoundError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in the model directory {directory}")
     h = hashlib.sha256()
     for p in files:
         h.update(f"{p.name}\0{file_sha256(p, cache_dir)}\n".encode())

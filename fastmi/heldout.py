@@ -6,6 +6,7 @@ they share, so it needs each sentence's value, not only the means.  They are sto
 the held-out corpus row ids and, per layer, three float32 vectors, each written to JSON as base64
 of its little-endian bytes: 2,000 sentences x 31 layers x 3 statistics come to about 1 MB.
 """
+
 from __future__ import annotations
 
 import base64
@@ -61,12 +62,14 @@ class HeldOut:
             "encoding": "base64 little-endian; rows int32, statistics float32",
             "num_rows": int(self.rows.size),
             "rows": _encode(self.rows, "i4"),
-            "layers": {str(layer): {name: _encode(v, "f4") for name, v in stats.items()}
-                       for layer, stats in sorted(self.layers.items())},
+            "layers": {
+                str(layer): {name: _encode(v, "f4") for name, v in stats.items()}
+                for layer, stats in sorted(self.layers.items())
+            },
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "HeldOut":
+    def from_dict(cls, data: dict) -> HeldOut:
         size = int(data["num_rows"])
         held = cls(rows=_decode(data["rows"], "i4", size, "rows"))
         for layer, stats in data.get("layers", {}).items():

@@ -6,6 +6,7 @@ alphabet is a statement about *what* is measured (I(T; z) or I(f(T); z)), so fas
 change it behind the user's back; it says what happened and names a ``top:K`` that such a corpus
 can bound (see :mod:`fastmi.alphabet`).
 """
+
 from __future__ import annotations
 
 __all__ = ["vacuous_hint", "suggested_top_k"]
@@ -38,12 +39,16 @@ def vacuous_hint(result) -> str | None:
         n_train = max(int(r.get("n_train") or 0) for r in rows)
         alphabet = max(int(r.get("M") or 0) for r in rows)
         k = suggested_top_k(n_train)
-        what = (f"hint: no lower bound is above zero at {len(empty)} of {len(rows)} layers of {model}: "
-                f"{n_train} training sentences cannot teach a probe the alphabet vocab={rows[0].get('vocab')} "
-                f"(M={alphabet} ids).")
+        what = (
+            f"hint: no lower bound is above zero at {len(empty)} of {len(rows)} layers of {model}: "
+            f"{n_train} training sentences cannot teach a probe the alphabet vocab={rows[0].get('vocab')} "
+            f"(M={alphabet} ids)."
+        )
         if k < alphabet:
-            what += (f" Try --vocab top:{k} (the {k - 1} most frequent ids plus 'other', a bound on "
-                     "I(f(T); z) <= I(T; z)) or a larger corpus.")
+            what += (
+                f" Try --vocab top:{k} (the {k - 1} most frequent ids plus 'other', a bound on "
+                "I(f(T); z) <= I(T; z)) or a larger corpus."
+            )
         else:
             what += " Try a larger corpus."
         lines.append(what)

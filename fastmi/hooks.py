@@ -13,6 +13,7 @@ Each tap pools its [B, T, d] tensor at once with :func:`fastmi.kernels.masked_po
 own device and keeps only the [B, d] result, so the hidden states of all layers are never held
 together.  The tap of the deepest requested layer stops the forward (nothing after it runs).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -51,17 +52,23 @@ def find_layer_taps(model: nn.Module, num_layers: int) -> LayerTaps:
     names = {id(m): n for n, m in model.named_modules()}
     blocks = _blocks_from_recorder(model, num_layers) or _blocks_from_module_list(model, num_layers)
     if not blocks:
-        raise ValueError(f"cannot find the {num_layers} transformer blocks of {type(model).__name__}; "
-                         "fastmi supports transformers models whose blocks form one nn.ModuleList")
+        raise ValueError(
+            f"cannot find the {num_layers} transformer blocks of {type(model).__name__}; "
+            "fastmi supports transformers models whose blocks form one nn.ModuleList"
+        )
     final_norm = None
     if getattr(getattr(model, "config", None), "tie_last_hidden_states", True) is not False:
         block_parent = names[id(blocks[0])].rsplit(".", 2)[0] if names[id(blocks[0])].count(".") >= 2 else ""
         parents = [model] + ([model.get_submodule(block_parent)] if block_parent else [])
-        final_norm = next((getattr(p, n) for p in parents for n in FINAL_NORM_NAMES
-                           if isinstance(getattr(p, n, None), nn.Module)), None)
+        final_norm = next(
+            (getattr(p, n) for p in parents for n in FINAL_NORM_NAMES if isinstance(getattr(p, n, None), nn.Module)),
+            None,
+        )
     sources = [f"input of {names[id(blocks[0])]}"]
     sources += [f"output of {names[id(b)]}" for b in blocks[:-1]]
-    sources.append(f"output of {names[id(final_norm)]}" if final_norm is not None else f"output of {names[id(blocks[-1])]}")
+    sources.append(
+        f"output of {names[id(final_norm)]}" if final_norm is not None else f"output of {names[id(blocks[-1])]}"
+    )
     return LayerTaps(tuple(blocks), final_norm, tuple(sources))
 
 
@@ -77,8 +84,11 @@ def _blocks_from_recorder(model: nn.Module, num_layers: int) -> list[nn.Module]:
 
 def _blocks_from_module_list(model: nn.Module, num_layers: int) -> list[nn.Module]:
     """Fallback: the one ModuleList of ``num_layers`` same-class modules."""
-    found = [list(m) for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == num_layers
-             and len({type(b) for b in m}) == 1]
+    found = [
+        list(m)
+        for m in model.modules()
+        if isinstance(m, nn.ModuleList) and len(m) == num_layers and len({type(b) for b in m}) == 1
+    ]
     return found[0] if len(found) == 1 else []
 
 
@@ -104,13 +114,15 @@ class LayerPooler:
         self._masks: dict[torch.device, torch.Tensor] = {}
         self._pooled: dict[int, torch.Tensor] = {}
 
-    def __enter__(self) -> "LayerPooler":
+    def __enter__(self) -> LayerPooler:
         blocks, L = self.taps.blocks, self.taps.num_layers
         for layer in self.layers:
             if layer == 0:
                 handle = blocks[0].register_forward_pre_hook(self._pre_tap(layer), with_kwargs=True)
             else:
-                module = self.taps.final_norm if (layer == L and self.taps.final_norm is not None) else blocks[layer - 1]
+                module = (
+                    self.taps.final_norm if (layer == L and self.taps.final_norm is not None) else blocks[layer - 1]
+                )
                 handle = module.register_forward_hook(self._tap(layer))
             self._handles.append(handle)
         return self
@@ -149,11 +161,13 @@ class LayerPooler:
     def _pre_tap(self, layer: int):
         def hook(module, args, kwargs):
             self._store(layer, args[0] if args else kwargs["hidden_states"])
+
         return hook
 
     def _tap(self, layer: int):
         def hook(module, args, output):
             self._store(layer, _hidden(output))
+
         return hook
 
 
@@ -163,8 +177,9 @@ def forward_parameters(model: nn.Module) -> set[str]:
 
 
 @torch.inference_mode()
-def hidden_states_pooled(model: nn.Module, inputs: dict[str, torch.Tensor], layers: list[int],
-                         pooling: str) -> dict[int, torch.Tensor]:
+def hidden_states_pooled(
+    model: nn.Module, inputs: dict[str, torch.Tensor], layers: list[int], pooling: str
+) -> dict[int, torch.Tensor]:
     """The reference the taps must reproduce: pool ``output_hidden_states=True`` of a plain forward."""
     out = model(**inputs, output_hidden_states=True)
     mask = inputs["attention_mask"]

@@ -5,6 +5,7 @@ recommends a command (``huggingface-cli``) that current huggingface_hub no longe
 asks first: one connection attempt of at most a few seconds; if the hub cannot be reached, a cached
 model loads offline at once and an uncached one fails at once, naming ``hf download``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -64,9 +65,11 @@ def is_cached(name: str, revision: str | None = None) -> bool:
 
 def not_available_message(name: str, why: str) -> str:
     """Why ``name`` cannot be loaded, the command that gets it, and a hint if it was meant as a path."""
-    text = (f"model {name!r} is not available: {why}. Download it with `hf download {name}` (on a machine "
-            "with hub access; then copy the Hugging Face cache or point HF_HOME at it), or pass a local "
-            "directory holding the model (config.json, weights, tokenizer)")
+    text = (
+        f"model {name!r} is not available: {why}. Download it with `hf download {name}` (on a machine "
+        "with hub access; then copy the Hugging Face cache or point HF_HOME at it), or pass a local "
+        "directory holding the model (config.json, weights, tokenizer)"
+    )
     return text + _path_hint(name) + "."
 
 

@@ -6,9 +6,10 @@ pushed past the vocabulary with a sentinel, and one ``unique_consecutive`` over 
 ``row * (V + 1) + id`` yields the distinct ids of every row and their counts at once: the keys are
 sorted within each row and rows are contiguous, so equal keys are adjacent.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -40,10 +41,12 @@ def bags_from_input_ids(
     if attention_mask is not None:
         if attention_mask.shape != ids.shape:
             raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(ids.shape)}")
+                f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(ids.shape)}"
+            )
         keep &= attention_mask.to(ids.device).bool()
-    exclude = torch.as_tensor(list(exclude_ids) if not torch.is_tensor(exclude_ids) else exclude_ids,
-                              dtype=torch.long, device=ids.device)
+    exclude = torch.as_tensor(
+        list(exclude_ids) if not torch.is_tensor(exclude_ids) else exclude_ids, dtype=torch.long, device=ids.device
+    )
     if exclude.numel():
         keep &= ~torch.isin(ids, exclude)
     kept_max = int(torch.where(keep, ids, -1).max()) if ids.numel() else -1

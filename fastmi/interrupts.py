@@ -9,14 +9,15 @@ full disk into one line naming the directory, the space free there and the space
 Nothing here makes the cache consistent: that is the job of the atomic writes in
 :mod:`fastmi.cache` (a unit exists only once the manifest lists it).  This module only reports.
 """
+
 from __future__ import annotations
 
 import errno
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
 
 __all__ = ["note_kept", "note_remaining", "forget", "run_command", "interrupted_message", "disk_full_message"]
 
@@ -25,8 +26,8 @@ EXIT_DISK_FULL = 1
 
 # Each value is either fixed or a function asked only when a report is printed, so that it tells
 # the state at the moment of the interrupt (a shard may have been listed a moment before).
-Text = Union[str, Callable[[], str]]
-Bytes = Union[int, Callable[[], int]]
+Text = str | Callable[[], str]
+Bytes = int | Callable[[], int]
 _kept: dict[str, Text] = {}  # place -> what is finished there
 _remaining: dict[str, Bytes] = {}  # place -> bytes still to be written there (an estimate)
 _last_place: list[str] = []
@@ -62,8 +63,10 @@ def forget() -> None:
 
 def interrupted_message(command: str) -> str:
     if not _kept:
-        return f"fastmi {command}: interrupted before anything was finished; nothing was kept. " \
-               "Run the same command again to start over."
+        return (
+            f"fastmi {command}: interrupted before anything was finished; nothing was kept. "
+            "Run the same command again to start over."
+        )
     return f"fastmi {command}: interrupted. Kept {_kept_text()}. Run the same command again to resume from there."
 
 
@@ -75,8 +78,10 @@ def disk_full_message(command: str, err: OSError) -> str:
     wanted = f"about {_size(need)} more is needed there" if need else "more space is needed there"
     kept = _kept_text()
     resume = f"Kept {kept}; free" if kept else "Free"
-    return (f"fastmi {command}: error: no space left on the device of {directory} ({_size(free)} free; {wanted}). "
-            f"{resume} some space (or choose another directory) and run the same command again.")
+    return (
+        f"fastmi {command}: error: no space left on the device of {directory} ({_size(free)} free; {wanted}). "
+        f"{resume} some space (or choose another directory) and run the same command again."
+    )
 
 
 def run_command(command: str, run: Callable[[], int]) -> int:

@@ -17,9 +17,10 @@ Written for real training code:
   is an ordinary ``nn.Module`` whose parameters DDP reduces like any other.
 * **Bags from ``input_ids``** are built on the batch's device by :func:`fastmi.input_bags.bags_from_input_ids`.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -206,5 +207,6 @@ def _bag_loss(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     with _no_autocast(z.device):
         w = weight.to(COMPUTE_DTYPE)
         b = None if bias is None else bias.to(COMPUTE_DTYPE)
-        return kernels.bag_cross_entropy(z.to(COMPUTE_DTYPE), w.to(z.device), None if b is None else b.to(z.device),
-                                         bags, reduction="mean")
+        return kernels.bag_cross_entropy(
+            z.to(COMPUTE_DTYPE), w.to(z.device), None if b is None else b.to(z.device), bags, reduction="mean"
+        )

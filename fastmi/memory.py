@@ -22,6 +22,7 @@ Bytes of one layer in training (all on the probe's device):
 
 Everything here is integer arithmetic on shapes: no tensor is made.
 """
+
 from __future__ import annotations
 
 import math
@@ -148,8 +149,9 @@ def probe_shared_bytes(dim: int, alphabet: int, precision: str = "fp32", probe: 
     return ProbeMemory(1, dim, alphabet, 1, precision=precision, probe=probe).shared_bytes
 
 
-def layers_per_group(budget_bytes: int, num_layers: int, rows: int, dim: int, alphabet: int, batch_size: int,
-                     **settings) -> int:
+def layers_per_group(
+    budget_bytes: int, num_layers: int, rows: int, dim: int, alphabet: int, batch_size: int, **settings
+) -> int:
     """How many layers train at once within ``budget_bytes``: the probe's grouping and the planner's."""
     return ProbeMemory(rows, dim, alphabet, batch_size, **settings).layers_per_group(budget_bytes, num_layers)
 
@@ -160,8 +162,22 @@ def layer_groups(layers: list[int], group_size: int) -> list[list[int]]:
     return [list(layers[i : i + size]) for i in range(0, len(layers), size)]
 
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(text: str | float) -> int:
@@ -172,7 +188,7 @@ def parse_bytes(text: str | float) -> int:
         return int(text)
     value = str(text).strip().lower().replace(" ", "")
     number = value.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = value[len(number):]
+    unit = value[len(number) :]
     try:
         amount = float(number)
     except ValueError:

@@ -6,6 +6,7 @@ or from a GGUF file's metadata; the model is then built on the meta device with 
 ``init_empty_weights``, which gives exact parameter counts and the very blocks that
 :func:`fastmi.hooks.find_layer_taps` taps, at no memory cost.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,11 +70,20 @@ def shape_from_config(config, name: str = "config", tokenizer_source: str | None
     output = full.get_output_embeddings() if kind == "decoder" else None
     unembedding = (output if output is not None else base.get_input_embeddings()).weight.numel()
     return ModelShape(
-        name=name, architecture=config.model_type, kind=kind, num_layers=num_layers,
-        hidden_size=int(config.hidden_size), vocab_size=int(config.vocab_size), num_heads=heads,
-        head_dim=head_dim, parameters=_count(full), loaded_parameters=_count(base),
-        block_parameters=tuple(_count(b) for b in taps.blocks), unembedding_parameters=int(unembedding),
-        num_taps=taps.num_layers + 1, tokenizer_source=tokenizer_source,
+        name=name,
+        architecture=config.model_type,
+        kind=kind,
+        num_layers=num_layers,
+        hidden_size=int(config.hidden_size),
+        vocab_size=int(config.vocab_size),
+        num_heads=heads,
+        head_dim=head_dim,
+        parameters=_count(full),
+        loaded_parameters=_count(base),
+        block_parameters=tuple(_count(b) for b in taps.blocks),
+        unembedding_parameters=int(unembedding),
+        num_taps=taps.num_layers + 1,
+        tokenizer_source=tokenizer_source,
     )
 
 
@@ -113,7 +123,8 @@ def read_config(spec: str | os.PathLike, model_cache_dir: str | os.PathLike | No
     if not isinstance(cached, str):
         raise FileNotFoundError(
             f"{name!r} is not in the local Hugging Face cache; the planner reads configs only, so fetch just that "
-            f"file with `huggingface-cli download {name} config.json`, or pass a path to a config.json")
+            f"file with `huggingface-cli download {name} config.json`, or pass a path to a config.json"
+        )
     return AutoConfig.from_pretrained(str(Path(cached).parent)), name, str(Path(cached).parent)
 
 

@@ -12,6 +12,7 @@ Where a spec goes:
 - a ``.gguf`` file: dequantised once to fp32 safetensors in the model cache, then loaded from there;
 - anything else: a Hugging Face hub id (``HF_HUB_OFFLINE`` is honoured).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -42,8 +43,7 @@ DECODER_TYPES = frozenset(
     "granite smollm3 mpt codegen".split()
 )
 ENCODER_TYPES = frozenset(
-    "bert roberta xlm-roberta distilbert electra deberta deberta-v2 albert mpnet camembert "
-    "modernbert".split()
+    "bert roberta xlm-roberta distilbert electra deberta deberta-v2 albert mpnet camembert modernbert".split()
 )
 
 
@@ -125,12 +125,16 @@ def resolve_spec(name: str, revision: str | None) -> tuple[Path | None, dict]:
     kwargs: dict = {"revision": revision}
     if offline_requested():
         if not is_cached(name, revision):
-            raise ModelNotAvailableError(not_available_message(
-                name, "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache") + _close_names(name))
+            raise ModelNotAvailableError(
+                not_available_message(name, "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache")
+                + _close_names(name)
+            )
     elif not hub_reachable():
         if not is_cached(name, revision):
-            raise ModelNotAvailableError(not_available_message(
-                name, "the hub cannot be reached and it is not in the local Hugging Face cache") + _close_names(name))
+            raise ModelNotAvailableError(
+                not_available_message(name, "the hub cannot be reached and it is not in the local Hugging Face cache")
+                + _close_names(name)
+            )
         kwargs["local_files_only"] = True  # cached: no half-minute of retries to learn the hub is away
     return None, kwargs
 
@@ -146,8 +150,9 @@ def _close_names(name: str) -> str:
     return f" (the demo models are named {', '.join(DEMO_MODELS)}: did you mean {close[0]!r}?)" if close else ""
 
 
-def _load(spec, device, dtype, revision, trust_remote_code, model_cache_dir, max_memory=None, offload_dir=None,
-          gpus=None) -> LoadedModel:
+def _load(
+    spec, device, dtype, revision, trust_remote_code, model_cache_dir, max_memory=None, offload_dir=None, gpus=None
+) -> LoadedModel:
     name = os.fspath(spec)
     # "auto" shards the model over all visible GPUs (accelerate's device_map="auto"); a single CUDA
     # device is loaded onto directly, so a large model is never staged in host memory first.
@@ -233,8 +238,9 @@ def model_num_layers(spec: str | os.PathLike, revision: str | None = None, trust
     if path is not None and path.suffix.lower() == ".gguf":
         return gguf_block_count(path)
     try:
-        config = AutoConfig.from_pretrained(str(path) if path is not None else name,
-                                            trust_remote_code=trust_remote_code, **kwargs)
+        config = AutoConfig.from_pretrained(
+            str(path) if path is not None else name, trust_remote_code=trust_remote_code, **kwargs
+        )
     except OSError as err:
         if path is not None:
             raise ValueError(f"cannot read the config of {name}: {err}") from None
@@ -253,8 +259,12 @@ def _base_model(auto_model, source, config, dtype, trust_remote_code, kwargs) ->
     hf_logging.set_verbosity_error()
     try:
         model, info = auto_model.from_pretrained(
-            source, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
-            output_loading_info=True, **kwargs,
+            source,
+            config=config,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            **kwargs,
         )
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -271,7 +281,9 @@ def _base_model(auto_model, source, config, dtype, trust_remote_code, kwargs) ->
 def model_kind(config) -> str:
     """``"decoder"`` for causal LMs, ``"encoder"`` for bidirectional ones, from the config."""
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(f"encoder-decoder models ({config.model_type}) are not supported: load the encoder or decoder alone")
+        raise ValueError(
+            f"encoder-decoder models ({config.model_type}) are not supported: load the encoder or decoder alone"
+        )
     if getattr(config, "is_decoder", False):
         return "decoder"
     architectures = getattr(config, "architectures", None) or []
@@ -311,8 +323,14 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> tor
     if isinstance(dtype, torch.dtype):
         return dtype
     dtype = str(dtype).removeprefix("torch.")
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
     return names[dtype]
@@ -338,7 +356,8 @@ def _looks_like_path(name: str) -> bool:
         name.startswith((".", "/", "~", "\\"))
         or name.count("/") > 1
         or name.lower().endswith((".gguf", ".safetensors", ".bin"))
-        or os.sep != "/" and os.sep in name
+        or os.sep != "/"
+        and os.sep in name
     )
 
 
@@ -354,7 +373,7 @@ def _not_available(name: str, err: Exception) -> ModelNotAvailableError:
     why = (
         "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
         if _offline()
-        else f"it could not be fetched from the hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        else f"it could not be fetched from the hub ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})"
     )
     return ModelNotAvailableError(not_available_message(name, why))
 

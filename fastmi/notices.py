@@ -5,6 +5,7 @@ A resumed cache, a finished one reused, shards found damaged and redone, sentenc
 breaks a progress bar, and never a ``UserWarning`` with its file and line number (those are for
 programming mistakes, not for the state of a run).
 """
+
 from __future__ import annotations
 
 import sys

@@ -5,6 +5,7 @@
 dequantised GGUF models and the weight-hash index.  Every default location in fastmi comes from
 :func:`fastmi_home`, so the activations and the models never disagree about where home is.
 """
+
 from __future__ import annotations
 
 import os

@@ -10,10 +10,11 @@ With several processes (``torchrun``), each rank holds one replica: on a node wi
 model that needs K of them, launch G / K ranks per node; rank r places its replica on GPUs
 ``[rK, rK + K)`` (:func:`fastmi.distributed.replica_devices`).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -22,8 +23,9 @@ from . import distributed
 __all__ = ["accelerate_kwargs", "rank_devices", "input_device"]
 
 
-def rank_devices(device: str | torch.device, devices_per_replica: int = 1,
-                 ctx: distributed.Context | None = None) -> tuple[str, list[int] | None]:
+def rank_devices(
+    device: str | torch.device, devices_per_replica: int = 1, ctx: distributed.Context | None = None
+) -> tuple[str, list[int] | None]:
     """This rank's device spec and GPUs: ``("cuda:r", None)`` for one GPU per rank, ``("auto",
     [GPUs of its replica])`` for a replica over several, the device unchanged on CPU."""
     ctx = ctx or distributed.context()
@@ -31,8 +33,9 @@ def rank_devices(device: str | torch.device, devices_per_replica: int = 1,
     if devices_per_replica > 1:
         if not torch.cuda.is_available():
             raise ValueError("--devices-per-replica needs CUDA GPUs; on CPU use --max-memory cpu=... --offload-dir")
-        return "auto", distributed.replica_devices(ctx.local_rank, ctx.local_world, torch.cuda.device_count(),
-                                                   devices_per_replica)
+        return "auto", distributed.replica_devices(
+            ctx.local_rank, ctx.local_world, torch.cuda.device_count(), devices_per_replica
+        )
     if ctx.distributed and text == "cuda":  # one GPU per rank
         return f"cuda:{ctx.local_rank}", None
     if text == "auto" and ctx.distributed:  # "all GPUs" means this rank's share of them
@@ -41,8 +44,12 @@ def rank_devices(device: str | torch.device, devices_per_replica: int = 1,
     return text, None
 
 
-def accelerate_kwargs(device: torch.device | str, max_memory: str | dict | None,
-                      offload_dir: str | os.PathLike | None, gpus: Sequence[int] | None = None) -> dict:
+def accelerate_kwargs(
+    device: torch.device | str,
+    max_memory: str | dict | None,
+    offload_dir: str | os.PathLike | None,
+    gpus: Sequence[int] | None = None,
+) -> dict:
     """``from_pretrained`` keyword arguments that let accelerate place the model.
 
     ``max_memory``: accelerate's dict or "0=70GiB,cpu=200GiB" (a bare size is per GPU, or the

@@ -13,6 +13,7 @@ Every figure is an estimate from a model of the work (docs/scaling.md):
   per replica; the GPUs hold gpus // that many data-parallel replicas; a model larger than all the
   GPUs of one replica is offloaded by accelerate (CPU, then disk).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,11 @@ OFFLOAD_BANDWIDTH = {"cpu": 25e9, "disk": 2e9}  # bytes/s a weight transfer gets
 CPU_BATCH_SIZE = 32  # fastmi.extract's default
 MAX_GPU_BATCH = 1024
 TRAIN_BATCH_SIZE = 256  # TrainConfig().batch_size
-ALTERNATIVES = ({"train_softmax": "sampled:8192"}, {"probe": "unembedding"},
-                {"probe": "unembedding", "train_softmax": "sampled:8192"})
+ALTERNATIVES = (
+    {"train_softmax": "sampled:8192"},
+    {"probe": "unembedding"},
+    {"probe": "unembedding", "train_softmax": "sampled:8192"},
+)
 
 
 @dataclass
@@ -105,12 +109,26 @@ class Plan:
         return asdict(self)
 
 
-def plan(model, corpus=None, sentences: int | None = None, mean_tokens: float | None = None, max_length: int = 128,
-         layers="all", vocab: str = "observed", cache_dtype: str = "fp32", gpus: int | None = None,
-         gpu_memory: int | str | None = None, host_memory: int | str | None = None,
-         matmul_tflops: float | None = None, train_softmax: str = "full", probe: str = "linear",
-         precision: str = "fp32", batch_size: int | None = None, hardware: Hardware | None = None,
-         model_cache_dir: str | os.PathLike | None = None) -> Plan:
+def plan(
+    model,
+    corpus=None,
+    sentences: int | None = None,
+    mean_tokens: float | None = None,
+    max_length: int = 128,
+    layers="all",
+    vocab: str = "observed",
+    cache_dtype: str = "fp32",
+    gpus: int | None = None,
+    gpu_memory: int | str | None = None,
+    host_memory: int | str | None = None,
+    matmul_tflops: float | None = None,
+    train_softmax: str = "full",
+    probe: str = "linear",
+    precision: str = "fp32",
+    batch_size: int | None = None,
+    hardware: Hardware | None = None,
+    model_cache_dir: str | os.PathLike | None = None,
+) -> Plan:
     """Plan extracting and probing ``model`` over ``corpus`` (or ``sentences`` of ``mean_tokens``).
 
     ``model``: a spec as for :func:`fastmi.load_model` or a path to a ``config.json`` (only the config
@@ -128,8 +146,11 @@ def plan(model, corpus=None, sentences: int | None = None, mean_tokens: float | 
     parse_train_softmax(train_softmax)
     shape = model if isinstance(model, ModelShape) else model_shape(model, model_cache_dir)
     hw = hardware or detect_hardware(
-        gpus, parse_bytes(gpu_memory) if gpu_memory else None, parse_bytes(host_memory) if host_memory else None,
-        matmul_tflops * 1e12 if matmul_tflops else None)
+        gpus,
+        parse_bytes(gpu_memory) if gpu_memory else None,
+        parse_bytes(host_memory) if host_memory else None,
+        matmul_tflops * 1e12 if matmul_tflops else None,
+    )
     wanted = parse_layers(layers, shape.num_layers)
     cpu_batch = batch_size or CPU_BATCH_SIZE
     if corpus is not None:
@@ -150,38 +171,78 @@ def plan(model, corpus=None, sentences: int | None = None, mean_tokens: float | 
     groups = layer_groups(wanted, per_group)
     flops, seconds = _probe_epoch(memory, work, hw, [len(g) for g in groups])
     if not memory.fits(budget):
-        problems.append(f"one layer's probe needs {format_bytes(memory.shared_bytes + memory.layer_bytes)} "
-                        f"but a device offers it {format_bytes(budget)}")
+        problems.append(
+            f"one layer's probe needs {format_bytes(memory.shared_bytes + memory.layer_bytes)} "
+            f"but a device offers it {format_bytes(budget)}"
+        )
         advice.extend(_probe_advice(memory, budget, work, shape))
     cache_bytes = _cache_bytes(work, shape, len(wanted), cache_dtype)
     if cache_dtype == "fp32" and cache_bytes > hw.host_memory:
-        advice.append(f"the fp32 cache ({format_bytes(cache_bytes)}) is larger than host memory: --cache-dtype bf16 "
-                      "halves it (the probe streams one layer group at a time either way)")
+        advice.append(
+            f"the fp32 cache ({format_bytes(cache_bytes)}) is larger than host memory: --cache-dtype bf16 "
+            "halves it (the probe streams one layer group at a time either way)"
+        )
     alternatives = []
     for change in ALTERNATIVES:
         if all(getattr(memory, k) == v for k, v in change.items()):
             continue
-        alt = _probe_memory(work, shape, change.get("train_softmax", train_softmax), change.get("probe", probe),
-                            precision)
+        alt = _probe_memory(
+            work, shape, change.get("train_softmax", train_softmax), change.get("probe", probe), precision
+        )
         alt_groups = layer_groups(wanted, alt.layers_per_group(budget, len(wanted)))
         alt_flops, alt_seconds = _probe_epoch(alt, work, hw, [len(g) for g in alt_groups])
-        alternatives.append({**change, "probe_seconds_per_epoch": alt_seconds, "probe_flops_per_epoch": alt_flops,
-                             "layers_per_group": len(alt_groups[0]), "fits": alt.fits(budget)})
+        alternatives.append(
+            {
+                **change,
+                "probe_seconds_per_epoch": alt_seconds,
+                "probe_flops_per_epoch": alt_flops,
+                "layers_per_group": len(alt_groups[0]),
+                "fits": alt.fits(budget),
+            }
+        )
 
     return Plan(
-        model=shape.name, architecture=shape.architecture, num_layers=shape.num_layers, hidden_size=shape.hidden_size,
-        parameters=shape.parameters, loaded_parameters=shape.loaded_parameters,
-        weight_bytes=placement["weight_bytes"], sentences=work.sentences, tokens=work.tokens, layers=wanted,
-        vocab=vocab, alphabet_size=work.alphabet_size, cache_dtype=cache_dtype, cache_bytes=cache_bytes,
-        probe=probe, train_softmax=train_softmax, precision=precision,
-        probe_parameters_per_layer=memory.parameters_per_layer, probe_bytes_per_layer=memory.layer_bytes,
-        probe_shared_bytes=memory.shared_bytes, probe_budget_bytes=budget, layers_per_group=len(groups[0]),
-        layer_groups=len(groups), device=hw.device, gpus=hw.count if hw.device == "cuda" else 0,
-        device_memory=hw.memory, host_memory=hw.host_memory, matmul_tflops=hw.matmul_flops / 1e12,
-        hardware=hw.source, replicas=placement["replicas"], devices_per_replica=placement["devices_per_replica"],
-        offload=placement["offload"], extraction_batch_size=placement["batch_size"], probe_batch_size=memory.batch_size,
-        extraction_flops=extraction_flops, extraction_seconds=extraction_seconds, probe_flops_per_epoch=flops,
-        probe_seconds_per_epoch=seconds, fits=not problems, problems=problems, advice=advice,
+        model=shape.name,
+        architecture=shape.architecture,
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
+        parameters=shape.parameters,
+        loaded_parameters=shape.loaded_parameters,
+        weight_bytes=placement["weight_bytes"],
+        sentences=work.sentences,
+        tokens=work.tokens,
+        layers=wanted,
+        vocab=vocab,
+        alphabet_size=work.alphabet_size,
+        cache_dtype=cache_dtype,
+        cache_bytes=cache_bytes,
+        probe=probe,
+        train_softmax=train_softmax,
+        precision=precision,
+        probe_parameters_per_layer=memory.parameters_per_layer,
+        probe_bytes_per_layer=memory.layer_bytes,
+        probe_shared_bytes=memory.shared_bytes,
+        probe_budget_bytes=budget,
+        layers_per_group=len(groups[0]),
+        layer_groups=len(groups),
+        device=hw.device,
+        gpus=hw.count if hw.device == "cuda" else 0,
+        device_memory=hw.memory,
+        host_memory=hw.host_memory,
+        matmul_tflops=hw.matmul_flops / 1e12,
+        hardware=hw.source,
+        replicas=placement["replicas"],
+        devices_per_replica=placement["devices_per_replica"],
+        offload=placement["offload"],
+        extraction_batch_size=placement["batch_size"],
+        probe_batch_size=memory.batch_size,
+        extraction_flops=extraction_flops,
+        extraction_seconds=extraction_seconds,
+        probe_flops_per_epoch=flops,
+        probe_seconds_per_epoch=seconds,
+        fits=not problems,
+        problems=problems,
+        advice=advice,
         alternatives=alternatives,
     )
 
@@ -193,14 +254,23 @@ def _placement(shape: ModelShape, hw: Hardware, work: Workload, batch_size: int 
     need = weight_bytes * (1 + WEIGHT_MARGIN)
     problems: list[str] = []
     advice: list[str] = []
-    out = {"weight_bytes": weight_bytes, "replicas": 1, "devices_per_replica": 1, "offload": None,
-           "offloaded_bytes": 0, "problems": problems, "advice": advice}
+    out = {
+        "weight_bytes": weight_bytes,
+        "replicas": 1,
+        "devices_per_replica": 1,
+        "offload": None,
+        "offloaded_bytes": 0,
+        "problems": problems,
+        "advice": advice,
+    }
     if hw.device == "cpu":
         out["batch_size"] = batch_size or CPU_BATCH_SIZE
         if need > hw.memory:
             out["offload"], out["offloaded_bytes"] = "disk", int(need - hw.memory)
-            advice.append("the weights are larger than host memory: accelerate offloads the rest to disk (slow); "
-                          "a GPU machine or a smaller model is the real fix")
+            advice.append(
+                "the weights are larger than host memory: accelerate offloads the rest to disk (slow); "
+                "a GPU machine or a smaller model is the real fix"
+            )
         return out
     per_replica = math.ceil(need / hw.memory)
     if per_replica <= hw.count:
@@ -211,9 +281,11 @@ def _placement(shape: ModelShape, hw: Hardware, work: Workload, batch_size: int 
         rest = int(need - hw.count * hw.memory)
         out["offloaded_bytes"] = rest
         out["offload"] = "cpu" if rest <= 0.9 * hw.host_memory else "cpu+disk"
-        advice.append(f"the weights ({format_bytes(weight_bytes)}) exceed {hw.count} x {format_bytes(hw.memory)}: "
-                      f"accelerate offloads {format_bytes(rest)} to {out['offload']}; "
-                      f"{per_replica} GPUs would hold them without offload")
+        advice.append(
+            f"the weights ({format_bytes(weight_bytes)}) exceed {hw.count} x {format_bytes(hw.memory)}: "
+            f"accelerate offloads {format_bytes(rest)} to {out['offload']}; "
+            f"{per_replica} GPUs would hold them without offload"
+        )
         left = hw.memory * WEIGHT_MARGIN / (1 + WEIGHT_MARGIN)
     # Activations of one token through a block: about (block weights / d) values of 2 bytes.
     per_token = 2.0 * max(shape.block_parameters) / shape.hidden_size
@@ -223,19 +295,26 @@ def _placement(shape: ModelShape, hw: Hardware, work: Workload, batch_size: int 
     else:
         out["batch_size"] = max(1, min(work.sentences, MAX_GPU_BATCH if not out["offload"] else 8 * MAX_GPU_BATCH, fit))
     if out["batch_size"] > fit:
-        problems.append(f"an extraction batch of {out['batch_size']} sentences needs more activation memory than "
-                        f"is left next to the weights; use a batch of at most {max(fit, 1)}")
+        problems.append(
+            f"an extraction batch of {out['batch_size']} sentences needs more activation memory than "
+            f"is left next to the weights; use a batch of at most {max(fit, 1)}"
+        )
     return out
 
 
 def _extraction_seconds(shape, hw: Hardware, work: Workload, placement: dict, flops: float, blocks: int) -> float:
     batches = math.ceil(work.sentences / placement["batch_size"])
-    per_token = ELEMENTWISE_PER_WEIGHT_ROW * max(shape.block_parameters) / shape.hidden_size \
+    per_token = (
+        ELEMENTWISE_PER_WEIGHT_ROW * max(shape.block_parameters) / shape.hidden_size
         + ATTENTION_PASSES * shape.num_heads * work.mean_width
+    )
     tokens_per_batch = int(placement["batch_size"] * work.mean_width)
     rate = hw.matmul_rate(tokens_per_batch, shape.hidden_size, 4 * shape.hidden_size)  # the MLP's shape
-    compute = (flops / rate + work.padded_tokens * blocks * per_token / hw.elementwise_rate
-               + batches * blocks * OPS_PER_BLOCK * hw.op_seconds)
+    compute = (
+        flops / rate
+        + work.padded_tokens * blocks * per_token / hw.elementwise_rate
+        + batches * blocks * OPS_PER_BLOCK * hw.op_seconds
+    )
     transfer = 0.0
     if placement["offload"]:
         rate = OFFLOAD_BANDWIDTH["disk" if "disk" in placement["offload"] else "cpu"]
@@ -244,9 +323,16 @@ def _extraction_seconds(shape, hw: Hardware, work: Workload, placement: dict, fl
 
 
 def _probe_memory(work: Workload, shape: ModelShape, train_softmax: str, probe: str, precision: str) -> ProbeMemory:
-    return ProbeMemory(rows=work.probe_rows, dim=shape.hidden_size, alphabet=work.alphabet_size,
-                       batch_size=TRAIN_BATCH_SIZE, precision=precision, train_softmax=train_softmax, probe=probe,
-                       mean_bag=work.mean_bag)
+    return ProbeMemory(
+        rows=work.probe_rows,
+        dim=shape.hidden_size,
+        alphabet=work.alphabet_size,
+        batch_size=TRAIN_BATCH_SIZE,
+        precision=precision,
+        train_softmax=train_softmax,
+        probe=probe,
+        mean_bag=work.mean_bag,
+    )
 
 
 def _probe_epoch(memory: ProbeMemory, work: Workload, hw: Hardware, group_sizes: list[int]) -> tuple[float, float]:
@@ -260,8 +346,11 @@ def _probe_epoch(memory: ProbeMemory, work: Workload, hw: Hardware, group_sizes:
     steps = math.ceil(train / memory.batch_size)
     chunks = math.ceil(val / memory.batch_size)
     train_passes, val_passes = LOGIT_PASSES[hw.device]
-    elements = (train * s * train_passes + val * m * val_passes
-                + (steps * ADAM_PASSES + BEST_COPY_PASSES) * memory.parameters_per_layer)
+    elements = (
+        train * s * train_passes
+        + val * m * val_passes
+        + (steps * ADAM_PASSES + BEST_COPY_PASSES) * memory.parameters_per_layer
+    )
     rate = hw.probe_flops(memory.precision)
     if hw.measured:  # the fused bag CE's row blocks of the batch against the alphabet
         rate = hw.matmul_rate(min(memory.batch_size, train), d, s)

@@ -14,10 +14,11 @@
 Only the training loss is affected: validation (early stopping) and held-out scoring run on the
 fp32 weights with fp32 products.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -5,9 +5,10 @@ alphabet setting, a layer the model does not have, a batch size of 0) must be re
 model loads or a file is written.  The number of layers comes from the model's config alone
 (:func:`fastmi.models.model_num_layers`), never from loading its weights.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -7,12 +7,14 @@ compact the target ids onto the alphabet, split sentences into train / validatio
 each group as one layer-batched problem (:mod:`fastmi.training`), score it on the held-out rows
 (:mod:`fastmi.evaluation`) and turn the per-sentence scores into bounds (:mod:`fastmi.bounds`).
 """
+
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,15 +23,15 @@ from tqdm.auto import tqdm
 from . import bounds, distributed
 from .alphabet import Alphabet
 from .bags import BagTargets
-from .curves import check_curve, finish_curves, fit_curve_points
 from .convergence import warn_unconverged
+from .curves import check_curve, finish_curves, fit_curve_points
 from .evaluation import score_probes
+from .heldout import HeldOut
+from .memory import layer_groups, layers_per_group
 from .precision import resolve_precision
 from .probe_heads import check_probe_form, fit_heads
 from .sampled_softmax import parse_train_softmax
-from .heldout import HeldOut
 from .split import Split
-from .memory import layer_groups, layers_per_group
 from .training import TrainConfig, standardize
 from .unembedding import unembedding_for_alphabet
 
@@ -53,7 +55,7 @@ class ProbeSource:
     metadata: dict = field(default_factory=dict)
 
     @classmethod
-    def from_cache(cls, cache: Any, layers: Sequence[int] | None = None) -> "ProbeSource":
+    def from_cache(cls, cache: Any, layers: Sequence[int] | None = None) -> ProbeSource:
         meta = dict(cache.metadata)
         available = list(cache.layers)
         chosen = _choose_layers(available, layers)
@@ -80,7 +82,7 @@ class ProbeSource:
         model: str = "embeddings",
         excluded_ids: Sequence[int] = (),
         layers: Sequence[int] | None = None,
-    ) -> "ProbeSource":
+    ) -> ProbeSource:
         if targets is None or vocab_size is None:
             raise ValueError("raw embeddings need targets=BagTargets and vocab_size=M")
         if not embeddings:
@@ -167,7 +169,8 @@ def recoverability(
     ``source``: an ActivationCache, or ``{layer: Tensor[N, d]}`` with ``targets`` (BagTargets of
     vocabulary ids, N rows) and ``vocab_size``.  ``vocab``: "observed" (M = ids seen in the corpus)
     "full" (M = vocab_size minus ``excluded_ids``), or "top:K" (the K-1 most frequent ids and
-    one "other" symbol: a bound on I(f(T); z) <= I(T; z), see :mod:`fastmi.alphabet`).  ``split``: reuse a Split (same corpus) so that
+    one "other" symbol: a bound on I(f(T); z) <= I(T; z), see :mod:`fastmi.alphabet`).
+    ``split``: reuse a Split (same corpus) so that
     several models are scored on the same held-out sentences; otherwise one is made from
     ``test_fraction``, ``validation_fraction`` and ``seed``.  ``entropy``: H(T) estimator over all non-empty
     bags, "plugin" (biased low, hence conservative for lower bounds) or "miller_madow".
@@ -210,15 +213,20 @@ def recoverability(
 
     alphabet = Alphabet.build(vocab, src.targets, src.vocab_size, src.excluded_ids)
     bags = alphabet.compact(src.targets)
-    head_weight, head_bias, head_source = (unembedding_for_alphabet(source, alphabet.vocab_ids, alphabet.other, unembedding)
-                                           if probe == "unembedding" else (None, None, None))
+    head_weight, head_bias, head_source = (
+        unembedding_for_alphabet(source, alphabet.vocab_ids, alphabet.other, unembedding)
+        if probe == "unembedding"
+        else (None, None, None)
+    )
     if split is None:
         split = Split.make(num_rows, test_fraction, seed, validation_fraction, src.corpus_fingerprint)
     split.check(num_rows, src.corpus_fingerprint)
 
     nonempty = (bags.lengths > 0).numpy()
-    part_rows = {name: rows[nonempty[rows]] for name, rows in
-                 (("train", split.train), ("validation", split.validation), ("test", split.test))}
+    part_rows = {
+        name: rows[nonempty[rows]]
+        for name, rows in (("train", split.train), ("validation", split.validation), ("test", split.test))
+    }
     for name, rows in part_rows.items():
         if rows.size == 0:
             raise ValueError(f"the {name} part of the split has no sentence with a non-empty bag")
@@ -233,9 +241,17 @@ def recoverability(
     del first  # only one group of layers is ever in memory
     budget = max_memory if max_memory is not None else _default_max_memory(device)
     # The planner sizes groups with this same memory model (fastmi.memory), so a plan is what runs.
-    group_size = layers_per_group(budget, len(src.layers), num_rows, dim, alphabet.size, train.batch_size,
-                                  precision=resolve_precision(train.precision, device),
-                                  train_softmax=train_softmax, probe=probe)
+    group_size = layers_per_group(
+        budget,
+        len(src.layers),
+        num_rows,
+        dim,
+        alphabet.size,
+        train.batch_size,
+        precision=resolve_precision(train.precision, device),
+        train_softmax=train_softmax,
+        probe=probe,
+    )
     groups = layer_groups(src.layers, group_size)
 
     rows_out: list[dict] = []
@@ -243,10 +259,27 @@ def recoverability(
     index = {name: torch.as_tensor(rows, device=device) for name, rows in part_rows.items()}
     groups = distributed.broadcast(groups)  # free memory differs between ranks: all train rank 0's groups
     # Everything that changes the numbers of a group (the groups themselves are matched layer by layer).
-    store = GroupStore.open(source, src.layers, checkpoint_dir=checkpoint_dir, settings=dict(
-        model=src.model, vocab=vocab, alphabet_size=alphabet.size, k=k, level=level, seed=seed, entropy=entropy,
-        n_bootstrap=n_bootstrap, train=asdict(train), split=split.to_dict(), excluded_ids=list(src.excluded_ids),
-        probe=probe, train_softmax=train_softmax, curve=list(fractions or ())))
+    store = GroupStore.open(
+        source,
+        src.layers,
+        checkpoint_dir=checkpoint_dir,
+        settings=dict(
+            model=src.model,
+            vocab=vocab,
+            alphabet_size=alphabet.size,
+            k=k,
+            level=level,
+            seed=seed,
+            entropy=entropy,
+            n_bootstrap=n_bootstrap,
+            train=asdict(train),
+            split=split.to_dict(),
+            excluded_ids=list(src.excluded_ids),
+            probe=probe,
+            train_softmax=train_softmax,
+            curve=list(fractions or ()),
+        ),
+    )
     mine = store.pending(groups)  # this rank's groups not saved by an earlier run
     test_rows = part_rows["test"].astype(np.int64)
     for group in tqdm(mine, desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):
@@ -256,18 +289,44 @@ def recoverability(
         if probe == "linear":  # the unembedding probe folds the standardisation into A and c itself
             z = standardize(z, index["train"])
         fitted = fit_heads(
-            z[:, index["train"]], part_bags["train"], z[:, index["validation"]], part_bags["validation"],
-            alphabet.size, train, probe=probe, train_softmax=train_softmax, unembedding=(head_weight, head_bias),
-            seed=seed, progress=progress, description=f"{src.model} layers {group[0]}-{group[-1]}",
+            z[:, index["train"]],
+            part_bags["train"],
+            z[:, index["validation"]],
+            part_bags["validation"],
+            alphabet.size,
+            train,
+            probe=probe,
+            train_softmax=train_softmax,
+            unembedding=(head_weight, head_bias),
+            seed=seed,
+            progress=progress,
+            description=f"{src.model} layers {group[0]}-{group[-1]}",
         )
-        scores = score_probes(fitted.features(z[:, index["test"]]), fitted.weight, fitted.bias, part_bags["test"],
-                              alphabet.size, k)
+        scores = score_probes(
+            fitted.features(z[:, index["test"]]), fitted.weight, fitted.bias, part_bags["test"], alphabet.size, k
+        )
         group_held, group_points = HeldOut(rows=test_rows), []
         if fractions:
-            fit = functools.partial(fit_heads, probe=probe, train_softmax=train_softmax,
-                                    unembedding=(head_weight, head_bias))
-            group_points = fit_curve_points(z, index, part_bags, alphabet.size, fractions, group, src.model,
-                                            entropy_bits, train, seed, k, level, n_bootstrap, progress, fit=fit)
+            fit = functools.partial(
+                fit_heads, probe=probe, train_softmax=train_softmax, unembedding=(head_weight, head_bias)
+            )
+            group_points = fit_curve_points(
+                z,
+                index,
+                part_bags,
+                alphabet.size,
+                fractions,
+                group,
+                src.model,
+                entropy_bits,
+                train,
+                seed,
+                k,
+                level,
+                n_bootstrap,
+                progress,
+                fit=fit,
+            )
         del z
         for i, layer in enumerate(group):
             row = {
@@ -286,13 +345,26 @@ def recoverability(
                 "train_softmax": train_softmax,
                 "converged": bool(fitted.converged[i]),
             }
-            row.update(bounds.layer_bounds(
-                scores.errors[i].numpy(), scores.errors_k[i].numpy(), scores.ce_bits[i].numpy(),
-                entropy_bits, alphabet.size, k, level=level, seed=seed, n_bootstrap=n_bootstrap,
-            ))
+            row.update(
+                bounds.layer_bounds(
+                    scores.errors[i].numpy(),
+                    scores.errors_k[i].numpy(),
+                    scores.ce_bits[i].numpy(),
+                    entropy_bits,
+                    alphabet.size,
+                    k,
+                    level=level,
+                    seed=seed,
+                    n_bootstrap=n_bootstrap,
+                )
+            )
             rows_out.append(row)
-            group_held.add(layer, errors=scores.errors[i].numpy(), errors_k=scores.errors_k[i].numpy(),
-                         ce_bits=scores.ce_bits[i].numpy())
+            group_held.add(
+                layer,
+                errors=scores.errors[i].numpy(),
+                errors_k=scores.errors_k[i].numpy(),
+                ce_bits=scores.ce_bits[i].numpy(),
+            )
             training_log[str(layer)] = {
                 "best_epoch": fitted.best_epoch[i],
                 "validation_ce_bits": float(fitted.validation_ce_nats[i] / np.log(2)),
@@ -301,8 +373,12 @@ def recoverability(
             }
         # Per-sentence scores and curve points travel with the group, so a resumed or multi-process
         # run keeps what compare() and the curves need.
-        store.save(group, rows_out[-len(group):], {str(layer): training_log[str(layer)] for layer in group},
-                   extra={"held_out": group_held.to_dict()["layers"], "curve_points": group_points})
+        store.save(
+            group,
+            rows_out[-len(group) :],
+            {str(layer): training_log[str(layer)] for layer in group},
+            extra={"held_out": group_held.to_dict()["layers"], "curve_points": group_points},
+        )
     rows_out, training_log, extras = store.collect(groups)
     held = HeldOut(rows=test_rows).to_dict()
     for extra in extras:
@@ -341,6 +417,8 @@ def recoverability(
 
 
 def _is_json_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool)) or (
-        isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value)
+    return (
+        value is None
+        or isinstance(value, (str, int, float, bool))
+        or (isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value))
     )

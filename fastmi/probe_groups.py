@@ -19,14 +19,16 @@
 tensors have no home: their groups stay in memory unless ``checkpoint_dir`` is passed (with
 several processes they are then exchanged through torch.distributed).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -61,8 +63,13 @@ class GroupStore:
         self._mine: dict[tuple[int, ...], tuple[list[dict], dict, dict]] = {}
 
     @classmethod
-    def open(cls, source: Any, layers: Sequence[int], settings: Mapping[str, Any],
-             checkpoint_dir: str | os.PathLike | None = None) -> "GroupStore":
+    def open(
+        cls,
+        source: Any,
+        layers: Sequence[int],
+        settings: Mapping[str, Any],
+        checkpoint_dir: str | os.PathLike | None = None,
+    ) -> GroupStore:
         """The store for probing ``layers`` of ``source`` (an ActivationCache or ``{layer: Tensor}``)
         with ``settings`` (everything that changes the numbers)."""
         from .cache import ActivationCache
@@ -88,8 +95,10 @@ class GroupStore:
             except OSError as err:
                 if ctx.distributed:
                     raise
-                warnings.warn(f"cannot save probe groups under {checkpoint_dir} ({err}); "
-                              "an interrupted run will start over", stacklevel=3)
+                warnings.warn(
+                    f"cannot save probe groups under {checkpoint_dir} ({err}); an interrupted run will start over",
+                    stacklevel=3,
+                )
                 directory = None
         return cls(directory, digests, ctx)
 
@@ -122,19 +131,31 @@ class GroupStore:
         Rank 0 decides which are unsaved (before anyone trains) and tells the others, so that all
         ranks deal out the same list, and a resumed run spreads what is left over every rank.
         """
-        unsaved = distributed.broadcast([list(g) for g in groups if self._load(g) is None]
-                                        if self.ctx.is_main else None)
+        unsaved = distributed.broadcast(
+            [list(g) for g in groups if self._load(g) is None] if self.ctx.is_main else None
+        )
         return distributed.my_share(unsaved, self.ctx)
 
-    def save(self, group: Sequence[int], rows: Sequence[dict], training: Mapping[str, Any],
-             extra: Mapping[str, Any] | None = None) -> None:
+    def save(
+        self,
+        group: Sequence[int],
+        rows: Sequence[dict],
+        training: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         """Record a finished group (atomically, if there is a directory); ``extra``: any other JSON-able
         per-group output (the probe keeps its per-sentence held-out scores and curve points there)."""
         rows, training, extra = json.loads(json.dumps([list(rows), dict(training), dict(extra or {})], default=_plain))
         self._mine[tuple(group)] = (rows, training, extra)
         if self.directory is not None:
-            record = {"format": FORMAT, "layers": list(group), "rows": rows, "training": training, "extra": extra,
-                      "data": {str(l): self.data_digests[l] for l in group}}
+            record = {
+                "format": FORMAT,
+                "layers": list(group),
+                "rows": rows,
+                "training": training,
+                "extra": extra,
+                "data": {str(l): self.data_digests[l] for l in group},
+            }
             atomic_write_bytes(self._path(group), json.dumps(record, sort_keys=True).encode())
 
     def collect(self, groups: Sequence[Sequence[int]]) -> tuple[list[dict], dict, list[dict]]:
@@ -152,8 +173,10 @@ class GroupStore:
         for group in groups:
             saved = found.get(tuple(group)) or self._load(group)
             if saved is None:
-                raise RuntimeError(f"the probe of layers {list(group)} was not saved by any rank (see "
-                                   f"{self.directory}); rerun to train it")
+                raise RuntimeError(
+                    f"the probe of layers {list(group)} was not saved by any rank (see "
+                    f"{self.directory}); rerun to train it"
+                )
             rows.extend(saved[0])
             training.update(saved[1])
             extras.append(saved[2])

@@ -24,11 +24,12 @@ Training is the loop of :func:`fastmi.training.fit_probes` (Adam on minibatches,
 the exact full-vocabulary validation cross-entropy, each layer keeps its best epoch), with the
 vocabulary-sized parameters updated row-sparsely under sampled softmax.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -102,8 +103,15 @@ class _LinearHead(_Head):
 class _UnembeddingHead(_Head):
     """h = A' z_std + c', logits = U h + b; z_std standardised with the training rows' (mean, std)."""
 
-    def __init__(self, unembedding: torch.Tensor, a: torch.Tensor, c: torch.Tensor, bias: torch.Tensor,
-                 mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(
+        self,
+        unembedding: torch.Tensor,
+        a: torch.Tensor,
+        c: torch.Tensor,
+        bias: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+    ) -> None:
         self.unembedding, self.mean, self.std = unembedding, mean, std
         self.dense, self.rowwise = [a, c], [bias]
 
@@ -139,10 +147,27 @@ def fit_heads(
     check_probe_form(probe)
     num_samples, proposal = parse_train_softmax(train_softmax)
     if probe == "linear" and num_samples is None:
-        fitted = fit_probes(z_train, targets_train, z_val, targets_val, alphabet_size, config, seed=seed,
-                            progress=progress, description=description)
-        return TrainedHeads(fitted.weight, fitted.bias, lambda z: z, fitted.best_epoch, fitted.validation_ce_nats,
-                            fitted.epochs_run, ["prior"] * len(fitted.best_epoch), fitted.converged)
+        fitted = fit_probes(
+            z_train,
+            targets_train,
+            z_val,
+            targets_val,
+            alphabet_size,
+            config,
+            seed=seed,
+            progress=progress,
+            description=description,
+        )
+        return TrainedHeads(
+            fitted.weight,
+            fitted.bias,
+            lambda z: z,
+            fitted.best_epoch,
+            fitted.validation_ce_nats,
+            fitted.epochs_run,
+            ["prior"] * len(fitted.best_epoch),
+            fitted.converged,
+        )
     num_layers, num_rows, dim = z_train.shape
     device = z_train.device
     marginal = token_marginal(targets_train, alphabet_size)
@@ -156,7 +181,9 @@ def fit_heads(
         head, start = _unembedding_start(z_train, z_val, targets_val, unembedding, log_prior, chunk)
     params = head.dense + head.rowwise
     # W carries the weight decay (as in fit_probes); A', c' and b do not.
-    decay = [0.0] * len(head.dense) + [config.weight_decay if probe == "linear" else 0.0] + [0.0] * (len(head.rowwise) - 1)
+    decay = (
+        [0.0] * len(head.dense) + [config.weight_decay if probe == "linear" else 0.0] + [0.0] * (len(head.rowwise) - 1)
+    )
     # A' and c' move every logit through U: their steps are divided by the typical row norm of U, so
     # a step moves logits as much as a linear probe's step does, whatever the model's embedding scale.
     dense_scale = 1.0 if probe == "linear" else 1.0 / float(head.unembedding.norm(dim=1).median().clamp(min=1e-6))
@@ -165,8 +192,11 @@ def fit_heads(
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if num_samples is not None:
-        sampler = NegativeSampler(proposal_probabilities(proposal, marginal, config.prior_smoothing), num_samples,
-                                  torch.Generator().manual_seed(seed + 1))
+        sampler = NegativeSampler(
+            proposal_probabilities(proposal, marginal, config.prior_smoothing),
+            num_samples,
+            torch.Generator().manual_seed(seed + 1),
+        )
 
     stopping = EarlyStopping(params, _validation_ce(head, z_val, targets_val, chunk), config)
     epochs = tqdm(range(1, config.max_epochs + 1), desc=description, leave=False, disable=not progress)
@@ -184,13 +214,21 @@ def fit_heads(
     for p, saved in zip(params, stopping.best):
         p.data.copy_(saved)
     weight, bias = head.output(None, head.rowwise)
-    return TrainedHeads(weight=weight.detach(), bias=bias.detach(), features=_frozen_features(head),
-                        best_epoch=stopping.best_epoch.tolist(), validation_ce_nats=stopping.best_ce.tolist(), epochs_run=epoch,
-                        start=start, converged=stopping.converged)
+    return TrainedHeads(
+        weight=weight.detach(),
+        bias=bias.detach(),
+        features=_frozen_features(head),
+        best_epoch=stopping.best_epoch.tolist(),
+        validation_ce_nats=stopping.best_ce.tolist(),
+        epochs_run=epoch,
+        start=start,
+        converged=stopping.converged,
+    )
 
 
-def batch_loss(head: _Head, z: torch.Tensor, targets: BagTargets,
-               candidates: Candidates | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def batch_loss(
+    head: _Head, z: torch.Tensor, targets: BagTargets, candidates: Candidates | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per-layer mean bag cross-entropy [L] of one batch, over the full alphabet or over ``candidates``
     (log-Q corrected), and the leaf tensors standing for the vocabulary-sized parameters in it."""
     if candidates is None:
@@ -206,8 +244,9 @@ def batch_loss(head: _Head, z: torch.Tensor, targets: BagTargets,
     return kernels.bag_cross_entropy(head.features(z), weight, bias, bags, reduction="mean", validate=False), views
 
 
-def _step(head: _Head, optimizer: RowSparseAdam, sampler: NegativeSampler | None, z: torch.Tensor,
-          targets: BagTargets) -> None:
+def _step(
+    head: _Head, optimizer: RowSparseAdam, sampler: NegativeSampler | None, z: torch.Tensor, targets: BagTargets
+) -> None:
     for p in head.dense:
         p.requires_grad_(True)
         p.grad = None
@@ -228,8 +267,9 @@ def _validation_ce(head: _Head, z: torch.Tensor, targets: BagTargets, chunk: int
     total = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
     for begin in range(0, z.shape[1], chunk):
         rows = torch.arange(begin, min(begin + chunk, z.shape[1]), device=z.device)
-        total += kernels.bag_cross_entropy(head.features(z[:, rows]), weight, bias, targets.select(rows),
-                                           reduction="sum").double()
+        total += kernels.bag_cross_entropy(
+            head.features(z[:, rows]), weight, bias, targets.select(rows), reduction="sum"
+        ).double()
     return total / max(int((targets.lengths > 0).sum()), 1)
 
 
@@ -237,6 +277,7 @@ def _frozen_features(head: _Head) -> Callable[[torch.Tensor], torch.Tensor]:
     def features(z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return head.features(z)
+
     return features
 
 
@@ -247,19 +288,30 @@ def _unembedding_start(z_train, z_val, targets_val, unembedding, log_prior, chun
     u, model_bias = unembedding
     num_layers, _, dim = z_train.shape
     if u.dim() != 2 or u.shape != (log_prior.shape[1], dim):
-        raise ValueError(f"the output embedding has shape {tuple(u.shape)}, expected [M, d] = "
-                         f"{[log_prior.shape[1], dim]} (one row per alphabet id, the features' width)")
+        raise ValueError(
+            f"the output embedding has shape {tuple(u.shape)}, expected [M, d] = "
+            f"{[log_prior.shape[1], dim]} (one row per alphabet id, the features' width)"
+        )
     device = z_train.device
     u = u.to(device=device, dtype=torch.float32)
     mean, std = feature_stats(z_train)
     # The model's map U z + b_model in standardised coordinates: A' = diag(std), c' = mean.
     model_a = torch.diag_embed(std.squeeze(1))
     model_c = mean.squeeze(1).clone()
-    model_b = (torch.zeros(log_prior.shape[1], device=device) if model_bias is None
-               else model_bias.to(device=device, dtype=torch.float32)).expand_as(log_prior).clone()
+    model_b = (
+        (
+            torch.zeros(log_prior.shape[1], device=device)
+            if model_bias is None
+            else model_bias.to(device=device, dtype=torch.float32)
+        )
+        .expand_as(log_prior)
+        .clone()
+    )
     prior_head = _UnembeddingHead(u, torch.zeros_like(model_a), torch.zeros_like(model_c), log_prior.clone(), mean, std)
     model_head = _UnembeddingHead(u, model_a, model_c, model_b, mean, std)
-    use_model = (_validation_ce(model_head, z_val, targets_val, chunk) < _validation_ce(prior_head, z_val, targets_val, chunk))
+    use_model = _validation_ce(model_head, z_val, targets_val, chunk) < _validation_ce(
+        prior_head, z_val, targets_val, chunk
+    )
     pick = use_model.view(-1, *([1] * 2))
     a = torch.where(pick, model_a, prior_head.dense[0])
     c = torch.where(use_model.view(-1, 1), model_c, prior_head.dense[1])

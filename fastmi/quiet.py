@@ -6,11 +6,12 @@ draws download bars, and transformers' GGUF reader draws a dequantisation bar wi
 While fastmi loads a model: the per-tensor loading bar never shows (fastmi's own bars say what is
 happening); with ``progress=False`` none of them shows.  Everything is restored on exit.
 """
+
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["loading_bars"]
 

@@ -5,6 +5,7 @@ value and the point value shaded, and the H(T) ceiling dashed in the model's col
 dashed line at 1 when plotting fractions of H(T)).  matplotlib runs on the Agg backend: no display
 is needed.
 """
+
 from __future__ import annotations
 
 import os
@@ -102,16 +103,32 @@ def bounds_figure(result, bound: str = "all", fraction: bool = False) -> Figure:
         if vacuous:
             everyone = len(vacuous) == len(result.models)
             text = "vacuous at every layer" + ("" if everyone else ":\n" + "\n".join(vacuous))
-            ax.text(0.5, 0.5 if everyone else 0.9, text, transform=ax.transAxes, ha="center",
-                    va="center" if everyone else "top", fontsize=11 if everyone else 9, color="0.3")
+            ax.text(
+                0.5,
+                0.5 if everyone else 0.9,
+                text,
+                transform=ax.transAxes,
+                ha="center",
+                va="center" if everyone else "top",
+                fontsize=11 if everyone else 9,
+                color="0.3",
+            )
         k = _distinct([r for r in rows if r.get("k") is not None], "k") if name == "list_fano" else ""
         ax.set_title(_TITLES[name].format(k=k), fontsize=11)
         ax.set_xlabel("relative depth (layer / number of layers)")
         ax.set_xlim(-0.02, 1.02)
         if zoomed:
             ax.set_ylim(0, data_top * 1.25)
-            ax.text(0.98, 0.97, "H(T) ceiling off scale", transform=ax.transAxes, ha="right", va="top",
-                    fontsize=8, color="0.35")
+            ax.text(
+                0.98,
+                0.97,
+                "H(T) ceiling off scale",
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=8,
+                color="0.35",
+            )
         else:
             ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
@@ -120,19 +137,35 @@ def bounds_figure(result, bound: str = "all", fraction: bool = False) -> Figure:
     level = _distinct(rows, "level")
     level_text = f"{float(level):.0%}" if "/" not in level and level != "?" else level
     handles = [
-        Line2D([], [], color=colors[i % len(colors)], marker="o", markersize=3.5, linewidth=1.8, label=_model_label(rows, m))
+        Line2D(
+            [],
+            [],
+            color=colors[i % len(colors)],
+            marker="o",
+            markersize=3.5,
+            linewidth=1.8,
+            label=_model_label(rows, m),
+        )
         for i, m in enumerate(result.models)
     ]
     handles += [
         Patch(color="0.5", alpha=0.3, label=f"{level_text} lower confidence band"),
-        Line2D([], [], color="0.35", linestyle="--",
-               label="H(T) ceiling" + (" (= 1)" if fraction else "") + (", off scale" if zoomed else "")),
+        Line2D(
+            [],
+            [],
+            color="0.35",
+            linestyle="--",
+            label="H(T) ceiling" + (" (= 1)" if fraction else "") + (", off scale" if zoomed else ""),
+        ),
     ]
     per_row = 2 if len(bounds) == 1 else 4
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), per_row), frameon=False, fontsize=9)
     what = "recoverable fraction of H(T)" if fraction else "lower bounds on I(T; z), T = a random token of the sentence"
-    fig.suptitle(f"{what}\nvocab={_distinct(rows, 'vocab')}, pooling={_distinct(rows, 'pooling')}, "
-                 f"held-out sentences={_distinct(rows, 'n_test')}, confidence level {level_text}", fontsize=11)  # fmt: skip
+    fig.suptitle(
+        f"{what}\nvocab={_distinct(rows, 'vocab')}, pooling={_distinct(rows, 'pooling')}, "
+        f"held-out sentences={_distinct(rows, 'n_test')}, confidence level {level_text}",
+        fontsize=11,
+    )
     legend_rows = -(-len(handles) // per_row)
     fig.tight_layout(rect=(0, 0.01 + 0.055 * legend_rows, 1, 1))
     return fig

@@ -8,14 +8,16 @@ own configuration back.  ``held_out`` (per model, the per-sentence held-out scor
 bounds: :mod:`fastmi.heldout`) and ``curves`` (bounds against n_train: :mod:`fastmi.curves`) are
 kept when present, and travel through JSON, :meth:`~RecoverabilityResult.for_model` and ``concat``.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 __all__ = ["RecoverabilityResult", "COLUMNS", "TERMINAL_COLUMNS"]
 
@@ -57,8 +59,13 @@ def _clean(name: str, value: Any) -> Any:
 class RecoverabilityResult:
     """Bounds on I(T; z) per (model, layer); see docs/theory.md for what each column means."""
 
-    def __init__(self, rows: Sequence[dict], config: dict | None = None, held_out: dict | None = None,
-                 curves: Sequence[dict] | None = None):
+    def __init__(
+        self,
+        rows: Sequence[dict],
+        config: dict | None = None,
+        held_out: dict | None = None,
+        curves: Sequence[dict] | None = None,
+    ):
         cleaned = [{name: _clean(name, value) for name, value in row.items()} for row in rows]
         for i, row in enumerate(cleaned):
             missing = [c for c in ("model", "layer") if row.get(c) is None]
@@ -139,11 +146,13 @@ class RecoverabilityResult:
             writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
             writer.writeheader()
             for row in self.table:
-                writer.writerow({c: "" if v is None else (repr(v) if isinstance(v, float) else v) for c, v in row.items()})
+                writer.writerow(
+                    {c: "" if v is None else (repr(v) if isinstance(v, float) else v) for c, v in row.items()}
+                )
         return path
 
     @classmethod
-    def from_csv(cls, path: str | os.PathLike, config: dict | None = None) -> "RecoverabilityResult":
+    def from_csv(cls, path: str | os.PathLike, config: dict | None = None) -> RecoverabilityResult:
         """Rows from a CSV written by :meth:`to_csv` (a CSV holds no config: pass it, or use JSON)."""
         with open(path, newline="", encoding="utf-8") as f:
             rows = [{name: _parse_csv_cell(name, cell) for name, cell in row.items()} for row in csv.DictReader(f)]
@@ -171,7 +180,7 @@ class RecoverabilityResult:
         return path
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "RecoverabilityResult":
+    def from_json(cls, path: str | os.PathLike) -> RecoverabilityResult:
         with open(path, encoding="utf-8") as f:
             document = json.load(f)
         if not isinstance(document, dict) or "rows" not in document:
@@ -196,14 +205,14 @@ class RecoverabilityResult:
         config.update(self.config.get("per_model", {}).get(name, {}))
         return config
 
-    def for_model(self, name: str) -> "RecoverabilityResult":
+    def for_model(self, name: str) -> RecoverabilityResult:
         config = self.model_config(name)
         held_out = {name: self.held_out[name]} if name in self.held_out else None
         curves = [c for c in self.curves if c["model"] == name]
         return RecoverabilityResult([r for r in self._rows if r["model"] == name], config, held_out, curves)
 
     @classmethod
-    def concat(cls, results: Sequence["RecoverabilityResult"]) -> "RecoverabilityResult":
+    def concat(cls, results: Sequence[RecoverabilityResult]) -> RecoverabilityResult:
         """One result holding the rows of all ``results`` (a model may appear in only one)."""
         results = list(results)
         if not results:

@@ -30,18 +30,27 @@ cheaper, since its draws repeat the batch's frequent ids and leave a smaller sub
 Parameters touched by a step are updated with lazy Adam (:class:`RowSparseAdam`): only the rows in
 S move and only their moments decay, so a step costs O(|S| d) in the optimiser as well.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
 from .bags import BagTargets
 
-__all__ = ["parse_train_softmax", "proposal_probabilities", "NegativeSampler", "Candidates", "RowSparseAdam",
-           "TRAIN_SOFTMAX_SETTINGS", "PROPOSALS", "DEFAULT_PROPOSAL"]
+__all__ = [
+    "parse_train_softmax",
+    "proposal_probabilities",
+    "NegativeSampler",
+    "Candidates",
+    "RowSparseAdam",
+    "TRAIN_SOFTMAX_SETTINGS",
+    "PROPOSALS",
+    "DEFAULT_PROPOSAL",
+]
 
 TRAIN_SOFTMAX_SETTINGS = ("full", "sampled:K", "sampled:K:unigram", "sampled:K:loguniform")
 PROPOSALS = ("unigram", "loguniform")
@@ -61,8 +70,10 @@ def parse_train_softmax(setting: str) -> tuple[int | None, str | None]:
             k = 0
         if k >= 1 and proposal in PROPOSALS:
             return k, proposal
-    raise ValueError(f"train_softmax must be 'full' or 'sampled:K' with an integer K >= 1, optionally "
-                     f"'sampled:K:unigram' or 'sampled:K:loguniform'; got {setting!r}")
+    raise ValueError(
+        f"train_softmax must be 'full' or 'sampled:K' with an integer K >= 1, optionally "
+        f"'sampled:K:unigram' or 'sampled:K:loguniform'; got {setting!r}"
+    )
 
 
 def proposal_probabilities(kind: str, train_marginal: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -132,9 +143,15 @@ class RowSparseAdam:
     costs O(|S|) rows, not O(M).  The bias corrections use the global step count.
     """
 
-    def __init__(self, params: Sequence[torch.Tensor], lr: float, weight_decay: Sequence[float],
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 lr_scale: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        lr: float,
+        weight_decay: Sequence[float],
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        lr_scale: Sequence[float] | None = None,
+    ) -> None:
         self.params, self.lr, self.weight_decay = list(params), lr, list(weight_decay)
         self.lr_scale = list(lr_scale) if lr_scale is not None else [1.0] * len(self.params)
         self.betas, self.eps, self.steps = betas, eps, 0
@@ -146,8 +163,9 @@ class RowSparseAdam:
         beta1, beta2 = self.betas
         step_size = self.lr / (1 - beta1**self.steps)
         correction2 = math.sqrt(1 - beta2**self.steps)
-        for p, (m, v), decay, scale, (grad, rows) in zip(self.params, self.moments, self.weight_decay,
-                                                         self.lr_scale, grads):
+        for p, (m, v), decay, scale, (grad, rows) in zip(
+            self.params, self.moments, self.weight_decay, self.lr_scale, grads
+        ):
             if grad is None:
                 continue
             if rows is None:

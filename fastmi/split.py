@@ -5,6 +5,7 @@ split is made once from the corpus size and a seed, saved as JSON beside the res
 each model in turn.  Validation rows are carved out of the train part and used only for early
 stopping; the held-out rows are used only for the final scores and bounds.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ class Split:
         seed: int = 0,
         validation_fraction: float = 0.1,
         corpus_fingerprint: str | None = None,
-    ) -> "Split":
+    ) -> Split:
         """Shuffle ``range(num_rows)`` with ``seed``; the first ``test_fraction`` is held out, then
         ``validation_fraction`` of the rest is kept for early stopping."""
         if not 0.0 < test_fraction < 1.0:
@@ -79,9 +80,7 @@ class Split:
         if num_rows != self.num_rows:
             raise ValueError(f"the split was made for {self.num_rows} sentences but the data has {num_rows}")
         if corpus_fingerprint and self.corpus_fingerprint and corpus_fingerprint != self.corpus_fingerprint:
-            raise ValueError(
-                f"the split was made for corpus {self.corpus_fingerprint!r}, not {corpus_fingerprint!r}"
-            )
+            raise ValueError(f"the split was made for corpus {self.corpus_fingerprint!r}, not {corpus_fingerprint!r}")
 
     # ---- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -96,7 +95,7 @@ class Split:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Split":
+    def from_dict(cls, data: dict) -> Split:
         split = cls(
             num_rows=int(data["num_rows"]),
             seed=int(data["seed"]),
@@ -122,7 +121,7 @@ class Split:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Split":
+    def load(cls, path: str | Path) -> Split:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no split file at {path}")

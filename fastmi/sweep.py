@@ -14,13 +14,15 @@ rank extracts its shards and probes its layer groups of each model in turn; rank
 split.json and the results (docs/distributed.md).  Every argument is
 checked (:mod:`fastmi.preflight`) before a model loads or a file is written.
 """
+
 from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import distributed
 from .corpus import Corpus
@@ -103,25 +105,47 @@ def load_or_make_split(out: Path, num_rows: int, fingerprint: str | None, settin
     return Split.make(num_rows, settings.test_fraction, settings.seed, corpus_fingerprint=fingerprint)
 
 
-def probe_cache(cache: Any, split: Split, settings: ProbeSettings, done_path: Path | None = None,
-                progress: bool = True) -> RecoverabilityResult:
+def probe_cache(
+    cache: Any, split: Split, settings: ProbeSettings, done_path: Path | None = None, progress: bool = True
+) -> RecoverabilityResult:
     """Probe one cache on ``split``; reuse ``done_path`` if it holds a result of the same settings."""
     from .probe import recoverability
 
-    identity = {key: cache.metadata.get(key) for key in
-                ("model", "revision", "dtype", "cache_dtype", "pooling", "max_length", "corpus_fingerprint",
-                 "num_rows")}
+    identity = {
+        key: cache.metadata.get(key)
+        for key in (
+            "model",
+            "revision",
+            "dtype",
+            "cache_dtype",
+            "pooling",
+            "max_length",
+            "corpus_fingerprint",
+            "num_rows",
+        )
+    }
     wanted = {"settings": settings.key(), "split": split.to_dict(), "cache": identity}
     if done_path is not None and done_path.exists():
         previous = RecoverabilityResult.from_json(done_path)
         if previous.config.get("sweep_key") == _jsonable(wanted) and previous.held_out:  # held_out: for comparisons
-            notice(f"{previous.models[0] if previous.models else cache.metadata.get('model')}: reusing the "
-                   f"finished results in {done_path}")
+            notice(
+                f"{previous.models[0] if previous.models else cache.metadata.get('model')}: reusing the "
+                f"finished results in {done_path}"
+            )
             return previous
     result = recoverability(
-        cache, vocab=settings.vocab, seed=settings.seed, k=settings.k, level=settings.level,
-        device=settings.device, split=split, entropy=settings.entropy, train=settings.train, progress=progress,
-        probe=settings.probe, train_softmax=settings.train_softmax,
+        cache,
+        vocab=settings.vocab,
+        seed=settings.seed,
+        k=settings.k,
+        level=settings.level,
+        device=settings.device,
+        split=split,
+        entropy=settings.entropy,
+        train=settings.train,
+        progress=progress,
+        probe=settings.probe,
+        train_softmax=settings.train_softmax,
         max_memory=settings.max_memory,
         curve=settings.curve,
     )
@@ -176,8 +200,9 @@ def sweep(
         raise ValueError(f"models {list(models)} are not distinct")
     settings = settings or ProbeSettings()
     check_probe_settings(settings)  # before any extraction: a bad --vocab must not cost minutes
-    check_extraction_arguments(models, layers, pooling, batch_size, max_length, shard_rows, revision,
-                               trust_remote_code, settings.device)
+    check_extraction_arguments(
+        models, layers, pooling, batch_size, max_length, shard_rows, revision, trust_remote_code, settings.device
+    )
     out = Path(out)
     if not isinstance(corpus, Corpus):
         corpus = Corpus.load(corpus, field=field, max_sentences=max_sentences)
@@ -190,16 +215,29 @@ def sweep(
     for spec, slug in zip(models, slugs):
         cache_dir = out / "cache" / slug
         rev = None if is_local_spec(spec) else revision
-        cache = None if overwrite else _finished_cache(cache_dir, corpus, pooling, layers, max_length, dtype,
-                                                       cache_dtype, rev)
+        cache = (
+            None
+            if overwrite
+            else _finished_cache(cache_dir, corpus, pooling, layers, max_length, dtype, cache_dtype, rev)
+        )
         if cache is None:  # the model is loaded only when there is something to extract
             options = load_options or {"device": resolve_device(settings.device)}
-            model = load_model(spec, dtype=dtype, revision=rev, trust_remote_code=trust_remote_code,
-                               progress=progress, **options)
+            model = load_model(
+                spec, dtype=dtype, revision=rev, trust_remote_code=trust_remote_code, progress=progress, **options
+            )
             cache = extract(
-                model, corpus, pooling=pooling, layers=layers, cache_dir=cache_dir, resume=True,
-                overwrite=overwrite, batch_size=batch_size, max_length=max_length, progress=progress,
-                cache_dtype=cache_dtype, shard_rows=shard_rows,
+                model,
+                corpus,
+                pooling=pooling,
+                layers=layers,
+                cache_dir=cache_dir,
+                resume=True,
+                overwrite=overwrite,
+                batch_size=batch_size,
+                max_length=max_length,
+                progress=progress,
+                cache_dtype=cache_dtype,
+                shard_rows=shard_rows,
             )
             del model
         else:
@@ -212,8 +250,16 @@ def sweep(
     return combined
 
 
-def _finished_cache(directory: Path, corpus: Corpus, pooling: str, layers, max_length: int, dtype: str | None,
-                    cache_dtype: str = "fp32", revision: str | None = None):
+def _finished_cache(
+    directory: Path,
+    corpus: Corpus,
+    pooling: str,
+    layers,
+    max_length: int,
+    dtype: str | None,
+    cache_dtype: str = "fp32",
+    revision: str | None = None,
+):
     """The cache in ``directory`` if it is complete for these settings, else None (extract decides).
 
     The directory is the model's own (OUT/cache/<slug>), so the model is not reloaded to check
@@ -230,10 +276,14 @@ def _finished_cache(directory: Path, corpus: Corpus, pooling: str, layers, max_l
         wanted = parse_layers(layers, int(meta["num_layers"]))
     except (ValueError, KeyError, OSError):
         return None
-    same = (meta.get("corpus_fingerprint") == corpus.fingerprint and meta.get("pooling") == pooling
-            and int(meta.get("max_length", -1)) == max_length and (dtype is None or meta.get("dtype") == dtype)
-            and cache.cache_dtype == resolve_cache_dtype(cache_dtype)
-            and (revision is None or meta.get("revision") == revision))
+    same = (
+        meta.get("corpus_fingerprint") == corpus.fingerprint
+        and meta.get("pooling") == pooling
+        and int(meta.get("max_length", -1)) == max_length
+        and (dtype is None or meta.get("dtype") == dtype)
+        and cache.cache_dtype == resolve_cache_dtype(cache_dtype)
+        and (revision is None or meta.get("revision") == revision)
+    )
     return cache if same and set(wanted) <= set(cache.layers) else None
 
 

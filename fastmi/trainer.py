@@ -26,6 +26,7 @@ of every training bag this process has seen (it restarts when a run resumes), CE
 logging window's training batches: a running, training-set estimate of the bound (docs/theory.md),
 optimistic next to a held-out one.
 """
+
 from __future__ import annotations
 
 import json
@@ -103,8 +104,14 @@ class RecoverabilityTrainer(Trainer):
     averaged over ranks by hand (they live outside the DDP-wrapped model).
     """
 
-    def __init__(self, *args: Any, recoverability: MultiLayerRecoverabilityLoss, lam: float = 0.1,
-                 probe_lr: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        recoverability: MultiLayerRecoverabilityLoss,
+        lam: float = 0.1,
+        probe_lr: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if not math.isfinite(lam) or lam < 0:
             raise ValueError(f"lambda must be a finite number >= 0, got {lam}")
@@ -127,10 +134,13 @@ class RecoverabilityTrainer(Trainer):
         outputs = model(**inputs, output_hidden_states=True)
         own = outputs["loss"] if "loss" in outputs else None
         if own is None:
-            raise ValueError("the model returned no loss: RecoverabilityTrainer adds to the model's own loss, "
-                             "so batches need labels (e.g. DataCollatorForLanguageModeling)")
-        hidden = {layer: scale_gradient(outputs["hidden_states"][layer], self.lam)
-                  for layer in self.recoverability.layers}
+            raise ValueError(
+                "the model returned no loss: RecoverabilityTrainer adds to the model's own loss, "
+                "so batches need labels (e.g. DataCollatorForLanguageModeling)"
+            )
+        hidden = {
+            layer: scale_gradient(outputs["hidden_states"][layer], self.lam) for layer in self.recoverability.layers
+        }
         bags = self.recoverability.bags(bag_ids, mask)
         per_layer = self.recoverability.layer_losses(hidden, mask, bags)
         term = self.recoverability.combine(per_layer)
@@ -156,8 +166,9 @@ class RecoverabilityTrainer(Trainer):
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
         if not getattr(self, "_probe_group_added", False):
-            optimizer.add_param_group({"params": list(self.recoverability.parameters()), "lr": self.probe_lr,
-                                       "weight_decay": 0.0})
+            optimizer.add_param_group(
+                {"params": list(self.recoverability.parameters()), "lr": self.probe_lr, "weight_decay": 0.0}
+            )
             self._probe_group_added = True
         return optimizer
 
@@ -201,9 +212,16 @@ def save_probe(recoverability: MultiLayerRecoverabilityLoss, directory: str | os
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in recoverability.state_dict().items()}
     first = recoverability.probes[str(recoverability.layers[0])]
-    config = {"layers": recoverability.layers, "layer_weights": recoverability.layer_weights.tolist(),
-              "hidden_size": first.hidden_size, "vocab_size": first.vocab_size, "pooling": first.pooling,
-              "exclude_ids": first.exclude_ids, "bias": first.bias is not None, **extra}
+    config = {
+        "layers": recoverability.layers,
+        "layer_weights": recoverability.layer_weights.tolist(),
+        "hidden_size": first.hidden_size,
+        "vocab_size": first.vocab_size,
+        "pooling": first.pooling,
+        "exclude_ids": first.exclude_ids,
+        "bias": first.bias is not None,
+        **extra,
+    }
     tmp = directory / f".{PROBE_WEIGHTS}.tmp"
     save_file(tensors, str(tmp))
     os.replace(tmp, directory / PROBE_WEIGHTS)
@@ -221,8 +239,14 @@ def load_probe_state(recoverability: MultiLayerRecoverabilityLoss, directory: st
 def load_probe(directory: str | os.PathLike) -> MultiLayerRecoverabilityLoss:
     """The probes saved by :func:`save_probe` (or a RecoverabilityTrainer checkpoint)."""
     config = json.loads((Path(directory) / PROBE_CONFIG).read_text())
-    probe = MultiLayerRecoverabilityLoss(config["hidden_size"], config["vocab_size"], config["layers"],
-                                         config["layer_weights"], config["pooling"], config["exclude_ids"],
-                                         config["bias"])
+    probe = MultiLayerRecoverabilityLoss(
+        config["hidden_size"],
+        config["vocab_size"],
+        config["layers"],
+        config["layer_weights"],
+        config["pooling"],
+        config["exclude_ids"],
+        config["bias"],
+    )
     load_probe_state(probe, directory)
     return probe

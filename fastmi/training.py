@@ -11,6 +11,7 @@ rows that picks the answer, and a few cheap passes with a tuned step get there s
 L-BFGS's full-batch line searches.  The bias starts at the log of the (smoothed) training marginal of
 T, so epoch 0 already scores the "ignore z" probe and no layer can end worse than that on validation.
 """
+
 from __future__ import annotations
 
 import math
@@ -151,7 +152,9 @@ class EarlyStopping:
 
 
 @torch.no_grad()
-def _mean_ce(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: BagTargets, chunk: int) -> torch.Tensor:
+def _mean_ce(
+    z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: BagTargets, chunk: int
+) -> torch.Tensor:
     """Mean per-row cross-entropy (nats) of each layer, in row chunks to bound memory: [L]."""
     total = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
     for start in range(0, z.shape[1], chunk):
@@ -183,8 +186,9 @@ def fit_probes(
     bias = prior.log().float().expand(num_layers, -1).clone().requires_grad_(True)
     optimizer = _Adam([weight, bias], lr=config.lr / math.sqrt(max(dim, 1)), weight_decay=(config.weight_decay, 0.0))
     chunk = max(config.batch_size, 1)
-    stopping = EarlyStopping([weight, bias], _mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk),
-                             config)
+    stopping = EarlyStopping(
+        [weight, bias], _mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk), config
+    )
     generator = torch.Generator().manual_seed(seed)
     epochs = tqdm(range(1, config.max_epochs + 1), desc=description, leave=False, disable=not progress)
     epoch = 0
@@ -198,7 +202,9 @@ def fit_probes(
             weight.grad = bias.grad = None
             losses.sum().backward()
             optimizer.step()
-        done = stopping.update(epoch, [weight, bias], _mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk))
+        done = stopping.update(
+            epoch, [weight, bias], _mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk)
+        )
         epochs.set_postfix(val_ce=f"{float(stopping.best_ce.mean()):.3f}", stale=int(stopping.stale.min()))
         if done:
             break

@@ -18,6 +18,7 @@ one, "bias" [V]), written atomically with its size and sha256 in the manifest li
 file (docs/cache.md).  A cache made before fastmi stored U has no such entry: it still probes with
 ``probe="linear"``, and ``probe="unembedding"`` raises :class:`MissingUnembeddingError`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -53,7 +54,8 @@ def output_embedding(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor
         if name is None:
             raise MissingUnembeddingError(
                 f"{type(model).__name__} has an untied output embedding, and no safetensors file of its checkpoint "
-                f"holds one ({', '.join(HEAD_WEIGHT_NAMES)})")
+                f"holds one ({', '.join(HEAD_WEIGHT_NAMES)})"
+            )
         weight, source = stored[name], f"checkpoint {name}"
     weight = weight.detach().float().cpu().contiguous()
     if bias_name is not None:
@@ -98,15 +100,18 @@ def _checkpoint_files(source: str) -> list[Path]:
     return sorted(directory.glob("*.safetensors"))
 
 
-def unembedding_for_alphabet(source: Any, vocab_ids: torch.Tensor, other: bool,
-                             given: Any = None) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+def unembedding_for_alphabet(
+    source: Any, vocab_ids: torch.Tensor, other: bool, given: Any = None
+) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     """The rows of U (and bias) for the alphabet's ids, from a cache or from ``given`` (U or (U, bias)).
 
     The "other" symbol of a "top:K" alphabet has no row in U, so that setting is refused.
     """
     if other:
-        raise ValueError("probe='unembedding' needs an alphabet of vocabulary ids; 'top:K' merges ids into an "
-                         "'other' symbol that has no row in the output embedding: use vocab='observed' or 'full'")
+        raise ValueError(
+            "probe='unembedding' needs an alphabet of vocabulary ids; 'top:K' merges ids into an "
+            "'other' symbol that has no row in the output embedding: use vocab='observed' or 'full'"
+        )
     if given is not None:
         weight, bias = given if isinstance(given, (tuple, list)) else (given, None)
         weight = torch.as_tensor(weight)

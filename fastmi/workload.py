@@ -6,6 +6,7 @@ tokens are the ones the forward passes will process.  With ``sentences=N`` and `
 are a summary: no padding (extraction sorts by length), and a bag of distinct ids per sentence of
 ``DISTINCT_SHARE`` of its tokens.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,25 +46,38 @@ class Workload:
         return max(1, round(self.probe_rows * (1 - TEST_FRACTION) * VALIDATION_FRACTION))
 
 
-def synthetic_workload(shape: ModelShape, sentences: int, mean_tokens: float | None, max_length: int,
-                       vocab: str) -> Workload:
+def synthetic_workload(
+    shape: ModelShape, sentences: int, mean_tokens: float | None, max_length: int, vocab: str
+) -> Workload:
     from .alphabet import parse_vocab
 
     if sentences < 2:
         raise ValueError(f"sentences must be at least 2, got {sentences}")
     kind, top = parse_vocab(vocab)
     if kind == "observed":
-        raise ValueError("vocab='observed' needs the corpus to count the ids it holds; give a corpus, "
-                         "or plan with vocab='full' or 'top:K'")
+        raise ValueError(
+            "vocab='observed' needs the corpus to count the ids it holds; give a corpus, "
+            "or plan with vocab='full' or 'top:K'"
+        )
     per_sentence = min(float(mean_tokens or DEFAULT_MEAN_TOKENS), float(max_length))
     alphabet = shape.vocab_size if kind == "full" else min(top, shape.vocab_size)
     tokens = int(round(sentences * per_sentence))
-    return Workload(sentences, tokens, tokens, per_sentence, int(math.ceil(per_sentence)),
-                    DISTINCT_SHARE * per_sentence, alphabet, sentences, "summary")
+    return Workload(
+        sentences,
+        tokens,
+        tokens,
+        per_sentence,
+        int(math.ceil(per_sentence)),
+        DISTINCT_SHARE * per_sentence,
+        alphabet,
+        sentences,
+        "summary",
+    )
 
 
-def corpus_workload(shape: ModelShape, corpus, max_length: int, vocab: str, batch_size: int, num_layers: int,
-                    model_cache_dir=None) -> Workload:
+def corpus_workload(
+    shape: ModelShape, corpus, max_length: int, vocab: str, batch_size: int, num_layers: int, model_cache_dir=None
+) -> Workload:
     from .alphabet import parse_vocab
     from .extraction import DEFAULT_SHARD_BYTES, _as_corpus, batch_plan
 
@@ -72,8 +86,10 @@ def corpus_workload(shape: ModelShape, corpus, max_length: int, vocab: str, batc
     tokenizer = _tokenizer(shape, model_cache_dir)
     if tokenizer is None:
         if kind == "observed":
-            raise ValueError(f"vocab='observed' needs {shape.name}'s tokenizer, which cannot be read here; "
-                             "plan with vocab='full' or 'top:K'")
+            raise ValueError(
+                f"vocab='observed' needs {shape.name}'s tokenizer, which cannot be read here; "
+                "plan with vocab='full' or 'top:K'"
+            )
         lengths = np.array([min(max_length, 2 + math.ceil(len(s) / CHARS_PER_TOKEN)) for s in corpus.sentences])
         distinct = DISTINCT_SHARE * lengths
         observed, alphabet_full, source = None, shape.vocab_size, "estimated from characters"
@@ -97,10 +113,15 @@ def corpus_workload(shape: ModelShape, corpus, max_length: int, vocab: str, batc
     sizes = np.array([b.size for b in batches]) if batches else np.zeros(1)
     padded = int((widths * sizes).sum())
     return Workload(
-        sentences=len(corpus), tokens=int(lengths.sum()), padded_tokens=padded,
-        mean_width=float((widths * sizes).sum() / max(sizes.sum(), 1)), max_width=int(widths.max()),
-        mean_bag=float(distinct.mean()) if distinct.size else 0.0, alphabet_size=max(int(alphabet), 1),
-        probe_rows=int((distinct > 0).sum()), source=source,
+        sentences=len(corpus),
+        tokens=int(lengths.sum()),
+        padded_tokens=padded,
+        mean_width=float((widths * sizes).sum() / max(sizes.sum(), 1)),
+        max_width=int(widths.max()),
+        mean_bag=float(distinct.mean()) if distinct.size else 0.0,
+        alphabet_size=max(int(alphabet), 1),
+        probe_rows=int((distinct > 0).sum()),
+        source=source,
     )
 
 

@@ -5,8 +5,10 @@
 * :func:`masked_pool`: mean / first / last / max pooling of [B, T, d] under a padding mask.
 
 Each runs Triton on CUDA and a chunked torch path on CPU; :mod:`fastmi.kernels.reference` holds
-the plain torch ground truth.  z and W of different dtypes meet in :func:`compute_dtype`.  :func:`backend` forces one implementation (tests use it).
+the plain torch ground truth.  z and W of different dtypes meet in :func:`compute_dtype`.
+:func:`backend` forces one implementation (tests use it).
 """
+
 from ._dispatch import BACKENDS, backend, choose_backend
 from ._dtypes import compute_dtype
 from .bag_cross_entropy import bag_cross_entropy

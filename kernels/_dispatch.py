@@ -8,12 +8,13 @@
 
 Override with the environment variable ``FASTMI_KERNELS`` or, scoped, ``with fastmi.kernels.backend("triton"):``.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

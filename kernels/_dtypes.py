@@ -11,6 +11,7 @@ one of them.  The rule, in order:
 
 Products always accumulate in fp32, and max / sum / LSE / gradient accumulators are fp32.
 """
+
 from __future__ import annotations
 
 import torch

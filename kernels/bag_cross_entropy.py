@@ -22,6 +22,7 @@ group's target ids.  The group is a row block on the CPU path and all B rows (on
 at a time) on the Triton path.  Only the gradients of z and W are approximated: each dropped
 dlogit is below ``|coef_b| * C_b * filter_eps``; the loss and the bias gradient stay exact.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,10 +83,20 @@ def bag_cross_entropy(
     Under ``torch.compile`` the op runs eagerly between the compiled graphs (one graph break).
     """
     if "torch._dynamo" in sys.modules:  # only then can a compile be tracing this call
-        return _compiler_disabled()(z, weight, bias, targets, reduction, normalize, validate=validate,
-                                    block_rows=block_rows, filter_eps=filter_eps)
-    return _bag_cross_entropy(z, weight, bias, targets, reduction, normalize, validate=validate,
-                              block_rows=block_rows, filter_eps=filter_eps)
+        return _compiler_disabled()(
+            z,
+            weight,
+            bias,
+            targets,
+            reduction,
+            normalize,
+            validate=validate,
+            block_rows=block_rows,
+            filter_eps=filter_eps,
+        )
+    return _bag_cross_entropy(
+        z, weight, bias, targets, reduction, normalize, validate=validate, block_rows=block_rows, filter_eps=filter_eps
+    )
 
 
 _DISABLED: dict[str, object] = {}
@@ -115,7 +126,16 @@ def _bag_cross_entropy(z, weight, bias, targets, reduction, normalize, *, valida
         return bag_cross_entropy_reference(z, weight, bias, targets, reduction, normalize)
     offsets, ids, counts = (t.to(z.device) for t in (targets.offsets, targets.ids, targets.counts))
     return _apply(
-        z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows,
+        z,
+        weight,
+        bias,
+        offsets,
+        ids,
+        counts,
+        reduction,
+        normalize,
+        implementation,
+        block_rows,
         None if filter_eps is None else float(filter_eps),
     )
 
@@ -126,7 +146,9 @@ def _check_filter_eps(filter_eps) -> None:
     if isinstance(filter_eps, bool) or not isinstance(filter_eps, (int, float)):
         raise TypeError(f"filter_eps must be a float or None, got {type(filter_eps).__name__}")
     if not (filter_eps > 0 and math.isfinite(filter_eps)):  # NaN fails the comparison
-        raise ValueError(f"filter_eps must be a positive finite float (a softmax threshold) or None, got {filter_eps!r}")
+        raise ValueError(
+            f"filter_eps must be a positive finite float (a softmax threshold) or None, got {filter_eps!r}"
+        )
 
 
 def _apply(z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows, filter_eps=None):
@@ -136,7 +158,17 @@ def _apply(z, weight, bias, offsets, ids, counts, reduction, normalize, implemen
     # The compute dtype is settled (z and W cast above): autocast must not re-cast the matmuls inside.
     with torch.autocast(z.device.type, enabled=False):
         return _BagCrossEntropy.apply(
-            z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows, filter_eps,
+            z,
+            weight,
+            bias,
+            offsets,
+            ids,
+            counts,
+            reduction,
+            normalize,
+            implementation,
+            block_rows,
+            filter_eps,
             grad_enabled,
         )
 
@@ -160,7 +192,7 @@ class PreparedBags:
         )
         self._host_offsets: list[int] | None = None
 
-    def block(self, start: int, stop: int) -> "_BagBlock":
+    def block(self, start: int, stop: int) -> _BagBlock:
         """The entries of rows [start, stop) with row-local indices (CPU path)."""
         if self._host_offsets is None:
             self._host_offsets = self.offsets.tolist()
@@ -191,8 +223,21 @@ class _BagCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, weight, bias, offsets, ids, counts, reduction, normalize, implementation, block_rows,
-                filter_eps, grad_enabled):
+    def forward(
+        ctx,
+        z,
+        weight,
+        bias,
+        offsets,
+        ids,
+        counts,
+        reduction,
+        normalize,
+        implementation,
+        block_rows,
+        filter_eps,
+        grad_enabled,
+    ):
         ctx.shapes = (z.shape, weight.shape, None if bias is None else bias.shape)
         if z.dim() == 2:
             z, weight, bias = z[None], weight[None], None if bias is None else bias[None]
@@ -217,9 +262,16 @@ class _BagCrossEntropy(torch.autograd.Function):
             if fused:
                 # The row-block sweep with the Triton logit product: 6*B*d*V flops in all.
                 lse, target_sum, grads = bag_cross_entropy_cpu.sweep(
-                    z, weight, bias, bags, row_coef=coef, needs=needs,
-                    block_rows=block_rows or triton_path.block_rows(weight.shape[1]), filter_eps=filter_eps,
-                    logit_product=triton_path.logits_into, target_sum=triton_path.target_sums(z, weight, bias, bags),
+                    z,
+                    weight,
+                    bias,
+                    bags,
+                    row_coef=coef,
+                    needs=needs,
+                    block_rows=block_rows or triton_path.block_rows(weight.shape[1]),
+                    filter_eps=filter_eps,
+                    logit_product=triton_path.logits_into,
+                    target_sum=triton_path.target_sums(z, weight, bias, bags),
                 )
             else:
                 lse, target_sum = triton_path.forward(z, weight, bias, bags)
@@ -251,7 +303,9 @@ class _BagCrossEntropy(torch.autograd.Function):
     def _backward(ctx, grad_loss):
         reduction, implementation, block_rows, needs, bags, row_norm, nonempty, filter_eps = ctx.setup
         num_layers = ctx.shapes[1][0] if len(ctx.shapes[1]) == 3 else 1
-        grad_loss = grad_loss.float().reshape(num_layers, -1) if reduction == "none" else grad_loss.float().reshape(num_layers)
+        grad_loss = (
+            grad_loss.float().reshape(num_layers, -1) if reduction == "none" else grad_loss.float().reshape(num_layers)
+        )
         if ctx.fused_grads is not None:
             grads, ctx.fused_grads = ctx.fused_grads, None
             per_layer = grad_loss.view(-1)
@@ -268,7 +322,14 @@ class _BagCrossEntropy(torch.autograd.Function):
                 coef = grad_loss[:, None] * row_norm / nonempty
             if implementation == "cpu":
                 _, _, grads = bag_cross_entropy_cpu.sweep(
-                    z, weight, bias, bags, lse=lse, row_coef=coef, needs=needs, block_rows=block_rows,
+                    z,
+                    weight,
+                    bias,
+                    bags,
+                    lse=lse,
+                    row_coef=coef,
+                    needs=needs,
+                    block_rows=block_rows,
                     filter_eps=filter_eps,
                 )
                 dz, dw, db = grads.z, grads.weight, grads.bias

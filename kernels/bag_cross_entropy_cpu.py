@@ -22,10 +22,11 @@ run on them only; grad_W rows of skipped columns get nothing from this block.  P
 that is the unit the products already run on; when nothing can be skipped the dense products run
 unchanged.  The bias gradient (one cheap column sum) stays exact.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

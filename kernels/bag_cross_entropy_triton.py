@@ -25,6 +25,7 @@ in two processes.  Kernel rules (DESIGN section 5): bf16/fp16 tiles are widened 
 ``tl.dot`` under the interpreter (``UPCAST``), all reductions are fp32, no libdevice, no block
 pointers.  z and W reach the kernels in one dtype (the caller casts: docs/performance.md).
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,9 +41,24 @@ TARGET_BLOCK_D = 128  # d per step of the indexed dot
 
 
 @triton.jit
-def _logit_tile(z_base, w_base, b_base, rows, row_mask, cols, col_mask, hidden, stride_zb, stride_wv,
-                HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def _logit_tile(
+    z_base,
+    w_base,
+    b_base,
+    rows,
+    row_mask,
+    cols,
+    col_mask,
+    hidden,
+    stride_zb,
+    stride_wv,
+    HAS_BIAS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """fp32 logits [BLOCK_B, BLOCK_V] of rows x cols; -inf outside the vocabulary."""
     acc = tl.zeros([BLOCK_B, BLOCK_V], dtype=tl.float32)
     z_rows = z_base + rows.to(tl.int64)[:, None] * stride_zb
@@ -62,12 +78,29 @@ def _logit_tile(z_base, w_base, b_base, rows, row_mask, cols, col_mask, hidden, 
 
 
 @triton.jit
-def bag_ce_lse_partial_kernel(z_ptr, w_ptr, b_ptr, max_ptr, sum_ptr,
-                              num_rows, vocab, hidden, tiles_per_split,
-                              stride_zl, stride_zb, stride_wl, stride_wv, stride_bl,
-                              HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                              NUM_SPLITS: tl.constexpr,
-                              BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def bag_ce_lse_partial_kernel(
+    z_ptr,
+    w_ptr,
+    b_ptr,
+    max_ptr,
+    sum_ptr,
+    num_rows,
+    vocab,
+    hidden,
+    tiles_per_split,
+    stride_zl,
+    stride_zb,
+    stride_wl,
+    stride_wv,
+    stride_bl,
+    HAS_BIAS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Max and sum of exp(logit - max) of each row over one vocabulary split: [L, B, NUM_SPLITS]."""
     split = tl.program_id(1)
     layer = tl.program_id(2).to(tl.int64)
@@ -83,8 +116,24 @@ def bag_ce_lse_partial_kernel(z_ptr, w_ptr, b_ptr, max_ptr, sum_ptr,
     for v0 in range(v_begin, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_mask = cols < vocab
-        logits = _logit_tile(z_base, w_base, b_base, rows, row_mask, cols, col_mask, hidden, stride_zb, stride_wv,
-                             HAS_BIAS, UPCAST, DOT_PRECISION, BLOCK_B, BLOCK_V, BLOCK_D)
+        logits = _logit_tile(
+            z_base,
+            w_base,
+            b_base,
+            rows,
+            row_mask,
+            cols,
+            col_mask,
+            hidden,
+            stride_zb,
+            stride_wv,
+            HAS_BIAS,
+            UPCAST,
+            DOT_PRECISION,
+            BLOCK_B,
+            BLOCK_V,
+            BLOCK_D,
+        )
         new_max = tl.maximum(running_max, tl.max(logits, axis=1))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
         running_max = new_max
@@ -94,9 +143,25 @@ def bag_ce_lse_partial_kernel(z_ptr, w_ptr, b_ptr, max_ptr, sum_ptr,
 
 
 @triton.jit
-def bag_ce_target_kernel(z_ptr, w_ptr, b_ptr, offsets_ptr, ids_ptr, counts_ptr, target_ptr,
-                         num_rows, hidden, stride_zl, stride_zb, stride_wl, stride_wv, stride_bl,
-                         HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def bag_ce_target_kernel(
+    z_ptr,
+    w_ptr,
+    b_ptr,
+    offsets_ptr,
+    ids_ptr,
+    counts_ptr,
+    target_ptr,
+    num_rows,
+    hidden,
+    stride_zl,
+    stride_zb,
+    stride_wl,
+    stride_wv,
+    stride_bl,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """sum_k c_k (W z + b)_{t_k} of one row of one layer, fp32, entries in CSR order."""
     row = tl.program_id(0)
     layer = tl.program_id(1).to(tl.int64)
@@ -114,8 +179,11 @@ def bag_ce_target_kernel(z_ptr, w_ptr, b_ptr, offsets_ptr, ids_ptr, counts_ptr, 
             ks = k0 + tl.arange(0, BLOCK_D)
             k_mask = ks < hidden
             zk = tl.load(z_row + ks, mask=k_mask, other=0.0).to(tl.float32)
-            wk = tl.load(w_base + entry_id[:, None] * stride_wv + ks[None, :],
-                         mask=entry_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
+            wk = tl.load(
+                w_base + entry_id[:, None] * stride_wv + ks[None, :],
+                mask=entry_mask[:, None] & k_mask[None, :],
+                other=0.0,
+            ).to(tl.float32)
             dot += tl.sum(wk * zk[None, :], axis=1)
         if HAS_BIAS:
             dot += tl.load(b_ptr + layer * stride_bl + entry_id, mask=entry_mask, other=0.0).to(tl.float32)
@@ -124,32 +192,98 @@ def bag_ce_target_kernel(z_ptr, w_ptr, b_ptr, offsets_ptr, ids_ptr, counts_ptr, 
 
 
 @triton.jit
-def bag_ce_logits_kernel(z_ptr, w_ptr, b_ptr, out_ptr, num_rows, vocab, hidden, stride_zb, stride_wv, stride_out,
-                         HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                         BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def bag_ce_logits_kernel(
+    z_ptr,
+    w_ptr,
+    b_ptr,
+    out_ptr,
+    num_rows,
+    vocab,
+    hidden,
+    stride_zb,
+    stride_wv,
+    stride_out,
+    HAS_BIAS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """fp32 logits [rows, V] of one layer into ``out`` (a row block of the fused sweep)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < num_rows
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     col_mask = cols < vocab
-    logits = _logit_tile(z_ptr, w_ptr, b_ptr, rows, row_mask, cols, col_mask, hidden, stride_zb, stride_wv,
-                         HAS_BIAS, UPCAST, DOT_PRECISION, BLOCK_B, BLOCK_V, BLOCK_D)
+    logits = _logit_tile(
+        z_ptr,
+        w_ptr,
+        b_ptr,
+        rows,
+        row_mask,
+        cols,
+        col_mask,
+        hidden,
+        stride_zb,
+        stride_wv,
+        HAS_BIAS,
+        UPCAST,
+        DOT_PRECISION,
+        BLOCK_B,
+        BLOCK_V,
+        BLOCK_D,
+    )
     out = out_ptr + rows.to(tl.int64)[:, None] * stride_out + cols[None, :]
     tl.store(out, logits, mask=row_mask[:, None] & col_mask[None, :])
 
 
 @triton.jit
-def bag_ce_logit_grad_kernel(z_ptr, w_ptr, b_ptr, lse_ptr, coef_ptr, lengths_ptr, dl_ptr,
-                             num_rows, vocab, hidden, chunk_start, chunk_stop, stride_zb, stride_wv, stride_dl,
-                             HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                             BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def bag_ce_logit_grad_kernel(
+    z_ptr,
+    w_ptr,
+    b_ptr,
+    lse_ptr,
+    coef_ptr,
+    lengths_ptr,
+    dl_ptr,
+    num_rows,
+    vocab,
+    hidden,
+    chunk_start,
+    chunk_stop,
+    stride_zb,
+    stride_wv,
+    stride_dl,
+    HAS_BIAS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """dlogits[b, v - chunk_start] = coef_b * C_b * softmax_bv for v in the chunk (counts: next kernel)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < num_rows
     cols = chunk_start + tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     col_mask = cols < chunk_stop
-    logits = _logit_tile(z_ptr, w_ptr, b_ptr, rows, row_mask, cols, col_mask, hidden, stride_zb, stride_wv,
-                         HAS_BIAS, UPCAST, DOT_PRECISION, BLOCK_B, BLOCK_V, BLOCK_D)
+    logits = _logit_tile(
+        z_ptr,
+        w_ptr,
+        b_ptr,
+        rows,
+        row_mask,
+        cols,
+        col_mask,
+        hidden,
+        stride_zb,
+        stride_wv,
+        HAS_BIAS,
+        UPCAST,
+        DOT_PRECISION,
+        BLOCK_B,
+        BLOCK_V,
+        BLOCK_D,
+    )
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     scale = tl.load(coef_ptr + rows, mask=row_mask, other=0.0) * tl.load(lengths_ptr + rows, mask=row_mask, other=0.0)
     grad = scale[:, None] * tl.exp(logits - lse[:, None])
@@ -158,8 +292,9 @@ def bag_ce_logit_grad_kernel(z_ptr, w_ptr, b_ptr, lse_ptr, coef_ptr, lengths_ptr
 
 
 @triton.jit
-def bag_ce_count_scatter_kernel(dl_ptr, row_of_ptr, ids_ptr, counts_ptr, coef_ptr, nnz, chunk_start, chunk_stop,
-                                stride_dl, BLOCK_N: tl.constexpr):
+def bag_ce_count_scatter_kernel(
+    dl_ptr, row_of_ptr, ids_ptr, counts_ptr, coef_ptr, nnz, chunk_start, chunk_stop, stride_dl, BLOCK_N: tl.constexpr
+):
     """dlogits[row, id - chunk_start] -= coef_row * count for the bag entries whose id is in the chunk.
 
     The (row, id) pairs of the bags are unique, so every element is written by one entry at most:
@@ -244,9 +379,24 @@ def lse_partials(z, weight, bias, num_splits: int | None = None):
     sums = torch.empty_like(maxes)
     bias_arg = weight if bias is None else bias
     bag_ce_lse_partial_kernel[(row_blocks, splits, num_layers)](
-        z, weight, bias_arg, maxes, sums, num_rows, vocab, hidden, tiles_per_split,
-        z.stride(0), z.stride(1), weight.stride(0), weight.stride(1), 0 if bias is None else bias.stride(0),
-        HAS_BIAS=bias is not None, NUM_SPLITS=splits, **_dot_flags(z.dtype), **options,
+        z,
+        weight,
+        bias_arg,
+        maxes,
+        sums,
+        num_rows,
+        vocab,
+        hidden,
+        tiles_per_split,
+        z.stride(0),
+        z.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        0 if bias is None else bias.stride(0),
+        HAS_BIAS=bias is not None,
+        NUM_SPLITS=splits,
+        **_dot_flags(z.dtype),
+        **options,
     )
     return maxes, sums
 
@@ -266,10 +416,23 @@ def target_sums(z, weight, bias, bags) -> torch.Tensor:
     if num_rows == 0:
         return out
     bag_ce_target_kernel[(num_rows, num_layers)](
-        z, weight, weight if bias is None else bias, bags.offsets, bags.ids, bags.counts, out,
-        num_rows, hidden, z.stride(0), z.stride(1), weight.stride(0), weight.stride(1),
+        z,
+        weight,
+        weight if bias is None else bias,
+        bags.offsets,
+        bags.ids,
+        bags.counts,
+        out,
+        num_rows,
+        hidden,
+        z.stride(0),
+        z.stride(1),
+        weight.stride(0),
+        weight.stride(1),
         0 if bias is None else bias.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_N=BLOCK_N, BLOCK_D=TARGET_BLOCK_D,
+        HAS_BIAS=bias is not None,
+        BLOCK_N=BLOCK_N,
+        BLOCK_D=TARGET_BLOCK_D,
     )
     return out
 
@@ -288,9 +451,19 @@ def logits_into(z_rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     options = _launch_options(num_rows, z_rows.dtype)
     grid = (triton.cdiv(num_rows, options["BLOCK_B"]), triton.cdiv(vocab, options["BLOCK_V"]))
     bag_ce_logits_kernel[grid](
-        z_rows, weight, weight if bias is None else bias, out, num_rows, vocab, hidden,
-        z_rows.stride(0), weight.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, **_dot_flags(z_rows.dtype), **options,
+        z_rows,
+        weight,
+        weight if bias is None else bias,
+        out,
+        num_rows,
+        vocab,
+        hidden,
+        z_rows.stride(0),
+        weight.stride(0),
+        out.stride(0),
+        HAS_BIAS=bias is not None,
+        **_dot_flags(z_rows.dtype),
+        **options,
     )
 
 
@@ -333,13 +506,37 @@ def backward(z, weight, bias, bags, lse, coef, needs, filter_eps=None):
             dl = dlogits[:, : stop - start]
             grid = (triton.cdiv(num_rows, options["BLOCK_B"]), triton.cdiv(stop - start, options["BLOCK_V"]))
             bag_ce_logit_grad_kernel[grid](
-                z_layer, w_layer, b_layer, lse[layer], coef[layer], bags.lengths, dl,
-                num_rows, vocab, hidden, start, stop, z.stride(1), weight.stride(1), dl.stride(0),
-                HAS_BIAS=bias is not None, **flags, **options,
+                z_layer,
+                w_layer,
+                b_layer,
+                lse[layer],
+                coef[layer],
+                bags.lengths,
+                dl,
+                num_rows,
+                vocab,
+                hidden,
+                start,
+                stop,
+                z.stride(1),
+                weight.stride(1),
+                dl.stride(0),
+                HAS_BIAS=bias is not None,
+                **flags,
+                **options,
             )
             if nnz:
                 bag_ce_count_scatter_kernel[(triton.cdiv(nnz, 128),)](
-                    dl, bags.row_of, bags.ids, bags.counts, coef[layer], nnz, start, stop, dl.stride(0), BLOCK_N=128,
+                    dl,
+                    bags.row_of,
+                    bags.ids,
+                    bags.counts,
+                    coef[layer],
+                    nnz,
+                    start,
+                    stop,
+                    dl.stride(0),
+                    BLOCK_N=128,
                 )
             kept = None
             if filter_eps is not None:
@@ -372,8 +569,13 @@ _TYPE = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 def tile_constexprs(tile: tuple[int, int, int, int, int]) -> dict[str, int]:
     """Block sizes and compile options of one GPU_TILES entry, in aot_specs()' constexpr form."""
     block_b, block_v, block_d, num_warps, num_stages = tile
-    return {"BLOCK_B": block_b, "BLOCK_V": block_v, "BLOCK_D": block_d, "num_warps": num_warps,
-            "num_stages": num_stages}
+    return {
+        "BLOCK_B": block_b,
+        "BLOCK_V": block_v,
+        "BLOCK_D": block_d,
+        "num_warps": num_warps,
+        "num_stages": num_stages,
+    }
 
 
 def aot_specs() -> list[tuple[str, object, dict[str, str], dict[str, object]]]:
@@ -398,38 +600,106 @@ def aot_specs() -> list[tuple[str, object, dict[str, str], dict[str, object]]]:
                 label = f"{_TYPE[dtype]}_{precision}" if itemsize == 4 else f"{_TYPE[dtype]}_b{bias_type}"
                 specs.append((f"{name}_{label}_{bucket}", fn, signature, {**flags, **tile_constexprs(tile)}))
     for dtype in ("fp32", "bf16"):
-        specs.append((f"bag_ce_target_{dtype}", bag_ce_target_kernel, _target_signature(dtype),
-                      {"HAS_BIAS": True, "BLOCK_N": BLOCK_N, "BLOCK_D": TARGET_BLOCK_D, "num_warps": 4}))
-        specs.append((f"bag_ce_count_scatter_{dtype}", bag_ce_count_scatter_kernel, {
-            "dl_ptr": f"*{dtype}", "row_of_ptr": "*i64", "ids_ptr": "*i64", "counts_ptr": "*fp32",
-            "coef_ptr": "*fp32", "nnz": "i32", "chunk_start": "i32", "chunk_stop": "i32", "stride_dl": "i32",
-        }, {"BLOCK_N": 128, "num_warps": 4, "_not_divisible": ("nnz",)}))
+        specs.append(
+            (
+                f"bag_ce_target_{dtype}",
+                bag_ce_target_kernel,
+                _target_signature(dtype),
+                {"HAS_BIAS": True, "BLOCK_N": BLOCK_N, "BLOCK_D": TARGET_BLOCK_D, "num_warps": 4},
+            )
+        )
+        specs.append(
+            (
+                f"bag_ce_count_scatter_{dtype}",
+                bag_ce_count_scatter_kernel,
+                {
+                    "dl_ptr": f"*{dtype}",
+                    "row_of_ptr": "*i64",
+                    "ids_ptr": "*i64",
+                    "counts_ptr": "*fp32",
+                    "coef_ptr": "*fp32",
+                    "nnz": "i32",
+                    "chunk_start": "i32",
+                    "chunk_stop": "i32",
+                    "stride_dl": "i32",
+                },
+                {"BLOCK_N": 128, "num_warps": 4, "_not_divisible": ("nnz",)},
+            )
+        )
     return specs
 
 
 def _target_signature(dtype: str) -> dict[str, str]:
     return {
-        "z_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": "*fp32", "offsets_ptr": "*i64", "ids_ptr": "*i64",
-        "counts_ptr": "*fp32", "target_ptr": "*fp32", "num_rows": "i32", "hidden": "i32", "stride_zl": "i64",
-        "stride_zb": "i32", "stride_wl": "i64", "stride_wv": "i32", "stride_bl": "i32",
+        "z_ptr": f"*{dtype}",
+        "w_ptr": f"*{dtype}",
+        "b_ptr": "*fp32",
+        "offsets_ptr": "*i64",
+        "ids_ptr": "*i64",
+        "counts_ptr": "*fp32",
+        "target_ptr": "*fp32",
+        "num_rows": "i32",
+        "hidden": "i32",
+        "stride_zl": "i64",
+        "stride_zb": "i32",
+        "stride_wl": "i64",
+        "stride_wv": "i32",
+        "stride_bl": "i32",
     }
 
 
 def _signatures(dtype: str, bias: str):
     operands = {"z_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": f"*{bias}"}
     return [
-        ("bag_ce_lse_partial", bag_ce_lse_partial_kernel, {
-            **operands, "max_ptr": "*fp32", "sum_ptr": "*fp32", "num_rows": "i32", "vocab": "i32", "hidden": "i32",
-            "tiles_per_split": "i32", "stride_zl": "i64", "stride_zb": "i32", "stride_wl": "i64", "stride_wv": "i32",
-            "stride_bl": "i32",
-        }),
-        ("bag_ce_logits", bag_ce_logits_kernel, {
-            **operands, "out_ptr": "*fp32", "num_rows": "i32", "vocab": "i32", "hidden": "i32", "stride_zb": "i32",
-            "stride_wv": "i32", "stride_out": "i32",
-        }),
-        ("bag_ce_logit_grad", bag_ce_logit_grad_kernel, {
-            **operands, "lse_ptr": "*fp32", "coef_ptr": "*fp32", "lengths_ptr": "*fp32", "dl_ptr": f"*{dtype}",
-            "num_rows": "i32", "vocab": "i32", "hidden": "i32", "chunk_start": "i32", "chunk_stop": "i32",
-            "stride_zb": "i32", "stride_wv": "i32", "stride_dl": "i32",
-        }),
+        (
+            "bag_ce_lse_partial",
+            bag_ce_lse_partial_kernel,
+            {
+                **operands,
+                "max_ptr": "*fp32",
+                "sum_ptr": "*fp32",
+                "num_rows": "i32",
+                "vocab": "i32",
+                "hidden": "i32",
+                "tiles_per_split": "i32",
+                "stride_zl": "i64",
+                "stride_zb": "i32",
+                "stride_wl": "i64",
+                "stride_wv": "i32",
+                "stride_bl": "i32",
+            },
+        ),
+        (
+            "bag_ce_logits",
+            bag_ce_logits_kernel,
+            {
+                **operands,
+                "out_ptr": "*fp32",
+                "num_rows": "i32",
+                "vocab": "i32",
+                "hidden": "i32",
+                "stride_zb": "i32",
+                "stride_wv": "i32",
+                "stride_out": "i32",
+            },
+        ),
+        (
+            "bag_ce_logit_grad",
+            bag_ce_logit_grad_kernel,
+            {
+                **operands,
+                "lse_ptr": "*fp32",
+                "coef_ptr": "*fp32",
+                "lengths_ptr": "*fp32",
+                "dl_ptr": f"*{dtype}",
+                "num_rows": "i32",
+                "vocab": "i32",
+                "hidden": "i32",
+                "chunk_start": "i32",
+                "chunk_stop": "i32",
+                "stride_zb": "i32",
+                "stride_wv": "i32",
+                "stride_dl": "i32",
+            },
+        ),
     ]

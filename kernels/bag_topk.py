@@ -1,4 +1,5 @@
 """Public :func:`bag_topk`: the k best ids and the log-sum-exp of ``W z + b``, without [B, V] logits."""
+
 from __future__ import annotations
 
 import torch
@@ -48,7 +49,8 @@ def bag_topk(
         lse [..., B] fp32, log-sum-exp over the whole vocabulary (nats).
 
     z and W may differ in dtype: both are rounded to :func:`~fastmi.kernels._dtypes.compute_dtype`
-    (the weight's, or autocast's), and the products accumulate in fp32.  No autograd.  On CUDA the Triton kernel runs for
+    (the weight's, or autocast's), and the products accumulate in fp32.  No autograd.  On CUDA the Triton
+    kernel runs for
     k <= 64; larger k runs the chunked torch path on the GPU (one [rows, V] block at a time, and a
     host sync when ties at the k-th value need repair).
     """

@@ -10,6 +10,7 @@ ids, and orders the result by (value descending, id ascending) like the referenc
 Also usable on CUDA tensors (the Triton launcher falls back to it for k above its bucket limit),
 where the tie repair costs a host sync.
 """
+
 from __future__ import annotations
 
 import torch

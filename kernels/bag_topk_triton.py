@@ -14,6 +14,7 @@ the splits (two passes, no atomics).  Splitting V keeps all SMs busy when B is s
 ``K`` is a power-of-two bucket <= ``MAX_K``; larger k runs the chunked torch path instead (see
 :mod:`fastmi.kernels.bag_topk`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -57,12 +58,29 @@ def _merge_top(best, candidates):
 
 @triton.jit
 def _bag_topk_kernel(
-    z_ptr, w_ptr, b_ptr, keys_ptr, max_ptr, sum_ptr,
-    B, V, D, tiles_per_split,
-    stride_zl, stride_zb, stride_wl, stride_wv, stride_bl,
-    HAS_BIAS: tl.constexpr, K: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    z_ptr,
+    w_ptr,
+    b_ptr,
+    keys_ptr,
+    max_ptr,
+    sum_ptr,
+    B,
+    V,
+    D,
+    tiles_per_split,
+    stride_zl,
+    stride_zb,
+    stride_wl,
+    stride_wv,
+    stride_bl,
+    HAS_BIAS: tl.constexpr,
+    K: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     split = tl.program_id(1)
@@ -117,8 +135,13 @@ def _block_sizes(k_bucket: int, interpreted: bool | None = None, itemsize: int =
         return dict(BLOCK_B=32, BLOCK_V=64, BLOCK_D=64, num_warps=4, num_stages=1)
     # the [BLOCK_B, K] int64 running set lives in registers: halve the rows for large K or fp32
     # operands, and the d step for fp32 (no spills: tests/test_aot_compile.py)
-    return dict(BLOCK_B=64 if k_bucket <= 16 and itemsize == 2 else 32, BLOCK_V=128, BLOCK_D=64 if itemsize == 2 else 32,
-                num_warps=8, num_stages=3)
+    return dict(
+        BLOCK_B=64 if k_bucket <= 16 and itemsize == 2 else 32,
+        BLOCK_V=128,
+        BLOCK_D=64 if itemsize == 2 else 32,
+        num_warps=8,
+        num_stages=3,
+    )
 
 
 def _num_splits(row_blocks: int, tiles: int, device: torch.device) -> int:
@@ -151,12 +174,26 @@ def bag_topk_triton(
     sums = torch.empty_like(maxes)
     fp32 = z.dtype == torch.float32 and weight.dtype == torch.float32
     _bag_topk_kernel[(row_blocks, splits, num_layers)](
-        z, weight, bias if bias is not None else z, keys, maxes, sums,
-        num_rows, vocab, dim, tiles_per_split,
-        z.stride(0), z.stride(1), weight.stride(0), weight.stride(1),
+        z,
+        weight,
+        bias if bias is not None else z,
+        keys,
+        maxes,
+        sums,
+        num_rows,
+        vocab,
+        dim,
+        tiles_per_split,
+        z.stride(0),
+        z.stride(1),
+        weight.stride(0),
+        weight.stride(1),
         bias.stride(0) if bias is not None else 0,
-        HAS_BIAS=bias is not None, K=k_bucket, NUM_SPLITS=splits,
-        UPCAST=interpreter_enabled(), INPUT_PRECISION="ieee" if fp32 else "tf32",
+        HAS_BIAS=bias is not None,
+        K=k_bucket,
+        NUM_SPLITS=splits,
+        UPCAST=interpreter_enabled(),
+        INPUT_PRECISION="ieee" if fp32 else "tf32",
         **blocks,
     )
     # merge the splits: keys are unique, so topk over them is exact
@@ -178,12 +215,30 @@ def aot_specs() -> list:
         bucket = triton.next_power_of_2(k)
         for operands, bias, precision in (("fp32", "fp32", "ieee"), ("bf16", "bf16", "tf32"), ("bf16", "fp32", "tf32")):
             signature = {
-                "z_ptr": f"*{operands}", "w_ptr": f"*{operands}", "b_ptr": f"*{bias}", "keys_ptr": "*i64",
-                "max_ptr": "*fp32", "sum_ptr": "*fp32", "B": "i32", "V": "i32", "D": "i32", "tiles_per_split": "i32",
-                "stride_zl": "i64", "stride_zb": "i32", "stride_wl": "i64", "stride_wv": "i32", "stride_bl": "i32",
+                "z_ptr": f"*{operands}",
+                "w_ptr": f"*{operands}",
+                "b_ptr": f"*{bias}",
+                "keys_ptr": "*i64",
+                "max_ptr": "*fp32",
+                "sum_ptr": "*fp32",
+                "B": "i32",
+                "V": "i32",
+                "D": "i32",
+                "tiles_per_split": "i32",
+                "stride_zl": "i64",
+                "stride_zb": "i32",
+                "stride_wl": "i64",
+                "stride_wv": "i32",
+                "stride_bl": "i32",
             }
-            constexprs = dict(HAS_BIAS=True, K=bucket, NUM_SPLITS=2, UPCAST=False, INPUT_PRECISION=precision,
-                              _not_divisible=("tiles_per_split",),
-                              **_block_sizes(bucket, interpreted=False, itemsize=4 if operands == "fp32" else 2))
+            constexprs = dict(
+                HAS_BIAS=True,
+                K=bucket,
+                NUM_SPLITS=2,
+                UPCAST=False,
+                INPUT_PRECISION=precision,
+                _not_divisible=("tiles_per_split",),
+                **_block_sizes(bucket, interpreted=False, itemsize=4 if operands == "fp32" else 2),
+            )
             specs.append((f"bag_topk_{operands}_b{bias}_k{k}", _bag_topk_kernel, signature, constexprs))
     return specs

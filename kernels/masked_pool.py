@@ -1,4 +1,5 @@
 """Public :func:`masked_pool`: pool [B, T, d] hidden states over the unmasked positions."""
+
 from __future__ import annotations
 
 import torch
@@ -24,11 +25,11 @@ def _check(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> None:
 def masked_pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
     """Pool ``hidden`` [B, T, d] over the positions where ``mask`` [B, T] is nonzero -> fp32 [B, d].
 
-    mode: "mean", "max", "first" or "last" (the first / last unmasked position, whatever the
-    padding side: left, right, or holes).  A row with no unmasked position pools to zeros.
-    Accepts fp32 / bf16 / fp16 hidden; accumulates in fp32.  Never syncs the host, so forward
-    hooks can call it on every block's output.  The Triton kernel has no backward: when hidden
-requires a gradient (fine-tuning), the differentiable torch path runs instead, on any device.
+        mode: "mean", "max", "first" or "last" (the first / last unmasked position, whatever the
+        padding side: left, right, or holes).  A row with no unmasked position pools to zeros.
+        Accepts fp32 / bf16 / fp16 hidden; accumulates in fp32.  Never syncs the host, so forward
+        hooks can call it on every block's output.  The Triton kernel has no backward: when hidden
+    requires a gradient (fine-tuning), the differentiable torch path runs instead, on any device.
     """
     _check(hidden, mask, mode)
     keep = mask if mask.dtype == torch.bool else mask != 0

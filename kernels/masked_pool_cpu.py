@@ -11,6 +11,7 @@ max: in the input dtype (a maximum rounds nothing), then fp32.
 first / last: the position from the mask, then a gather of one [d] row per sentence.
 No data-dependent Python branching, hence no host sync on a GPU.
 """
+
 from __future__ import annotations
 
 import numba

@@ -5,6 +5,7 @@ never read, whatever side it is on) and accumulate in fp32.  first / last scan t
 the position, then load that single [BLOCK_D] row.  No host sync, no atomics: safe inside
 forward hooks, CUDA graphs and torch.compile regions.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,10 +19,19 @@ MODES = {"mean": 0, "max": 1, "first": 2, "last": 3}
 
 @triton.jit
 def _masked_pool_kernel(
-    h_ptr, m_ptr, out_ptr,
-    T, D,
-    stride_hb, stride_ht, stride_mb, stride_mt, stride_ob,
-    MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    h_ptr,
+    m_ptr,
+    out_ptr,
+    T,
+    D,
+    stride_hb,
+    stride_ht,
+    stride_mb,
+    stride_mt,
+    stride_ob,
+    MODE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -37,8 +47,11 @@ def _masked_pool_kernel(
         for t0 in range(0, T, BLOCK_T):
             ts = t0 + tl.arange(0, BLOCK_T)
             keep = tl.load(m_row + ts * stride_mt, mask=ts < T, other=0) != 0
-            h = tl.load(h_row + ts.to(tl.int64)[:, None] * stride_ht + cols[None, :],
-                        mask=keep[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+            h = tl.load(
+                h_row + ts.to(tl.int64)[:, None] * stride_ht + cols[None, :],
+                mask=keep[:, None] & col_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)
             count += keep.to(tl.int32)
             if MODE == 0:
                 acc += tl.sum(h, axis=0)
@@ -75,7 +88,9 @@ def _masked_pool_kernel(
 
 
 def _block_sizes(length: int, dim: int, interpreted: bool | None = None) -> dict:
-    if interpreter_enabled() if interpreted is None else interpreted:  # few, large programs: one interpreted program costs ~1 ms
+    if (
+        interpreter_enabled() if interpreted is None else interpreted
+    ):  # few, large programs: one interpreted program costs ~1 ms
         return dict(BLOCK_T=min(64, triton.next_power_of_2(length)), BLOCK_D=min(128, triton.next_power_of_2(dim)))
     return dict(BLOCK_T=32, BLOCK_D=128, num_warps=4)
 
@@ -88,9 +103,18 @@ def masked_pool_triton(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> t
     grid = (rows, triton.cdiv(dim, blocks["BLOCK_D"]))
     flags = mask.view(torch.uint8)  # same bytes as bool; Triton's *i1 loads are avoided
     _masked_pool_kernel[grid](
-        hidden, flags, out, length, dim,
-        hidden.stride(0), hidden.stride(1), flags.stride(0), flags.stride(1), out.stride(0),
-        MODE=MODES[mode], **blocks,
+        hidden,
+        flags,
+        out,
+        length,
+        dim,
+        hidden.stride(0),
+        hidden.stride(1),
+        flags.stride(0),
+        flags.stride(1),
+        out.stride(0),
+        MODE=MODES[mode],
+        **blocks,
     )
     return out
 
@@ -101,10 +125,25 @@ def aot_specs() -> list:
     specs = []
     for dtype in ("bf16", "fp32"):
         signature = {
-            "h_ptr": f"*{dtype}", "m_ptr": "*u8", "out_ptr": "*fp32", "T": "i32", "D": "i32",
-            "stride_hb": "i64", "stride_ht": "i32", "stride_mb": "i32", "stride_mt": "i32", "stride_ob": "i32",
+            "h_ptr": f"*{dtype}",
+            "m_ptr": "*u8",
+            "out_ptr": "*fp32",
+            "T": "i32",
+            "D": "i32",
+            "stride_hb": "i64",
+            "stride_ht": "i32",
+            "stride_mb": "i32",
+            "stride_mt": "i32",
+            "stride_ob": "i32",
         }
         # T is a padded batch length: not a multiple of 16 in general
-        specs += [(f"masked_pool_{mode}_{dtype}", _masked_pool_kernel, signature,
-                   dict(MODE=code, _not_divisible=("T",), **gpu)) for mode, code in MODES.items()]
+        specs += [
+            (
+                f"masked_pool_{mode}_{dtype}",
+                _masked_pool_kernel,
+                signature,
+                dict(MODE=code, _not_divisible=("T",), **gpu),
+            )
+            for mode, code in MODES.items()
+        ]
     return specs

@@ -4,6 +4,7 @@ Every fast path (Triton on CUDA or under the interpreter, the chunked CPU path) 
 these.  Shapes: ``z`` [B, d] or layer-batched [L, B, d]; ``weight`` [V, d] or [L, V, d]; ``bias``
 [V], [L, V] or None.  Losses are in nats.
 """
+
 from __future__ import annotations
 
 import torch

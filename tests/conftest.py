@@ -10,6 +10,7 @@ activations or dequantised models (hundreds of MB) into ~/.cache.  It is set her
 function-scoped fixture, because module-scoped fixtures run before those.  To reuse converted demo
 models across runs, ask for it: FASTMI_TEST_HOME=/some/dir becomes FASTMI_HOME.
 """
+
 import atexit
 import os
 import shutil

@@ -1,5 +1,7 @@
 """Run by tests/test_loss_ddp.py: two processes (torch.multiprocessing, gloo), each putting one rank's
-half of the batch through a DDP-wrapped model + MultiLayerRecoverabilityLoss; the synchronised gradients are written for the test to read."""
+half of the batch through a DDP-wrapped model + MultiLayerRecoverabilityLoss; the synchronised
+gradients are written for the test to read."""
+
 from __future__ import annotations
 
 import sys
@@ -21,7 +23,9 @@ class TinyModel(torch.nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.embed = torch.nn.Embedding(V, D)
-        self.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.Tanh()) for _ in range(2)])
+        self.blocks = torch.nn.ModuleList(
+            [torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.Tanh()) for _ in range(2)]
+        )
         self.recover = MultiLayerRecoverabilityLoss(D, V, layers=[1, 2], layer_weights=[0.5, 1.5], exclude_ids=SPECIAL)
         with torch.no_grad():
             for p in self.recover.parameters():

@@ -4,6 +4,7 @@ Each layer's per-sentence cross-entropy is ``base + shift[layer] + difficulty + 
 sentence's difficulty is shared by every layer and model (what pairing cancels), the shift sets
 the layer's variational bound (H(T) - mean CE).  Errors are drawn to match, so every bound exists.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +16,18 @@ from fastmi.result import RecoverabilityResult
 H_T, M, K = 6.0, 400, 5
 
 
-def model_result(name: str, kind: str, shifts, difficulty: np.ndarray, rows: np.ndarray, seed: int,
-                 noise: float = 0.3, validation_shifts=None, vocab_size: int = 1000, entropy: float = H_T
-                 ) -> RecoverabilityResult:
+def model_result(
+    name: str,
+    kind: str,
+    shifts,
+    difficulty: np.ndarray,
+    rows: np.ndarray,
+    seed: int,
+    noise: float = 0.3,
+    validation_shifts=None,
+    vocab_size: int = 1000,
+    entropy: float = H_T,
+) -> RecoverabilityResult:
     """One model whose layer l has mean held-out CE 4 + shifts[l] (+ the shared difficulty)."""
     rng = np.random.default_rng(seed)
     held = HeldOut(rows=np.asarray(rows, dtype=np.int64))
@@ -29,8 +39,21 @@ def model_result(name: str, kind: str, shifts, difficulty: np.ndarray, rows: np.
         errors_k = errors * 0.6
         held.add(layer, errors=errors, errors_k=errors_k, ce_bits=ce)
         stats = layer_bounds(errors, errors_k, ce, entropy, M, K, n_bootstrap=200)
-        table.append(dict(model=name, layer=layer, rel_depth=layer / depth, pooling="mean", vocab="top:400", M=M,
-                          n_train=2000, n_test=rows.size, n_skipped=0, bag_recall=0.5, **stats))
+        table.append(
+            dict(
+                model=name,
+                layer=layer,
+                rel_depth=layer / depth,
+                pooling="mean",
+                vocab="top:400",
+                M=M,
+                n_train=2000,
+                n_test=rows.size,
+                n_skipped=0,
+                bag_recall=0.5,
+                **stats,
+            )
+        )
         validation = (validation_shifts or shifts)[layer]
         training[str(layer)] = {"best_epoch": 5, "validation_ce_bits": 4.0 + validation, "epochs_run": 8}
     config = {"model": name, "vocab_size": vocab_size, "training": training, "source": {"kind": kind}, "seed": 0}

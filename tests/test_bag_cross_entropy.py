@@ -4,6 +4,7 @@ Shapes are tiny and awkward on purpose: V = 300 is not a multiple of any tile, d
 CPU path runs with 4-row blocks so 13 rows end on a partial block, and the bags hold 1 to 64
 distinct ids with counts up to 4, one empty row and the last id of the vocabulary.
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -201,7 +202,9 @@ def test_torch_compile_module_matches_eager():
 @pytest.mark.parametrize("path", PATHS)
 def test_out_of_range_ids_raise_before_any_launch(path):
     z, weight, bias = make_inputs(None, 4)
-    too_big = fastmi.BagTargets(torch.tensor([0, 1, 3, 3, 4]), torch.tensor([5, 7, VOCAB, 2]), torch.ones(4, dtype=torch.long))
+    too_big = fastmi.BagTargets(
+        torch.tensor([0, 1, 3, 3, 4]), torch.tensor([5, 7, VOCAB, 2]), torch.ones(4, dtype=torch.long)
+    )
     with pytest.raises(ValueError, match=rf"target id {VOCAB} \(row 1\) is out of range"):
         PATHS[path](z, weight, bias, too_big, "mean", "row")
     negative = SimpleNamespace(offsets=torch.tensor([0, 1, 1, 1, 1]), ids=torch.tensor([-3]), counts=torch.tensor([1]))
@@ -299,7 +302,8 @@ def test_filter_off_or_unable_to_skip_is_bit_identical(path):
 
 
 @pytest.mark.parametrize(
-    "path,reduction", [("cpu", "sum"), ("cpu", "none"), ("triton", "sum")]  # cpu: fused / lse backward
+    "path,reduction",
+    [("cpu", "sum"), ("cpu", "none"), ("triton", "sum")],  # cpu: fused / lse backward
 )
 def test_filtered_gradients_within_the_dropped_mass(path, reduction):
     eps = 1e-6
@@ -329,7 +333,9 @@ def test_filtered_gradients_within_the_dropped_mass(path, reduction):
 def test_filter_never_skips_a_target_column(path):
     z, weight, bias = peaked_inputs(4, seed=1)
     rare = VOCAB - 1  # softmax ~1e-9, far below eps, but row 0's bag holds it
-    targets = fastmi.BagTargets(torch.tensor([0, 2, 3, 3, 4]), torch.tensor([rare, 60, 120, 7]), torch.ones(4, dtype=torch.long))
+    targets = fastmi.BagTargets(
+        torch.tensor([0, 2, 3, 3, 4]), torch.tensor([rare, 60, 120, 7]), torch.ones(4, dtype=torch.long)
+    )
     loss, (dz, dw, db) = loss_and_grads(filtered(path, 1e-4), z, weight, bias, targets, "mean", "row")
     _, (ref_dz, ref_dw, ref_db) = loss_and_grads(bag_cross_entropy_reference, z, weight, bias, targets, "mean", "row")
     # One row block (CPU default) / all rows (Triton): the target columns' grad_W rows are exact.

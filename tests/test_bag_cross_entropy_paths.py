@@ -4,17 +4,18 @@ Held against the torch reference on fresh random inputs.  The Triton kernels run
 interpreter, where the V-split forward uses two 128-wide tiles per split (so V = 300 spans two
 splits and V = 100 fits in one).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_bag_cross_entropy import HIDDEN, VOCAB, assert_close, loss_and_grads, make_bags
 
 import fastmi
 from fastmi.kernels import backend, bag_cross_entropy, bag_cross_entropy_triton, bag_topk
 from fastmi.kernels._dtypes import compute_dtype
 from fastmi.kernels.bag_cross_entropy import PreparedBags
 from fastmi.kernels.reference import bag_cross_entropy_reference, bag_topk_reference, logits_reference
-from test_bag_cross_entropy import HIDDEN, VOCAB, assert_close, loss_and_grads, make_bags
 
 BF16, FP32 = torch.bfloat16, torch.float32
 
@@ -46,8 +47,12 @@ def test_mixed_dtypes_match_the_reference_at_the_compute_dtype(path, reduction, 
     rounded = [z.detach().to(w_dtype).float(), weight.detach().float()]
     ref_inputs = [leaf(t, FP32) for t in rounded] + ([] if bias is None else [leaf(bias, FP32)])
     ref_loss, ref_grads = loss_and_grads(
-        bag_cross_entropy_reference, *ref_inputs[:2], ref_inputs[2] if bias is not None else None, targets,
-        reduction, "row",
+        bag_cross_entropy_reference,
+        *ref_inputs[:2],
+        ref_inputs[2] if bias is not None else None,
+        targets,
+        reduction,
+        "row",
     )
     assert loss.dtype == FP32
     assert_close(loss, ref_loss, 2e-5)
@@ -125,8 +130,9 @@ def test_scalar_loss_forms_gradients_in_the_forward_and_none_recomputes(monkeypa
     calls = []
     for name in ("backward", "logits_into", "forward"):
         original = getattr(bag_cross_entropy_triton, name)
-        monkeypatch.setattr(bag_cross_entropy_triton, name,
-                            lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+        monkeypatch.setattr(
+            bag_cross_entropy_triton, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k)
+        )
     z = leaf(torch.randn(2, 13, HIDDEN), FP32)
     weight = leaf(0.3 * torch.randn(2, VOCAB, HIDDEN), FP32)
     targets = make_bags(13)

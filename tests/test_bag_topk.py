@@ -1,4 +1,5 @@
 """bag_topk (CPU path, Triton kernel under the interpreter) against bag_topk_reference."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Token bags: the numba counter against collections.Counter, and BagTargets validation."""
+
 from __future__ import annotations
 
 from collections import Counter

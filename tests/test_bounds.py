@@ -1,5 +1,6 @@
 """fastmi.bounds: formulas at hand-computed points and at the edges, confidence limits, and the
 bounds on synthetic channels whose mutual information is known in closed form."""
+
 import math
 
 import numpy as np
@@ -171,7 +172,11 @@ def test_layer_bounds_consistency_and_flags():
     assert out["p_error"] == pytest.approx(errors.mean()) and out["ce_bits"] == pytest.approx(ce.mean())
     for stat in ("p_error", "p_error_k", "ce_bits"):
         assert out[f"{stat}_ucb"] > out[stat]
-    for point, lcb in (("fano_bits", "fano_lcb"), ("list_fano_bits", "list_fano_lcb"), ("variational_bits", "variational_lcb")):
+    for point, lcb in (
+        ("fano_bits", "fano_lcb"),
+        ("list_fano_bits", "list_fano_lcb"),
+        ("variational_bits", "variational_lcb"),
+    ):
         assert 0 <= out[lcb] < out[point] <= 4.0
     assert out["fano_bits"] == pytest.approx(fano_lower_bound(errors.mean(), 4.0, 64))
     assert out["list_fano_lcb"] == pytest.approx(list_fano_lower_bound(out["p_error_k_ucb"], 5, 4.0, 64))
@@ -183,7 +188,12 @@ def test_layer_bounds_consistency_and_flags():
     # A vacuous layer: every bound clamped to 0 and named.
     bad = layer_bounds(np.full(50, 0.99), np.full(50, 0.9), np.full(50, 9.0), 2.0, 64, 5)
     assert bad["clamped"].split(",") == [
-        "fano_bits", "fano_lcb", "list_fano_bits", "list_fano_lcb", "variational_bits", "variational_lcb"
+        "fano_bits",
+        "fano_lcb",
+        "list_fano_bits",
+        "list_fano_lcb",
+        "variational_bits",
+        "variational_lcb",
     ]
     assert all(bad[name] == 0.0 for name in bad["clamped"].split(","))
 

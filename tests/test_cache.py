@@ -1,4 +1,5 @@
 """The activation cache: crash safety, resumption, corruption, identity checks."""
+
 from __future__ import annotations
 
 import json
@@ -73,17 +74,26 @@ KILLED_RUN = textwrap.dedent("""
 # shard 1 has layers 0-2 renamed into place but unlisted, and layer 3 half-written to its temporary file.
 def test_sigkilled_run_resumes_to_bit_identical_shards(models, corpus_file, tmp_path):
     killed = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, models["gpt2"], str(corpus_file), str(killed),
-                           "14"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, models["gpt2"], str(corpus_file), str(killed), "14"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     # Part-way: shard 0 finished for every layer, shard 1 not listed, whatever is on disk.
     assert units(killed) == {str(l): {"0": units(killed)[str(l)]["0"]} for l in range(4)}
     assert [p.parent.name for p in killed.rglob(".tmp-*")] == ["layer_003"]
-    assert sorted(p.parent.name for p in killed.rglob("shard_00001.safetensors")) == ["layer_000", "layer_001", "layer_002"]
+    assert sorted(p.parent.name for p in killed.rglob("shard_00001.safetensors")) == [
+        "layer_000",
+        "layer_001",
+        "layer_002",
+    ]
 
     resumed = fastmi.extract(models["gpt2"], fastmi.Corpus.from_text_file(corpus_file), cache_dir=killed, **SETTINGS)
-    clean = fastmi.extract(models["gpt2"], fastmi.Corpus.from_text_file(corpus_file), cache_dir=tmp_path / "clean",
-                           **SETTINGS)
+    clean = fastmi.extract(
+        models["gpt2"], fastmi.Corpus.from_text_file(corpus_file), cache_dir=tmp_path / "clean", **SETTINGS
+    )
     assert resumed.layers == clean.layers == [0, 1, 2, 3]
     assert cache_files(killed) == cache_files(tmp_path / "clean")  # every byte of every shard
     assert units(killed) == units(tmp_path / "clean")
@@ -166,8 +176,16 @@ def test_resume_false_refuses_a_started_cache_and_foreign_directories_are_refuse
 
 
 def test_second_writer_is_locked_out(tmp_path):
-    meta = {"model": "m", "revision": "r", "dtype": "float32", "pooling": "mean", "max_length": 8,
-            "corpus_fingerprint": "f", "num_rows": 3, "hidden_size": 2}
+    meta = {
+        "model": "m",
+        "revision": "r",
+        "dtype": "float32",
+        "pooling": "mean",
+        "max_length": 8,
+        "corpus_fingerprint": "f",
+        "num_rows": 3,
+        "hidden_size": 2,
+    }
     with CacheWriter.prepare(tmp_path / "c", meta, shard_rows=2):
         with pytest.raises(RuntimeError, match="another process is extracting"):
             CacheWriter.prepare(tmp_path / "c", meta, shard_rows=2)

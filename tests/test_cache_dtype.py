@@ -1,4 +1,5 @@
 """The cache dtype (fp32 | bf16 | fp16): stored as asked, read back exactly, part of the identity."""
+
 from __future__ import annotations
 
 import hashlib
@@ -83,7 +84,22 @@ def test_values_beyond_fp16_are_refused_and_nothing_is_listed(fp32_cache, tmp_pa
 def test_cli_cache_dtype(model, tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(SENTENCES) + "\n")
-    assert main(["extract", "--model", model, "--corpus", str(corpus), "--out", str(tmp_path / "c"),
-                 "--cache-dtype", "fp16", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--model",
+                model,
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(tmp_path / "c"),
+                "--cache-dtype",
+                "fp16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "cache float16" in capsys.readouterr().out
     assert fastmi.ActivationCache.open(tmp_path / "c").cache_dtype == "float16"

@@ -1,6 +1,7 @@
 """Synthetic channels whose mutual information is known in closed form, through fastmi.recoverability
 with raw inputs: every reported bound must lie below the true MI (within its confidence), and the
 tight ones close to it."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,14 @@ def binary_entropy(p: float) -> float:
 
 def run(z: torch.Tensor, tokens: torch.Tensor, q: int):
     return fastmi.recoverability(
-        {0: z}, targets=single_token_bags(tokens), vocab_size=q, k=2, seed=0, n_bootstrap=500,
-        train=TrainConfig(max_epochs=8, patience=2, batch_size=512), progress=False,
+        {0: z},
+        targets=single_token_bags(tokens),
+        vocab_size=q,
+        k=2,
+        seed=0,
+        n_bootstrap=500,
+        train=TrainConfig(max_epochs=8, patience=2, batch_size=512),
+        progress=False,
     ).table[0]
 
 

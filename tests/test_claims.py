@@ -1,13 +1,14 @@
 """fastmi.claims: verdicts on synthetic sweeps built so that each claim holds, is contradicted, or
 cannot be resolved; the multiplicity and the peak's selection are stated."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic_results import model_result, shared_difficulty
 
 from fastmi.claims import CONTRADICTED, HOLDS, UNRESOLVED, evaluate_claims, format_claims, verdict
 from fastmi.result import RecoverabilityResult
-from synthetic_results import model_result, shared_difficulty
 
 ENCODER_DEPTHS = 4  # encoder layers 0..4; decoder 0..8, matched at even layers
 
@@ -15,8 +16,9 @@ ENCODER_DEPTHS = 4  # encoder layers 0..4; decoder 0..8, matched at even layers
 def sweep(encoder_shifts, decoder_shifts, decoder_validation=None, n=400):
     difficulty, rows = shared_difficulty(n)
     encoder = model_result("enc", "encoder", encoder_shifts, difficulty, rows, seed=1)
-    decoder = model_result("dec", "decoder", decoder_shifts, difficulty, rows, seed=2,
-                           validation_shifts=decoder_validation)
+    decoder = model_result(
+        "dec", "decoder", decoder_shifts, difficulty, rows, seed=2, validation_shifts=decoder_validation
+    )
     return RecoverabilityResult.concat([encoder, decoder])
 
 
@@ -66,8 +68,9 @@ def test_claims_not_resolved():
     # No difference anywhere: the intervals straddle 0.
     decoder = [0.0] * 9
     encoder = [0.0] * (ENCODER_DEPTHS + 1)
-    claims = evaluate_claims(sweep(encoder, decoder, decoder_validation=[0, 0, 0, -0.01, 0, 0, 0, 0, 0]),
-                             n_bootstrap=1000)
+    claims = evaluate_claims(
+        sweep(encoder, decoder, decoder_validation=[0, 0, 0, -0.01, 0, 0, 0, 0, 0]), n_bootstrap=1000
+    )
     assert [c.verdict for c in claims] == [UNRESOLVED] * 3
     text = format_claims(claims)
     assert text.count("NOT RESOLVED AT THIS LEVEL") == 3 and "dec:3" in text

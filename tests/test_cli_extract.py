@@ -1,4 +1,5 @@
 """``fastmi extract`` end to end on a tiny model, through the CLI entry point."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,21 @@ def test_help_explains_the_options(capsys):
         cli.main(["extract", "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--model", "--corpus", "--out", "--pooling", "--layers", "--batch-size", "--max-length",
-                   "--device", "--dtype", "--resume", "--no-resume", "--overwrite", "--field"):
+    for option in (
+        "--model",
+        "--corpus",
+        "--out",
+        "--pooling",
+        "--layers",
+        "--batch-size",
+        "--max-length",
+        "--device",
+        "--dtype",
+        "--resume",
+        "--no-resume",
+        "--overwrite",
+        "--field",
+    ):
         assert option in text
     assert "0 is the embedding output" in text and "smollm2" in text
 
@@ -37,8 +51,26 @@ def test_extract_jsonl_corpus_end_to_end_then_resume_then_refuse(model_dir, tmp_
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"body": s, "id": i}) + "\n" for i, s in enumerate(sentences)))
     out = tmp_path / "cache"
-    argv = ["extract", "--model", model_dir, "--corpus", str(corpus), "--field", "body", "--out", str(out),
-            "--layers", "0,2-3", "--pooling", "last", "--batch-size", "4", "--shard-rows", "5", "--no-progress"]
+    argv = [
+        "extract",
+        "--model",
+        model_dir,
+        "--corpus",
+        str(corpus),
+        "--field",
+        "body",
+        "--out",
+        str(out),
+        "--layers",
+        "0,2-3",
+        "--pooling",
+        "last",
+        "--batch-size",
+        "4",
+        "--shard-rows",
+        "5",
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == f"cache: {out}"
@@ -64,11 +96,12 @@ def test_extract_jsonl_corpus_end_to_end_then_resume_then_refuse(model_dir, tmp_
 
 def test_bad_input_is_one_line_and_writes_nothing(model_dir, tmp_path, capsys):
     out = tmp_path / "cache"
-    assert cli.main(["extract", "--model", model_dir, "--corpus", str(tmp_path / "missing.txt"), "--out", str(out)]) == 2
+    assert (
+        cli.main(["extract", "--model", model_dir, "--corpus", str(tmp_path / "missing.txt"), "--out", str(out)]) == 2
+    )
     assert "corpus file not found" in capsys.readouterr().err
     corpus = tmp_path / "c.txt"
     corpus.write_text("w1 w2\nw3\n")
-    assert cli.main(["extract", "--model", model_dir, "--corpus", str(corpus), "--out", str(out),
-                     "--layers", "7"]) == 2
+    assert cli.main(["extract", "--model", model_dir, "--corpus", str(corpus), "--out", str(out), "--layers", "7"]) == 2
     assert "out of range" in capsys.readouterr().err
     assert not out.exists()

@@ -1,5 +1,6 @@
 """The command line as a new user meets it: arguments refused before any work, nothing left behind
 by a failed run, the sweep's options, results kept per setting, report's input, plain notices."""
+
 from __future__ import annotations
 
 import json
@@ -44,19 +45,23 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"fastmi {fastmi.__version__}"
 
 
-@pytest.mark.parametrize("bad, says", [
-    (["--vocab", "topp:12"], "vocab must be"),
-    (["--vocab", "top:1"], "vocab must be"),
-    (["--layers", "99"], "out of range"),
-    (["--batch-size", "0"], "--batch-size must be a positive integer"),
-    (["--max-length", "0"], "--max-length must be a positive integer"),
-    (["--shard-rows", "0"], "--shard-rows must be a positive integer"),
-    (["--test-fraction", "1.5"], "--test-fraction must lie strictly between 0 and 1"),
-    (["--max-epochs", "0"], "--max-epochs must be a positive integer"),
-    (["--device", "cuda:7"], "--device"),
-])
-def test_sweep_refuses_bad_arguments_before_any_work_and_leaves_nothing(bad, says, tiny, nothing_may_load,
-                                                                         tmp_path, capsys):
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (["--vocab", "topp:12"], "vocab must be"),
+        (["--vocab", "top:1"], "vocab must be"),
+        (["--layers", "99"], "out of range"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--max-length", "0"], "--max-length must be a positive integer"),
+        (["--shard-rows", "0"], "--shard-rows must be a positive integer"),
+        (["--test-fraction", "1.5"], "--test-fraction must lie strictly between 0 and 1"),
+        (["--max-epochs", "0"], "--max-epochs must be a positive integer"),
+        (["--device", "cuda:7"], "--device"),
+    ],
+)
+def test_sweep_refuses_bad_arguments_before_any_work_and_leaves_nothing(
+    bad, says, tiny, nothing_may_load, tmp_path, capsys
+):
     model, corpus = tiny
     out = tmp_path / "out"
     assert main(["sweep", "--model", model, "--corpus", str(corpus), "--out", str(out), *FAST, *bad]) == 2
@@ -65,10 +70,13 @@ def test_sweep_refuses_bad_arguments_before_any_work_and_leaves_nothing(bad, say
     assert not out.exists()
 
 
-@pytest.mark.parametrize("bad, says", [(["--layers", "99"], "out of range"),
-                                       (["--batch-size", "0"], "--batch-size must be a positive integer")])
-def test_extract_refuses_layers_and_batch_size_before_the_model_loads(bad, says, tiny, nothing_may_load,
-                                                                      tmp_path, capsys):
+@pytest.mark.parametrize(
+    "bad, says",
+    [(["--layers", "99"], "out of range"), (["--batch-size", "0"], "--batch-size must be a positive integer")],
+)
+def test_extract_refuses_layers_and_batch_size_before_the_model_loads(
+    bad, says, tiny, nothing_may_load, tmp_path, capsys
+):
     model, corpus = tiny
     out = tmp_path / "cache"
     assert main(["extract", "--model", model, "--corpus", str(corpus), "--out", str(out), "--no-progress", *bad]) == 2
@@ -99,6 +107,7 @@ def test_a_failed_probe_leaves_no_split_and_no_output_directory(tiny, tmp_path, 
 
 def test_a_sweep_failing_mid_run_writes_no_split_and_no_results(tiny, tmp_path, monkeypatch):
     model, corpus = tiny
+
     def fails(*args, **kwargs):
         raise ValueError("the probe failed")
 
@@ -122,8 +131,28 @@ def test_sweep_field_shard_rows_revision_trust_remote_code(tiny, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"body": s}) + "\n" for s in random_sentences(30, seed=1)))
     out = tmp_path / "out"
-    assert main(["sweep", "--model", model, "--corpus", str(corpus), "--field", "body", "--shard-rows", "7",
-                 "--revision", "main", "--trust-remote-code", "--out", str(out), *FAST]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--model",
+                model,
+                "--corpus",
+                str(corpus),
+                "--field",
+                "body",
+                "--shard-rows",
+                "7",
+                "--revision",
+                "main",
+                "--trust-remote-code",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     cache = fastmi.ActivationCache.open(out / "cache" / "bert")
     assert cache.shard_rows == 7 and cache.num_rows == 30 and cache.metadata["corpus_name"] == "corpus.jsonl"
 
@@ -146,8 +175,12 @@ def test_a_rerun_with_another_vocab_keeps_the_earlier_results(tiny, tmp_path, ca
     assert first.read_bytes() == kept
 
     # report reads a run directory (positional, --from, or the old --out) or one setting's file
-    for argv in (["report", str(out)], ["report", "--from", str(out)], ["report", "--out", str(out)],
-                 ["report", str(first), "--plot", str(tmp_path / "first.png")]):
+    for argv in (
+        ["report", str(out)],
+        ["report", "--from", str(out)],
+        ["report", "--out", str(out)],
+        ["report", str(first), "--plot", str(tmp_path / "first.png")],
+    ):
         assert main(argv) == 0, argv
     assert "observed" in json.dumps(RecoverabilityResult.from_json(first).table)
     assert (tmp_path / "first.png").stat().st_size > 1000
@@ -157,8 +190,18 @@ def test_a_rerun_with_another_vocab_keeps_the_earlier_results(tiny, tmp_path, ca
 def test_truncation_resume_and_complete_are_one_plain_line_each(tiny, tmp_path, capsys):
     model, corpus = tiny
     out = tmp_path / "cache"
-    argv = ["extract", "--model", model, "--corpus", str(corpus), "--out", str(out), "--max-length", "6",
-            "--no-progress"]
+    argv = [
+        "extract",
+        "--model",
+        model,
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--max-length",
+        "6",
+        "--no-progress",
+    ]
     loaded = fastmi.load_model(model, progress=False)
     sentences = fastmi.Corpus.from_text_file(corpus).sentences
     expected = sum(len(loaded.tokenizer(s)["input_ids"]) > 6 for s in sentences)
@@ -166,8 +209,10 @@ def test_truncation_resume_and_complete_are_one_plain_line_each(tiny, tmp_path, 
 
     assert main([*argv, "--layers", "0"]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert err == [f"fastmi: {loaded.name}: {expected} of {len(sentences)} sentences are longer than "
-                   "max_length=6 tokens and were truncated to it"]
+    assert err == [
+        f"fastmi: {loaded.name}: {expected} of {len(sentences)} sentences are longer than "
+        "max_length=6 tokens and were truncated to it"
+    ]
     assert fastmi.ActivationCache.open(out).metadata["truncated_rows"] == expected
 
     assert main(argv) == 0  # layers 1-2 still to do

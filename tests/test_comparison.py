@@ -1,14 +1,15 @@
 """fastmi.compare: paired bootstrap intervals cover a known difference at the stated rate; layer
 names, matched depths and tokenizers; the per-sentence scores a comparison needs survive JSON."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic_results import H_T, model_result, shared_difficulty
 
 import fastmi
 from fastmi.comparison import matched_layers, paired_bootstrap, resolve_layer
 from fastmi.result import RecoverabilityResult
-from synthetic_results import H_T, model_result, shared_difficulty
 
 
 def test_paired_interval_covers_a_known_difference_at_the_stated_rate():
@@ -21,8 +22,9 @@ def test_paired_interval_covers_a_known_difference_at_the_stated_rate():
         difficulty = rng.standard_normal(n)
         a = difficulty + 0.3 * rng.standard_normal(n) + true_difference
         b = difficulty + 0.3 * rng.standard_normal(n)
-        point, lower, upper = paired_bootstrap(np.column_stack([a, b]), lambda m: m[..., 0] - m[..., 1],
-                                               level=level, n_bootstrap=400, seed=trial)
+        point, lower, upper = paired_bootstrap(
+            np.column_stack([a, b]), lambda m: m[..., 0] - m[..., 1], level=level, n_bootstrap=400, seed=trial
+        )
         assert lower <= point <= upper and point == pytest.approx(a.mean() - b.mean())
         covered += lower <= true_difference <= upper
         widths.append(upper - lower)
@@ -37,8 +39,16 @@ def test_paired_interval_covers_a_known_difference_at_the_stated_rate():
 def two_models(shift_a=-0.3, vocab_b=1000, entropy_b=H_T):
     difficulty, rows = shared_difficulty(300)
     a = model_result("enc", "encoder", [shift_a] * 4, difficulty, rows, seed=1)
-    b = model_result("dec", "decoder", [0.0, -0.1, -0.3, -0.1, 0.0, 0.0, 0.0], difficulty, rows, seed=2,
-                     vocab_size=vocab_b, entropy=entropy_b)
+    b = model_result(
+        "dec",
+        "decoder",
+        [0.0, -0.1, -0.3, -0.1, 0.0, 0.0, 0.0],
+        difficulty,
+        rows,
+        seed=2,
+        vocab_size=vocab_b,
+        entropy=entropy_b,
+    )
     return RecoverabilityResult.concat([a, b])
 
 
@@ -90,8 +100,9 @@ def test_held_out_scores_survive_json_and_model_selection(tmp_path):
     back = RecoverabilityResult.from_json(result.to_json(tmp_path / "r.json"))
     for model in ("enc", "dec"):
         np.testing.assert_array_equal(back.held_out[model].rows, result.held_out[model].rows)
-        np.testing.assert_allclose(back.held_out[model].layers[1]["ce_bits"], result.held_out[model].layers[1]["ce_bits"],
-                                   rtol=1e-6)  # stored as float32
+        np.testing.assert_allclose(
+            back.held_out[model].layers[1]["ce_bits"], result.held_out[model].layers[1]["ce_bits"], rtol=1e-6
+        )  # stored as float32
     assert set(back.for_model("dec").held_out) == {"dec"}
 
 
@@ -99,8 +110,24 @@ def test_compare_cli(tmp_path, capsys):
     from fastmi.cli import main
 
     two_models().to_json(tmp_path / "results.json")
-    assert main(["compare", "--out", str(tmp_path), "dec:peak", "dec:last", "--bound", "variational",
-                 "--bootstrap", "300", "--json", str(tmp_path / "c.json")]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--out",
+                str(tmp_path),
+                "dec:peak",
+                "dec:last",
+                "--bound",
+                "variational",
+                "--bootstrap",
+                "300",
+                "--json",
+                str(tmp_path / "c.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "dec:2 (peak)" in out and "dec:6 (last)" in out and (tmp_path / "c.json").is_file()
     assert main(["compare", "--out", str(tmp_path), "dec:x", "dec:last"]) == 2

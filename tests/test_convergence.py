@@ -1,4 +1,5 @@
 """A probe stopped by the epoch cap while still improving is recorded per layer and announced."""
+
 from __future__ import annotations
 
 from test_probe import bag_features, random_bags
@@ -17,8 +18,7 @@ def layers_and_bags():
 
 def run(train: TrainConfig):
     layers, bags = layers_and_bags()
-    return fastmi.recoverability(layers, targets=bags, vocab_size=VOCAB, train=train, n_bootstrap=100,
-                                 progress=False)
+    return fastmi.recoverability(layers, targets=bags, vocab_size=VOCAB, train=train, n_bootstrap=100, progress=False)
 
 
 def test_the_epoch_cap_leaves_layers_unconverged_and_says_so_once(capsys, tmp_path):
@@ -33,7 +33,9 @@ def test_the_epoch_cap_leaves_layers_unconverged_and_says_so_once(capsys, tmp_pa
     again = RecoverabilityResult.from_csv(result.to_csv(tmp_path / "r.csv"))
     assert [r["converged"] for r in again.table] == [False, False]
     assert [r["converged"] for r in RecoverabilityResult.from_json(result.to_json(tmp_path / "r.json")).table] == [
-        False, False]
+        False,
+        False,
+    ]
 
 
 def test_patience_that_runs_out_marks_every_layer_converged(capsys):

@@ -1,4 +1,5 @@
 """Corpora: readers, validation errors, fingerprints, the demo corpus, tokenization."""
+
 from __future__ import annotations
 
 import json

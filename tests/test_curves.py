@@ -1,10 +1,10 @@
 """Sample-size curves: nested subsets, the data_limited rule, and a channel whose information is
 known, where the bound rises with n_train and the flag turns off once n_train is large."""
+
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -31,8 +31,15 @@ def symmetric_channel(n: int, seed: int):
 def curve_of(n: int, test_fraction: float, seed: int = 0):
     z, bags = symmetric_channel(n, seed)
     return fastmi.recoverability(
-        {0: z}, targets=bags, vocab_size=Q, k=2, test_fraction=test_fraction, n_bootstrap=300, progress=False,
-        train=TrainConfig(max_epochs=25, patience=3, batch_size=256), curve=(0.125, 0.25, 0.5, 1.0),
+        {0: z},
+        targets=bags,
+        vocab_size=Q,
+        k=2,
+        test_fraction=test_fraction,
+        n_bootstrap=300,
+        progress=False,
+        train=TrainConfig(max_epochs=25, patience=3, batch_size=256),
+        curve=(0.125, 0.25, 0.5, 1.0),
     )
 
 
@@ -51,6 +58,7 @@ def test_check_curve_and_nested_subsets():
 def test_data_limited_rule():
     def point(n, ce, half):
         return {"n_train": n, "ce_bits": ce, "ce_bits_ucb": ce + half}
+
     assert is_data_limited([point(100, 3.0, 0.1), point(200, 2.8, 0.1)])  # rose 0.2 > 0.1
     assert not is_data_limited([point(200, 2.95, 0.1), point(100, 3.0, 0.1)])  # rose 0.05 (order does not matter)
     with pytest.raises(ValueError):
@@ -69,7 +77,10 @@ def test_bound_rises_with_n_train_and_the_flag_turns_off_once_n_train_is_large(t
     many = curve_of(30000, test_fraction=0.1)
     points = sorted(many.curves, key=lambda p: p["n_train"])
     assert many.table[0]["data_limited"] is False
-    assert points[-1]["variational_bits"] - points[-2]["variational_bits"] < points[-1]["variational_bits"] - points[-1]["variational_lcb"]
+    assert (
+        points[-1]["variational_bits"] - points[-2]["variational_bits"]
+        < points[-1]["variational_bits"] - points[-1]["variational_lcb"]
+    )
     assert abs(points[-1]["variational_bits"] - TRUE_MI) < 0.05
     for result in (few, many):
         for p in result.curves:

@@ -5,6 +5,7 @@ CI installs them.  smollm2's first load dequantises its GGUF into the fastmi mod
 ($FASTMI_HOME, default ~/.cache/fastmi), which takes a minute or more on a small CPU; later runs
 read the cache.
 """
+
 from __future__ import annotations
 
 import importlib.util

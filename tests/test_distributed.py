@@ -5,6 +5,7 @@ models and compares with the same work done in this process: the cache files bit
 tables within 1e-6 bits.  One run has a rank SIGKILL itself half-way through writing a shard; a
 single process then finishes the cache, and it is bit-identical too.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,12 +45,19 @@ def setup(tmp_path_factory):
     return root, corpus, models
 
 
-def torchrun(args: list[str], cwd: Path, script: Path | None = None, extra_env: dict | None = None,
-             check: bool = True) -> subprocess.CompletedProcess:
+def torchrun(
+    args: list[str], cwd: Path, script: Path | None = None, extra_env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", FASTMI_HOME=str(cwd / "home"), **(extra_env or {}))
     target = [str(script)] if script is not None else ["-m", "fastmi"]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           *target, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -65,8 +73,14 @@ def manifest(directory: Path) -> dict:
 
 def extract_here(setup, out: Path) -> fastmi.ActivationCache:
     _, corpus, models = setup
-    return fastmi.extract(str(models["bert"]), fastmi.Corpus.from_text_file(corpus), cache_dir=out,
-                          shard_rows=SHARD_ROWS, batch_size=BATCH, progress=False)
+    return fastmi.extract(
+        str(models["bert"]),
+        fastmi.Corpus.from_text_file(corpus),
+        cache_dir=out,
+        shard_rows=SHARD_ROWS,
+        batch_size=BATCH,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +93,23 @@ def reference_cache(setup):
 def two_process_cache(setup):
     root, corpus, models = setup
     out = root / "two"
-    proc = torchrun(["extract", "--model", str(models["bert"]), "--corpus", str(corpus), "--out", str(out),
-                     "--shard-rows", str(SHARD_ROWS), "--batch-size", str(BATCH), "--no-progress"], root)
+    proc = torchrun(
+        [
+            "extract",
+            "--model",
+            str(models["bert"]),
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(out),
+            "--shard-rows",
+            str(SHARD_ROWS),
+            "--batch-size",
+            str(BATCH),
+            "--no-progress",
+        ],
+        root,
+    )
     assert proc.stdout.count("cache: ") == 1  # rank 0 alone prints
     return out
 
@@ -114,16 +143,32 @@ def test_two_processes_probe_to_the_same_table(setup, reference_cache, two_proce
     saved = sorted(p.name for p in (two_process_cache / "probes").rglob("group_*.json"))
     assert len(saved) == 4
     # One process, same split, same memory budget (hence the same groups), probing the reference cache.
-    mine = fastmi.recoverability(reference_cache, split=Split.load(out / "split.json"), train=TrainConfig(max_epochs=3),
-                                 max_memory=1_000, progress=False, checkpoint_dir=root / "probe-one")
+    mine = fastmi.recoverability(
+        reference_cache,
+        split=Split.load(out / "split.json"),
+        train=TrainConfig(max_epochs=3),
+        max_memory=1_000,
+        progress=False,
+        checkpoint_dir=root / "probe-one",
+    )
     assert mine.config["layer_groups"] == groups
     assert_tables_match(mine.table, result.table)
 
 
 def test_two_process_sweep_of_two_models_gives_the_one_process_results(setup):
     root, corpus, models = setup
-    args = ["sweep", "--model", str(models["bert"]), "--model", str(models["llama"]), "--corpus", str(corpus),
-            "--shard-rows", str(SHARD_ROWS), *PROBE]
+    args = [
+        "sweep",
+        "--model",
+        str(models["bert"]),
+        "--model",
+        str(models["llama"]),
+        "--corpus",
+        str(corpus),
+        "--shard-rows",
+        str(SHARD_ROWS),
+        *PROBE,
+    ]
     torchrun([*args, "--out", str(root / "sweep-two")], root)
     assert main([*args, "--out", str(root / "sweep-one")]) == 0
     two = RecoverabilityResult.from_json(root / "sweep-two" / "results.json")
@@ -164,9 +209,25 @@ def test_a_rank_killed_mid_extraction_then_one_process_finishes_bit_identical(se
     launcher = tmp_path / "killing_launcher.py"
     launcher.write_text(KILLING_LAUNCHER)
     out = tmp_path / "killed"
-    proc = torchrun(["extract", "--model", str(models["bert"]), "--corpus", str(corpus), "--out", str(out),
-                     "--shard-rows", str(SHARD_ROWS), "--batch-size", str(BATCH), "--no-progress"],
-                    tmp_path, script=launcher, check=False)
+    proc = torchrun(
+        [
+            "extract",
+            "--model",
+            str(models["bert"]),
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(out),
+            "--shard-rows",
+            str(SHARD_ROWS),
+            "--batch-size",
+            str(BATCH),
+            "--no-progress",
+        ],
+        tmp_path,
+        script=launcher,
+        check=False,
+    )
     assert proc.returncode != 0
     assert f"exitcode  : -{int(signal.SIGKILL)}" in proc.stderr or "SIGKILL" in proc.stderr, proc.stderr[-3000:]
     units = manifest(out)["units"]

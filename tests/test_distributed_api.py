@@ -2,6 +2,7 @@
 torch.multiprocessing): extract writes the one-process cache; recoverability on raw tensors returns
 the one-process table on every rank, both with no directory (groups are exchanged through
 torch.distributed) and resuming from groups saved earlier (what is left is spread over the ranks)."""
+
 from __future__ import annotations
 
 import json
@@ -28,18 +29,25 @@ def _worker(rank: int, root: str, model: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/store", rank=rank, world_size=2)
     try:
-        cache = fastmi.extract(model, SENTENCES, cache_dir=Path(root) / "two", shard_rows=7, batch_size=4,
-                               progress=False)
+        cache = fastmi.extract(
+            model, SENTENCES, cache_dir=Path(root) / "two", shard_rows=7, batch_size=4, progress=False
+        )
         tensors = {layer: cache.embeddings(layer) for layer in cache.layers}
-        kwargs = dict(targets=cache.targets, vocab_size=int(cache.metadata["vocab_size"]), train=TRAIN,
-                      max_memory=one_group_per_layer(cache), progress=False)
+        kwargs = dict(
+            targets=cache.targets,
+            vocab_size=int(cache.metadata["vocab_size"]),
+            train=TRAIN,
+            max_memory=one_group_per_layer(cache),
+            progress=False,
+        )
         in_memory = fastmi.recoverability(tensors, **kwargs)
         fits = []
         real_fit = fastmi.probe.fit_heads
         fastmi.probe.fit_heads = lambda *a, **k: fits.append(1) or real_fit(*a, **k)
         resumed = fastmi.recoverability(tensors, checkpoint_dir=Path(root) / "groups", **kwargs)
-        (Path(root) / f"rank{rank}.json").write_text(json.dumps(
-            {"in_memory": in_memory.table, "resumed": resumed.table, "trained_groups": len(fits)}))
+        (Path(root) / f"rank{rank}.json").write_text(
+            json.dumps({"in_memory": in_memory.table, "resumed": resumed.table, "trained_groups": len(fits)})
+        )
     finally:
         torch.distributed.destroy_process_group()
 
@@ -50,9 +58,15 @@ def test_api_under_an_initialised_process_group(tmp_path, monkeypatch):
     # One process first: its cache, and its probe saved group by group; then two groups are lost.
     cache = fastmi.extract(model, SENTENCES, cache_dir=tmp_path / "one", shard_rows=7, batch_size=4, progress=False)
     tensors = {layer: cache.embeddings(layer) for layer in cache.layers}
-    mine = fastmi.recoverability(tensors, targets=cache.targets, vocab_size=int(cache.metadata["vocab_size"]),
-                                 train=TRAIN, max_memory=one_group_per_layer(cache), progress=False,
-                                 checkpoint_dir=tmp_path / "groups")
+    mine = fastmi.recoverability(
+        tensors,
+        targets=cache.targets,
+        vocab_size=int(cache.metadata["vocab_size"]),
+        train=TRAIN,
+        max_memory=one_group_per_layer(cache),
+        progress=False,
+        checkpoint_dir=tmp_path / "groups",
+    )
     assert mine.config["layer_groups"] == [[0], [1], [2], [3]]
     saved = sorted((tmp_path / "groups").rglob("group_*.json"))
     assert len(saved) == 4
@@ -97,4 +111,6 @@ def test_an_error_of_rank_0_opening_the_cache_reaches_every_rank(monkeypatch):
         extraction._on_main_then_share(refuse, distributed.Context(rank=1, world=2), attach=None)
     monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: ("ok", [(1, [0, 2])]))
     assert extraction._on_main_then_share(refuse, distributed.Context(rank=1, world=2), attach=lambda: "writer") == (
-        "writer", [(1, [0, 2])])
+        "writer",
+        [(1, [0, 2])],
+    )

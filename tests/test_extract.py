@@ -3,6 +3,7 @@
 Tiny random-weight GPT-2, BERT and Llama models (tests/tiny.py), both padding sides, mixed
 lengths, every pooling mode; layer selection; the finite check; bad arguments.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,9 @@ def test_extract_rows_match_unpadded_reference_in_corpus_order(model_dirs, tmp_p
     loaded = tiny_loaded(model_dirs[arch], side)
     sentences = random_sentences(11, seed=5, min_words=1, max_words=30)
     pooling = "mean" if arch != "gpt2" else "last"
-    cache = fastmi.extract(loaded, sentences, pooling=pooling, cache_dir=tmp_path / "c", batch_size=3,
-                           shard_rows=5, progress=False)
+    cache = fastmi.extract(
+        loaded, sentences, pooling=pooling, cache_dir=tmp_path / "c", batch_size=3, shard_rows=5, progress=False
+    )
     layers = list(range(loaded.num_layers + 1))
     assert cache.layers == layers and cache.num_shards == 3
     want = reference_rows(loaded, sentences, layers, pooling)
@@ -103,8 +105,9 @@ def test_extract_rows_match_unpadded_reference_in_corpus_order(model_dirs, tmp_p
 def test_other_pooling_modes_end_to_end(model_dirs, tmp_path, pooling):
     loaded = tiny_loaded(model_dirs["bert"], "left")
     sentences = random_sentences(7, seed=8, min_words=1)
-    cache = fastmi.extract(loaded, sentences, pooling=pooling, layers="0,2-3", cache_dir=tmp_path / "c",
-                           batch_size=3, progress=False)
+    cache = fastmi.extract(
+        loaded, sentences, pooling=pooling, layers="0,2-3", cache_dir=tmp_path / "c", batch_size=3, progress=False
+    )
     want = reference_rows(loaded, sentences, [0, 2, 3], pooling)
     assert cache.layers == [0, 2, 3]
     for l in cache.layers:
@@ -143,8 +146,9 @@ def test_forward_stops_after_the_deepest_requested_layer(model_dirs, tmp_path):
     calls = []
     handle = loaded.model.layers[-1].register_forward_hook(lambda *a: calls.append(1))
     try:
-        cache = fastmi.extract(loaded, random_sentences(6), layers="0-1", cache_dir=tmp_path / "c",
-                               verify=False, progress=False)
+        cache = fastmi.extract(
+            loaded, random_sentences(6), layers="0-1", cache_dir=tmp_path / "c", verify=False, progress=False
+        )
     finally:
         handle.remove()
     assert cache.layers == [0, 1] and calls == []
@@ -168,8 +172,9 @@ def test_non_finite_layer_fails_naming_layer_and_batch_and_writes_no_partial_sha
     handle = loaded.model.h[1].register_forward_hook(poison)
     try:
         with pytest.raises(NonFiniteActivationError, match=r"layer 2: .*batch 0 of shard 1"):
-            fastmi.extract(loaded, random_sentences(12), cache_dir=tmp_path / "c", batch_size=3, shard_rows=6,
-                           progress=False)
+            fastmi.extract(
+                loaded, random_sentences(12), cache_dir=tmp_path / "c", batch_size=3, shard_rows=6, progress=False
+            )
     finally:
         handle.remove()
     shards = sorted(p.relative_to(tmp_path / "c").as_posix() for p in (tmp_path / "c").rglob("shard_*"))
@@ -181,8 +186,12 @@ def test_non_finite_layer_fails_naming_layer_and_batch_and_writes_no_partial_sha
 
 def test_bad_arguments_fail_before_anything_is_written(model_dirs, tmp_path):
     loaded = tiny_loaded(model_dirs["gpt2"])
-    for kwargs, match in (({"pooling": "median"}, "pooling"), ({"batch_size": 0}, "batch_size"),
-                          ({"layers": "9"}, "out of range"), ({"dtype": "float16"}, "loaded")):
+    for kwargs, match in (
+        ({"pooling": "median"}, "pooling"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"layers": "9"}, "out of range"),
+        ({"dtype": "float16"}, "loaded"),
+    ):
         with pytest.raises(ValueError, match=match):
             fastmi.extract(loaded, ["w1 w2"], cache_dir=tmp_path / "c", progress=False, **kwargs)
     assert not (tmp_path / "c").exists()

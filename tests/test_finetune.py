@@ -1,5 +1,6 @@
 """The Hugging Face integration: RecoverabilityTrainer with a PEFT LoRA model, and `fastmi finetune`
 end to end on tiny random models (tests/tiny.py)."""
+
 from __future__ import annotations
 
 import json
@@ -40,17 +41,36 @@ def test_trainer_with_lora_lowers_the_loss_and_the_adapter_and_probe_reload(tmp_
     path = make_tiny_model("llama", tmp_path / "llama", hidden=16, layers=2)
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModelForCausalLM.from_pretrained(path)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            task_type=TaskType.CAUSAL_LM))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type=TaskType.CAUSAL_LM)
+    )
     sentences = random_sentences(16, seed=3, min_words=4, max_words=10)
     data = [{"input_ids": tokenizer(s)["input_ids"]} for s in sentences]
     recover = MultiLayerRecoverabilityLoss(16, len(tokenizer), layers=[1, 2], exclude_ids=tokenizer.all_special_ids)
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=16, per_device_train_batch_size=8,
-                             learning_rate=3e-2, logging_steps=4, logging_first_step=True, report_to=[], use_cpu=True, seed=0,
-                             remove_unused_columns=False, disable_tqdm=True, save_strategy="no")
-    trainer = RecoverabilityTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                                    data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-                                    recoverability=recover, lam=0.5, probe_lr=0.1)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=16,
+        per_device_train_batch_size=8,
+        learning_rate=3e-2,
+        logging_steps=4,
+        logging_first_step=True,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+    trainer = RecoverabilityTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        recoverability=recover,
+        lam=0.5,
+        probe_lr=0.1,
+    )
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "recoverability" in entry]
     assert len(logs) == 5  # step 1, then every 4 steps
@@ -60,7 +80,8 @@ def test_trainer_with_lora_lowers_the_loss_and_the_adapter_and_probe_reload(tmp_
     assert last["own_loss"] < first["own_loss"] and last["recoverability"] < first["recoverability"]
     for layer in (1, 2):
         assert last[f"variational_bound_bits/layer_{layer}"] == pytest.approx(
-            last["entropy_bits"] - last[f"recoverability_ce_bits/layer_{layer}"], abs=1e-3)
+            last["entropy_bits"] - last[f"recoverability_ce_bits/layer_{layer}"], abs=1e-3
+        )
         assert last[f"variational_bound_bits/layer_{layer}"] > first[f"variational_bound_bits/layer_{layer}"]
     # The logged loss is own + lambda * term.
     assert last["loss"] == pytest.approx(last["own_loss"] + 0.5 * last["recoverability"], rel=0.05)
@@ -80,8 +101,25 @@ def test_trainer_with_lora_lowers_the_loss_and_the_adapter_and_probe_reload(tmp_
 
 
 def _finetune(args: list[str]) -> int:
-    return main(["finetune", "--steps", "4", "--batch-size", "4", "--logging-steps", "2", "--save-steps", "2",
-                 "--lambda", "1", "--probe-lr", "0.05", "--no-progress", *args])
+    return main(
+        [
+            "finetune",
+            "--steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--logging-steps",
+            "2",
+            "--save-steps",
+            "2",
+            "--lambda",
+            "1",
+            "--probe-lr",
+            "0.05",
+            "--no-progress",
+            *args,
+        ]
+    )
 
 
 @pytest.mark.parametrize("arch,mode", [("llama", "--lora"), ("bert", "--full")])
@@ -99,7 +137,9 @@ def test_fastmi_finetune_end_to_end_writes_a_model_extract_reads(tmp_path, monke
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(random_sentences(40, seed=1)))
     out = tmp_path / "tuned"
-    assert _finetune(["--model", str(model_dir), "--corpus", str(corpus), "--out", str(out), "--layers", "1,2", mode]) == 0
+    assert (
+        _finetune(["--model", str(model_dir), "--corpus", str(corpus), "--out", str(out), "--layers", "1,2", mode]) == 0
+    )
     assert "tuned" in capsys.readouterr().out
 
     done = json.loads((out / "finetune.json").read_text())
@@ -114,12 +154,20 @@ def test_fastmi_finetune_end_to_end_writes_a_model_extract_reads(tmp_path, monke
     before = dict(original.model.named_parameters())
     changed = [n for n, p in tuned.model.named_parameters() if not torch.equal(p, before[n])]
     assert changed, "fine-tuning left every weight as it was"
-    assert main(["extract", "--model", str(out), "--corpus", str(corpus), "--out", str(tmp_path / "cache"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["extract", "--model", str(out), "--corpus", str(corpus), "--out", str(tmp_path / "cache"), "--no-progress"]
+        )
+        == 0
+    )
 
     # Finished: the same command again does nothing and says so; other settings are refused.
-    assert _finetune(["--model", str(model_dir), "--corpus", str(corpus), "--out", str(out), "--layers", "1,2", mode]) == 0
-    assert _finetune(["--model", str(model_dir), "--corpus", str(corpus), "--out", str(out), "--layers", "1", mode]) == 2
+    assert (
+        _finetune(["--model", str(model_dir), "--corpus", str(corpus), "--out", str(out), "--layers", "1,2", mode]) == 0
+    )
+    assert (
+        _finetune(["--model", str(model_dir), "--corpus", str(corpus), "--out", str(out), "--layers", "1", mode]) == 2
+    )
     assert "other settings" in capsys.readouterr().err
 
 

@@ -1,4 +1,5 @@
 """Held-out evaluation helpers of docs/finetune.md: topic probe, LM losses, bootstrap intervals."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """bench/gpu.py --cpu-dry-run: the one-shot GPU script runs end to end, so it cannot rot unseen."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,22 @@ def test_gpu_bench_dry_run_writes_every_stage(tmp_path):
     out = tmp_path / "gpu.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--cpu-dry-run", "--out", str(out),
-                           "--time-budget", "900", "--no-compile"], capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gpu.py"),
+            "--cpu-dry-run",
+            "--out",
+            str(out),
+            "--time-budget",
+            "900",
+            "--no-compile",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads(out.read_text())
     assert set(record["stages"]) == {"checks", "ceilings", "sweep_shapes", "baselines", "bag_topk", "masked_pool"}

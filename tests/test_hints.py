@@ -1,4 +1,5 @@
 """The hint printed when most layers' bounds are vacuous: it names a top:K the corpus can bound."""
+
 from __future__ import annotations
 
 import io
@@ -11,8 +12,20 @@ ALL = "fano_bits,fano_lcb,list_fano_bits,list_fano_lcb,variational_bits,variatio
 
 
 def result(clamped: list[str], vocab: str = "observed", M: int = 2345, n_train: int = 216) -> RecoverabilityResult:
-    rows = [{"model": "m", "layer": i, "rel_depth": i / 4, "vocab": vocab, "M": M, "n_train": n_train, "H_T": 9.0,
-             "variational_lcb": 0.0 if c else 0.4, "clamped": c} for i, c in enumerate(clamped)]
+    rows = [
+        {
+            "model": "m",
+            "layer": i,
+            "rel_depth": i / 4,
+            "vocab": vocab,
+            "M": M,
+            "n_train": n_train,
+            "H_T": 9.0,
+            "variational_lcb": 0.0 if c else 0.4,
+            "clamped": c,
+        }
+        for i, c in enumerate(clamped)
+    ]
     return RecoverabilityResult(rows)
 
 

@@ -4,18 +4,24 @@ Counted on CPU tensors: the ops that would sync a GPU (reading a value back with
 ``int`` / ``bool`` / ``tolist``, and the ops whose output size depends on the data: ``nonzero``,
 ``unique``, ``masked_select``, ``repeat_interleave`` without ``output_size``).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_bag_cross_entropy import make_bags
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastmi
 from fastmi.kernels import backend, bag_cross_entropy
-from test_bag_cross_entropy import make_bags
 
-DATA_SIZED = {"aten.nonzero.default", "aten._unique2.default", "aten.unique_dim.default",
-              "aten.masked_select.default", "aten._local_scalar_dense.default"}
+DATA_SIZED = {
+    "aten.nonzero.default",
+    "aten._unique2.default",
+    "aten.unique_dim.default",
+    "aten.masked_select.default",
+    "aten._local_scalar_dense.default",
+}
 
 
 class SyncCounter(TorchDispatchMode):
@@ -25,8 +31,9 @@ class SyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func)
-        if name in DATA_SIZED or (name.startswith("aten.repeat_interleave") and not (kwargs or {}).get("output_size")
-                                  and len(args) < 4):
+        if name in DATA_SIZED or (
+            name.startswith("aten.repeat_interleave") and not (kwargs or {}).get("output_size") and len(args) < 4
+        ):
             self.syncs.append(name)
         return func(*args, **(kwargs or {}))
 

@@ -1,5 +1,6 @@
 """Ctrl-C and a full disk: one line on stderr saying what was kept and how to resume, the cache
 left consistent, and a rerun that finishes with the bytes of an uninterrupted run."""
+
 from __future__ import annotations
 
 import errno
@@ -37,8 +38,14 @@ def corpus(tmp_path):
 @pytest.fixture
 def reference(model, corpus, tmp_path):
     """Shard bytes of an uninterrupted run."""
-    cache = fastmi.extract(model, fastmi.Corpus.from_text_file(corpus), cache_dir=tmp_path / "reference",
-                           shard_rows=2, batch_size=2, progress=False)
+    cache = fastmi.extract(
+        model,
+        fastmi.Corpus.from_text_file(corpus),
+        cache_dir=tmp_path / "reference",
+        shard_rows=2,
+        batch_size=2,
+        progress=False,
+    )
     return shard_bytes(cache.directory)
 
 
@@ -47,8 +54,20 @@ def shard_bytes(directory) -> dict[str, bytes]:
 
 
 def argv(model, corpus, out) -> list[str]:
-    return ["extract", "--model", model, "--corpus", str(corpus), "--out", str(out), "--shard-rows", "2",
-            "--batch-size", "2", "--no-progress"]
+    return [
+        "extract",
+        "--model",
+        model,
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--shard-rows",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
 
 
 # The CLI in a child process that stalls once the first shard is listed in the manifest (the first
@@ -75,8 +94,12 @@ SLOW_CLI = textwrap.dedent("""
 
 def test_ctrl_c_prints_one_line_exits_130_and_a_rerun_resumes_to_identical_bytes(model, corpus, reference, tmp_path):
     out = tmp_path / "cache"
-    child = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *argv(model, corpus, out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CLI, *argv(model, corpus, out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and child.poll() is None:
         try:
@@ -104,7 +127,8 @@ def test_ctrl_c_prints_one_line_exits_130_and_a_rerun_resumes_to_identical_bytes
 
 
 def test_a_full_disk_prints_one_line_naming_the_directory_and_the_space_needed(
-        model, corpus, reference, tmp_path, monkeypatch, capsys):
+    model, corpus, reference, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "cache"
     opened = []
 

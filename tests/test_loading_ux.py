@@ -1,5 +1,6 @@
 """What a new user meets when loading a model: fast, useful errors for missing models, a frozen
 model that says so, trainable=True, and progress bars that obey --no-progress."""
+
 from __future__ import annotations
 
 import shutil

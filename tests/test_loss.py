@@ -1,4 +1,5 @@
 """RecoverabilityLoss: equals the bag cross-entropy of the pooled state, and trains a model."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """DDP with 2 gloo processes: the gradients equal one process on the concatenated batch."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 from tests.ddp_worker import TinyModel, full_batch
@@ -15,11 +15,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_ddp_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     subprocess.run(
         [sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)],
-        check=True, env=env, timeout=600, capture_output=True,
+        check=True,
+        env=env,
+        timeout=600,
+        capture_output=True,
     )
     model = TinyModel()
     ids, mask = full_batch()

@@ -1,6 +1,7 @@
 """RecoverabilityLoss under the settings of real training code, each held against a plain fp32 torch
 reference: mixed dtypes and bf16 autocast, torch.compile, gradient checkpointing, several layers,
 bags built from input_ids, state_dict round trip.  (DDP: tests/test_loss_ddp.py.)"""
+
 from __future__ import annotations
 
 import itertools
@@ -119,8 +120,9 @@ def test_multi_layer_loss_is_the_weighted_sum_of_per_layer_references():
     loss.backward()
     ref_states = [s.detach().clone().requires_grad_() for s in states]
     p1, p3 = loss_fn.probes["1"], loss_fn.probes["3"]
-    expected = (0.25 * reference_loss(ref_states[1], mask, ids, p1.weight.detach(), p1.bias.detach())
-                + 2.0 * reference_loss(ref_states[3], mask, ids, p3.weight.detach(), p3.bias.detach()))
+    expected = 0.25 * reference_loss(
+        ref_states[1], mask, ids, p1.weight.detach(), p1.bias.detach()
+    ) + 2.0 * reference_loss(ref_states[3], mask, ids, p3.weight.detach(), p3.bias.detach())
     expected.backward()
     assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-5)
     assert states[0].grad is None and states[2].grad is None
@@ -132,14 +134,21 @@ def test_multi_layer_loss_is_the_weighted_sum_of_per_layer_references():
 
 def test_state_dict_round_trips():
     hidden, mask, ids = batch()
-    source = random_probe(MultiLayerRecoverabilityLoss(D, V, layers=[0, 2], layer_weights=[1.0, 3.0], exclude_ids=SPECIAL))
+    source = random_probe(
+        MultiLayerRecoverabilityLoss(D, V, layers=[0, 2], layer_weights=[1.0, 3.0], exclude_ids=SPECIAL)
+    )
     copy = MultiLayerRecoverabilityLoss(D, V, layers=[0, 2], exclude_ids=SPECIAL)
     copy.load_state_dict(source.state_dict())
     states = [hidden, hidden * 2, hidden - 1]
     assert torch.equal(copy(states, mask, ids), source(states, mask, ids))
     assert copy.layer_weights.tolist() == [1.0, 3.0]
-    assert set(source.state_dict()) == {"layer_weights", "probes.0.weight", "probes.0.bias", "probes.2.weight",
-                                        "probes.2.bias"}
+    assert set(source.state_dict()) == {
+        "layer_weights",
+        "probes.0.weight",
+        "probes.0.bias",
+        "probes.2.weight",
+        "probes.2.bias",
+    }
 
 
 # ---- torch.compile -------------------------------------------------------------------------------
@@ -182,8 +191,9 @@ def test_torch_compile_of_the_calling_module_matches_eager():
 
 # ---- gradient checkpointing ------------------------------------------------------------------------
 def test_gradient_checkpointing_of_a_transformers_model_gives_the_same_gradients(tmp_path):
-    from tests.tiny import make_tiny_model
     from transformers import AutoModel
+
+    from tests.tiny import make_tiny_model
 
     path = make_tiny_model("llama", tmp_path / "llama", hidden=16, layers=3)
     models = [AutoModel.from_pretrained(path).train() for _ in range(2)]

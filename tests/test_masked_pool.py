@@ -1,4 +1,5 @@
 """masked_pool (torch path, Triton kernel under the interpreter) against masked_pool_reference."""
+
 from __future__ import annotations
 
 import pytest

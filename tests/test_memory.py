@@ -1,4 +1,5 @@
 """The probe's memory model (fastmi.memory): its terms, the group sizing the probe and the planner share."""
+
 from __future__ import annotations
 
 import pytest
@@ -51,8 +52,10 @@ def test_sampled_softmax_touches_k_plus_bag_columns():
     assert full.trained_columns == 100_000
     assert sampled.trained_columns == 1024 + 256 * 20
     assert sampled.parameters_per_layer == full.parameters_per_layer  # W and Adam state stay full-size
-    assert sampled.temporary_bytes == 4 * 256 * sampled.trained_columns + 2 * 4 * sampled.trained_columns * 64 \
-        + 2 * 4 * 256 * 64
+    assert (
+        sampled.temporary_bytes
+        == 4 * 256 * sampled.trained_columns + 2 * 4 * sampled.trained_columns * 64 + 2 * 4 * 256 * 64
+    )
     # K + the bag can never exceed the alphabet
     assert ProbeMemory(100, 64, 3000, 256, train_softmax="sampled:2048", mean_bag=20).trained_columns == 3000
 
@@ -87,8 +90,16 @@ def test_the_probe_groups_layers_with_this_model():
     targets = BagTargets.from_token_lists(token_lists, vocab_size=m)
     batch = fastmi.probe.TrainConfig().batch_size
     per = ProbeMemory(n, d, m, batch).layer_bytes  # the alphabet is M = 40 here ("full", nothing excluded)
-    result = fastmi.recoverability(embeddings, targets=targets, vocab_size=m, vocab="full", max_memory=2 * per,
-                                   train=fastmi.probe.TrainConfig(max_epochs=1), n_bootstrap=100, progress=False)
+    result = fastmi.recoverability(
+        embeddings,
+        targets=targets,
+        vocab_size=m,
+        vocab="full",
+        max_memory=2 * per,
+        train=fastmi.probe.TrainConfig(max_epochs=1),
+        n_bootstrap=100,
+        progress=False,
+    )
     assert result.config["alphabet_size"] == m
     assert result.config["layer_groups"] == [[0, 1], [2, 3], [4]]
 
@@ -102,4 +113,3 @@ def test_parse_and_format_bytes():
         with pytest.raises(ValueError, match="memory size"):
             parse_bytes(bad)
     assert format_bytes(2.65e11) == "265 GB" and format_bytes(512) == "512 B"
-

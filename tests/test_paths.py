@@ -1,5 +1,6 @@
 """One rule for every cache location (FASTMI_HOME, else XDG_CACHE_HOME/fastmi, else ~/.cache/fastmi),
 and tests that never write into the user's home."""
+
 from __future__ import annotations
 
 import os
@@ -14,12 +15,15 @@ from fastmi.paths import fastmi_home
 IDENTITY = {key: "x" for key in IDENTITY_KEYS}
 
 
-@pytest.mark.parametrize("fastmi, xdg, expected", [
-    ("{tmp}/fm", "{tmp}/xdg", "{tmp}/fm"),            # FASTMI_HOME wins
-    (None, "{tmp}/xdg", "{tmp}/xdg/fastmi"),          # then XDG_CACHE_HOME/fastmi
-    (None, None, "{home}/.cache/fastmi"),             # then ~/.cache/fastmi
-    (None, "relative/xdg", "{home}/.cache/fastmi"),   # a relative XDG_CACHE_HOME is invalid (XDG spec)
-])
+@pytest.mark.parametrize(
+    "fastmi, xdg, expected",
+    [
+        ("{tmp}/fm", "{tmp}/xdg", "{tmp}/fm"),  # FASTMI_HOME wins
+        (None, "{tmp}/xdg", "{tmp}/xdg/fastmi"),  # then XDG_CACHE_HOME/fastmi
+        (None, None, "{home}/.cache/fastmi"),  # then ~/.cache/fastmi
+        (None, "relative/xdg", "{home}/.cache/fastmi"),  # a relative XDG_CACHE_HOME is invalid (XDG spec)
+    ],
+)
 def test_activations_and_models_follow_one_rule(fastmi, xdg, expected, tmp_path, monkeypatch):
     home = tmp_path / "user"
     monkeypatch.setenv("HOME", str(home))

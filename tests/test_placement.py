@@ -1,5 +1,6 @@
 """Models larger than one device: accelerate's CPU and disk offload gives the cache an in-memory
 model gives; the replica and work-sharing arithmetic of multi-process runs."""
+
 from __future__ import annotations
 
 import pytest
@@ -57,8 +58,20 @@ def test_cli_offload_flags(llama, tmp_path, capsys):
     corpus.write_text("\n".join(SENTENCES) + "\n")
     common = ["extract", "--model", llama, "--corpus", str(corpus), "--shard-rows", "5", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
-    assert main([*common, "--out", str(tmp_path / "b"), "--max-memory", "cpu=30KB",
-                 "--offload-dir", str(tmp_path / "offload")]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--out",
+                str(tmp_path / "b"),
+                "--max-memory",
+                "cpu=30KB",
+                "--offload-dir",
+                str(tmp_path / "offload"),
+            ]
+        )
+        == 0
+    )
     assert cache_files(tmp_path / "a") == cache_files(tmp_path / "b")
     assert main([*common, "--out", str(tmp_path / "c"), "--max-memory", "cpu=30KB,banana=1GB"]) == 2
     assert "cannot read --max-memory" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """fastmi.plan / `fastmi plan`: config-only reading, a Llama-3.1-70B shape on the meta device, placement,
 and the advice when something does not fit."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,34 @@ from fastmi.hooks import find_layer_taps
 from fastmi.model_shape import model_shape
 
 # Llama-3.1-70B (meta-llama/Llama-3.1-70B config.json, shape fields only).
-LLAMA_70B = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=8192, intermediate_size=28672,
-                 num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, vocab_size=128256,
-                 max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                 bos_token_id=128000, eos_token_id=128001)
-REQUIRED_KEYS = {"parameters", "weight_bytes", "cache_bytes", "probe_parameters_per_layer", "probe_bytes_per_layer",
-                 "layers_per_group", "extraction_seconds", "probe_seconds_per_epoch", "replicas",
-                 "devices_per_replica", "fits"}
+LLAMA_70B = dict(
+    architectures=["LlamaForCausalLM"],
+    model_type="llama",
+    hidden_size=8192,
+    intermediate_size=28672,
+    num_hidden_layers=80,
+    num_attention_heads=64,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    bos_token_id=128000,
+    eos_token_id=128001,
+)
+REQUIRED_KEYS = {
+    "parameters",
+    "weight_bytes",
+    "cache_bytes",
+    "probe_parameters_per_layer",
+    "probe_bytes_per_layer",
+    "layers_per_group",
+    "extraction_seconds",
+    "probe_seconds_per_epoch",
+    "replicas",
+    "devices_per_replica",
+    "fits",
+}
 H200 = ["--gpu-memory", "141GB", "--matmul-tflops", "593", "--host-memory", "2TB"]
 
 
@@ -56,8 +78,16 @@ def test_70b_shape_on_the_meta_device(config_70b):
     shape = model_shape(config_70b)
     assert shape.parameters == closed and shape.num_taps == 81
     assert shape.loaded_parameters == closed - 128256 * 8192  # extraction loads no LM head
-    planned = fastmi.plan(config_70b, sentences=100_000, mean_tokens=32, vocab="full", gpus=8, gpu_memory="141GB",
-                          matmul_tflops=593, host_memory="2TB")
+    planned = fastmi.plan(
+        config_70b,
+        sentences=100_000,
+        mean_tokens=32,
+        vocab="full",
+        gpus=8,
+        gpu_memory="141GB",
+        matmul_tflops=593,
+        host_memory="2TB",
+    )
     assert planned.parameters == closed
     assert planned.layers == list(range(81))
 
@@ -69,8 +99,24 @@ def test_plan_70b_on_8_h200s_fits_and_prints_a_placement(config_70b, capsys):
     assert "verdict      fits" in out
     assert "4 data-parallel replica(s) x 2 GPUs each, no offload" in out
     assert out.count("estimate") >= 8
-    assert main(["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8", *H200,
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--model",
+                str(config_70b),
+                "--sentences",
+                "100000",
+                "--vocab",
+                "full",
+                "--gpus",
+                "8",
+                *H200,
+                "--json",
+            ]
+        )
+        == 0
+    )
     plan = json.loads(capsys.readouterr().out)
     assert REQUIRED_KEYS <= set(plan)
     assert plan["fits"] is True and plan["replicas"] == 4 and plan["devices_per_replica"] == 2
@@ -101,18 +147,37 @@ def test_cheaper_settings_cost_less(config_70b):
 
 
 def test_what_does_not_fit_is_named_with_its_fix(config_70b, capsys):
-    one = fastmi.plan(config_70b, sentences=10_000, vocab="full", gpus=1, gpu_memory="141GB", matmul_tflops=593,
-                      host_memory="2TB")
+    one = fastmi.plan(
+        config_70b, sentences=10_000, vocab="full", gpus=1, gpu_memory="141GB", matmul_tflops=593, host_memory="2TB"
+    )
     assert one.offload == "cpu" and one.replicas == 1 and one.devices_per_replica == 1
     assert any("offload" in tip and "2 GPUs" in tip for tip in one.advice)
     assert one.extraction_batch_size > 1024  # each weight transfer serves many tokens
-    small = fastmi.plan(config_70b, sentences=100_000, vocab="full", gpus=8, gpu_memory="40GB", matmul_tflops=300,
-                        host_memory="2TB")
+    small = fastmi.plan(
+        config_70b, sentences=100_000, vocab="full", gpus=8, gpu_memory="40GB", matmul_tflops=300, host_memory="2TB"
+    )
     assert not small.fits and any("probe needs" in p for p in small.problems)
     assert any(tip.startswith("--vocab top:") for tip in small.advice)
     assert any("unembedding" in tip for tip in small.advice)
-    code = main(["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8",
-                 "--gpu-memory", "40GB", "--matmul-tflops", "300", "--host-memory", "2TB"])
+    code = main(
+        [
+            "plan",
+            "--model",
+            str(config_70b),
+            "--sentences",
+            "100000",
+            "--vocab",
+            "full",
+            "--gpus",
+            "8",
+            "--gpu-memory",
+            "40GB",
+            "--matmul-tflops",
+            "300",
+            "--host-memory",
+            "2TB",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1 and "does NOT fit" in out and "advice       --vocab top:" in out
 
@@ -143,8 +208,9 @@ def test_plan_of_a_gguf_reads_its_metadata(tmp_path):
 
     path = tmp_path / "tiny.F32.gguf"
     reference = write_tiny_llama_gguf(path)
-    p = fastmi.plan(path, ["ab w ab", "w w ab"], vocab="full", gpus=0, matmul_tflops=0.01,
-                    model_cache_dir=tmp_path / "models")
+    p = fastmi.plan(
+        path, ["ab w ab", "w w ab"], vocab="full", gpus=0, matmul_tflops=0.01, model_cache_dir=tmp_path / "models"
+    )
     assert p.parameters == sum(t.numel() for t in reference.parameters())
     assert p.num_layers == 2 and p.hidden_size == 16
     tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)  # the GGUF's own tokenizer

@@ -9,6 +9,7 @@ which is the wall time of the same work on an idle core.  The rates are measured
 extraction, between extraction and probe, and after the probe; each phase is compared with the
 geometric mean of the plans made from the measurements on either side of it.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,14 @@ def measure_and_plan(spec, corpus, vocab, tmp_path, monkeypatch, max_length=128,
     cache = fastmi.extract(loaded, corpus, cache_dir=tmp_path / "cache", max_length=max_length, progress=False)
     extraction = clock() - start
     machine.append(detect_hardware(gpus=0))
-    result = fastmi.recoverability(cache, vocab=vocab, train=TrainConfig(max_epochs=EPOCHS, patience=EPOCHS + 1),
-                                   n_bootstrap=100, progress=False, device="cpu")
+    result = fastmi.recoverability(
+        cache,
+        vocab=vocab,
+        train=TrainConfig(max_epochs=EPOCHS, patience=EPOCHS + 1),
+        n_bootstrap=100,
+        progress=False,
+        device="cpu",
+    )
     machine.append(detect_hardware(gpus=0))
     groups = len(result.config["layer_groups"])
     assert fitting["epochs"] == EPOCHS * groups  # every group ran exactly EPOCHS epochs
@@ -88,8 +95,9 @@ def assert_within_factor_2(what, estimated, measured):
 def test_plan_is_within_2x_of_a_tiny_llama_run(tmp_path, monkeypatch):
     directory = make_tiny_model("llama", tmp_path / "llama", hidden=512, layers=4)
     corpus = Corpus.from_sentences(random_sentences(400, seed=5, min_words=8, max_words=40))
-    extraction, epoch = measure_and_plan(directory, corpus, "observed", tmp_path, monkeypatch,
-                                         model_cache_dir=tmp_path / "models")
+    extraction, epoch = measure_and_plan(
+        directory, corpus, "observed", tmp_path, monkeypatch, model_cache_dir=tmp_path / "models"
+    )
     assert_within_factor_2("extraction", *extraction)
     assert_within_factor_2("probe epoch", *epoch)
 

@@ -1,12 +1,13 @@
 """TrainConfig.precision: bf16 operands with fp32 master weights, tf32 as a matmul setting."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_bag_cross_entropy import make_bags
 
 from fastmi.precision import loss_operands, matmul_precision, resolve_precision
 from fastmi.training import TrainConfig, fit_probes
-from test_bag_cross_entropy import make_bags
 
 
 def test_bf16_operands_keep_fp32_master_gradients():
@@ -38,8 +39,14 @@ def test_bf16_training_lands_near_fp32():
     targets = make_bags(60, vocab=50, max_size=6)
     centers = torch.randn(50, 16)
     # features that carry the bag: the mean of its ids' centres, plus noise
-    z = torch.stack([centers[targets.ids[targets.offsets[i]:targets.offsets[i + 1]]].mean(0) if targets.offsets[i + 1]
-                     > targets.offsets[i] else torch.zeros(16) for i in range(60)])
+    z = torch.stack(
+        [
+            centers[targets.ids[targets.offsets[i] : targets.offsets[i + 1]]].mean(0)
+            if targets.offsets[i + 1] > targets.offsets[i]
+            else torch.zeros(16)
+            for i in range(60)
+        ]
+    )
     z = (z + 0.1 * torch.randn_like(z))[None]
     keep = targets.lengths > 0
     rows = torch.arange(60)[keep]
@@ -47,8 +54,9 @@ def test_bf16_training_lands_near_fp32():
     fits = {}
     for precision in ("fp32", "bf16"):
         config = TrainConfig(max_epochs=5, batch_size=16, precision=precision)
-        fits[precision] = fit_probes(z[:, train], targets.select(train), z[:, val], targets.select(val), 50, config,
-                                     progress=False)
+        fits[precision] = fit_probes(
+            z[:, train], targets.select(train), z[:, val], targets.select(val), 50, config, progress=False
+        )
     ce32, ce16 = fits["fp32"].validation_ce_nats[0], fits["bf16"].validation_ce_nats[0]
     assert ce32 < 3.9  # learned something: log(50) = 3.91 is the uniform guess
     assert abs(ce32 - ce16) < 0.05 and ce32 != ce16  # close, and the bf16 path did run

@@ -1,5 +1,6 @@
 """fastmi.recoverability: splits, alphabets, bad input, evaluation against a brute-force reference,
 layer batching, and a tiny extract + probe end to end."""
+
 from __future__ import annotations
 
 import math
@@ -168,8 +169,15 @@ def test_layers_trained_together_equal_layers_trained_alone():
     config = TrainConfig(max_epochs=4, patience=4, batch_size=32)
     together = fit_probes(z[:, train], bags.select(train), z[:, val], bags.select(val), vocab, config, progress=False)
     for layer in range(3):
-        alone = fit_probes(z[layer : layer + 1, train], bags.select(train), z[layer : layer + 1, val],
-                           bags.select(val), vocab, config, progress=False)
+        alone = fit_probes(
+            z[layer : layer + 1, train],
+            bags.select(train),
+            z[layer : layer + 1, val],
+            bags.select(val),
+            vocab,
+            config,
+            progress=False,
+        )
         assert torch.allclose(together.weight[layer], alone.weight[0], atol=1e-5)
         assert together.best_epoch[layer] == alone.best_epoch[0]
 
@@ -179,8 +187,15 @@ def test_training_beats_the_prior_and_never_ends_worse_on_validation():
     bags = random_bags(n, vocab, seed=5)
     z = standardize(torch.stack([bag_features(bags, vocab, noise=0.1), torch.randn(n, vocab)]), torch.arange(n))
     train, val = torch.arange(240), torch.arange(240, n)
-    fitted = fit_probes(z[:, train], bags.select(train), z[:, val], bags.select(val), vocab,
-                        TrainConfig(max_epochs=15, batch_size=64), progress=False)
+    fitted = fit_probes(
+        z[:, train],
+        bags.select(train),
+        z[:, val],
+        bags.select(val),
+        vocab,
+        TrainConfig(max_epochs=15, batch_size=64),
+        progress=False,
+    )
     # epoch 0 is the prior-only probe: the informative layer must improve on it, the noise layer
     # may not, but keeps its best (possibly epoch-0) weights.
     assert fitted.best_epoch[0] > 0

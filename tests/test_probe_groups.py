@@ -1,5 +1,6 @@
 """Probe layer groups: each finished group is saved, an interrupted probe resumes from them, and the
 probe holds one group of layers in memory at a time, whatever the cache dtype."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ def caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe_groups")
     model = make_tiny_model("bert", root / "bert", hidden=16, layers=3)
     corpus = fastmi.Corpus.from_sentences(random_sentences(50, seed=4))
-    return {dtype: fastmi.extract(str(model), corpus, cache_dir=root / dtype, cache_dtype=dtype, progress=False)
-            for dtype in ("fp32", "bf16", "fp16")}
+    return {
+        dtype: fastmi.extract(str(model), corpus, cache_dir=root / dtype, cache_dtype=dtype, progress=False)
+        for dtype in ("fp32", "bf16", "fp16")
+    }
 
 
 def group_memory(cache, layers_per_group: int) -> int:
@@ -50,8 +53,9 @@ class CountingFit:
 
 
 def probe(cache, checkpoint_dir, **kwargs):
-    return fastmi.recoverability(cache, train=TRAIN, max_memory=group_memory(cache, 1), progress=False,
-                                 checkpoint_dir=checkpoint_dir, **kwargs)
+    return fastmi.recoverability(
+        cache, train=TRAIN, max_memory=group_memory(cache, 1), progress=False, checkpoint_dir=checkpoint_dir, **kwargs
+    )
 
 
 def test_an_interrupted_probe_resumes_from_its_saved_groups(caches, tmp_path, monkeypatch):
@@ -92,8 +96,14 @@ def test_the_default_checkpoint_lives_in_the_cache(caches, tmp_path):
 def test_saved_groups_of_other_data_are_not_reused(caches, tmp_path, monkeypatch):
     cache = caches["fp32"]
     tensors = {layer: cache.embeddings(layer) for layer in cache.layers}
-    kwargs = dict(targets=cache.targets, vocab_size=int(cache.metadata["vocab_size"]), train=TRAIN,
-                  max_memory=group_memory(cache, 1), progress=False, checkpoint_dir=tmp_path / "raw")
+    kwargs = dict(
+        targets=cache.targets,
+        vocab_size=int(cache.metadata["vocab_size"]),
+        train=TRAIN,
+        max_memory=group_memory(cache, 1),
+        progress=False,
+        checkpoint_dir=tmp_path / "raw",
+    )
     first = fastmi.recoverability(tensors, **kwargs)
     fit = CountingFit()
     monkeypatch.setattr(fastmi.probe, "fit_heads", fit)
@@ -118,16 +128,19 @@ def test_the_probe_holds_one_group_of_layers_at_a_time(caches, tmp_path, monkeyp
         return x
 
     monkeypatch.setattr(fastmi.ActivationCache, "embeddings", watched)
-    result = fastmi.recoverability(cache, train=TRAIN, max_memory=group_memory(cache, 2), progress=False,
-                                   checkpoint_dir=tmp_path)
+    result = fastmi.recoverability(
+        cache, train=TRAIN, max_memory=group_memory(cache, 2), progress=False, checkpoint_dir=tmp_path
+    )
     assert result.config["layer_groups"] == [[0, 1], [2, 3]]
     assert len(alive) >= 4  # every layer was read
     assert most_alive <= 1  # while a layer loads, at most the other layer of its group is held
 
 
 def test_half_precision_caches_probe_close_to_fp32(caches, tmp_path):
-    results = {dtype: fastmi.recoverability(caches[dtype], train=TRAIN, progress=False, checkpoint_dir=tmp_path / dtype)
-               for dtype in caches}
+    results = {
+        dtype: fastmi.recoverability(caches[dtype], train=TRAIN, progress=False, checkpoint_dir=tmp_path / dtype)
+        for dtype in caches
+    }
     for dtype in ("bf16", "fp16"):
         for a, b in zip(results["fp32"].table, results[dtype].table):
             assert b["ce_bits"] == pytest.approx(a["ce_bits"], abs=0.05)

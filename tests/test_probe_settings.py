@@ -1,6 +1,7 @@
 """The probe settings for large vocabularies: sampled-softmax training (fastmi.sampled_softmax) and the
 probe through the model's own output embedding (fastmi.probe_heads, fastmi.unembedding), each held
 against a dense torch reference."""
+
 from __future__ import annotations
 
 import json
@@ -8,16 +9,15 @@ import math
 
 import pytest
 import torch
+from test_probe import bag_features, random_bags
 
 import fastmi
 from fastmi.bags import BagTargets
 from fastmi.evaluation import score_probes
 from fastmi.probe_heads import _UnembeddingHead, batch_loss, feature_stats, fit_heads
-from fastmi.sampled_softmax import (NegativeSampler, RowSparseAdam, parse_train_softmax, proposal_probabilities)
+from fastmi.sampled_softmax import NegativeSampler, RowSparseAdam, parse_train_softmax, proposal_probabilities
 from fastmi.training import TrainConfig, _Adam, standardize
 from fastmi.unembedding import MissingUnembeddingError
-
-from test_probe import bag_features, random_bags
 
 FAST = TrainConfig(max_epochs=4, patience=2, batch_size=64)
 
@@ -105,8 +105,18 @@ def test_held_out_ce_after_sampled_training_is_the_exact_full_softmax_ce(probe):
     train, val, test = torch.arange(160), torch.arange(160, 200), torch.arange(200, n)
     if probe == "linear":
         z = standardize(z, train)
-    fitted = fit_heads(z[:, train], bags.select(train), z[:, val], bags.select(val), M, FAST, probe=probe,
-                       train_softmax="sampled:5", unembedding=(u, None), progress=False)
+    fitted = fit_heads(
+        z[:, train],
+        bags.select(train),
+        z[:, val],
+        bags.select(val),
+        M,
+        FAST,
+        probe=probe,
+        train_softmax="sampled:5",
+        unembedding=(u, None),
+        progress=False,
+    )
     assert fitted.epochs_run >= 1
     scores = score_probes(fitted.features(z[:, test]), fitted.weight, fitted.bias, bags.select(test), M, k=3)
     # Reference: materialise the trained probe's logits over all M ids, in float64.
@@ -140,8 +150,16 @@ def test_sampled_training_gives_the_full_bound_on_a_large_zipf_alphabet():
     config = TrainConfig(max_epochs=6, patience=2, batch_size=512)
     rows = {}
     for setting in ("full", "sampled:256"):
-        rows[setting] = fastmi.recoverability({0: z}, targets=targets, vocab_size=q, vocab="full", n_bootstrap=300,
-                                              train=config, train_softmax=setting, progress=False).table[0]
+        rows[setting] = fastmi.recoverability(
+            {0: z},
+            targets=targets,
+            vocab_size=q,
+            vocab="full",
+            n_bootstrap=300,
+            train=config,
+            train_softmax=setting,
+            progress=False,
+        ).table[0]
     full, sampled = rows["full"], rows["sampled:256"]
     assert full["M"] == sampled["M"] == q and sampled["train_softmax"] == "sampled:256"
     assert abs(sampled["variational_bits"] - full["variational_bits"]) < 0.05
@@ -194,9 +212,17 @@ def test_unembedding_probe_matches_torch_forward_and_gradients(tmp_path, arch, s
     a_ref, c_ref, b_ref = (t.detach().double().requires_grad_(True) for t in (a, c, head.rowwise[0]))
     rows = None if candidates is None else candidates.ids
     expected = _reference_unembedding_loss(
-        z.double(), u.double(), a_ref, c_ref, b_ref, head.mean.double(), head.std.double(),
-        bags if candidates is None else candidates.targets, rows,
-        None if candidates is None else candidates.correction.double())
+        z.double(),
+        u.double(),
+        a_ref,
+        c_ref,
+        b_ref,
+        head.mean.double(),
+        head.std.double(),
+        bags if candidates is None else candidates.targets,
+        rows,
+        None if candidates is None else candidates.correction.double(),
+    )
     expected.sum().backward()
     assert torch.allclose(loss.double(), expected, rtol=1e-5, atol=1e-5)
     assert torch.allclose(a.grad.double(), a_ref.grad, rtol=1e-4, atol=1e-6)
@@ -211,9 +237,8 @@ def test_unembedding_probe_matches_torch_forward_and_gradients(tmp_path, arch, s
 
 @pytest.mark.parametrize("arch, tied", [("gpt2", True), ("llama", False), ("bert", True)])
 def test_stored_output_embedding_is_the_models_own(tmp_path, arch, tied):
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
     from tiny import make_tiny_model, random_sentences
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     model_dir = make_tiny_model(arch, tmp_path / arch, hidden=16, layers=2)
     cache = fastmi.extract(str(model_dir), random_sentences(10, seed=8), cache_dir=tmp_path / "cache", progress=False)
@@ -228,8 +253,9 @@ def test_stored_output_embedding_is_the_models_own(tmp_path, arch, tied):
     assert tied == torch.equal(u, lm.get_input_embeddings().weight.detach())
     # At the start A = I, c = 0 the probe is the model's own map: for mean pooling of the final
     # normed states, its logits are the mean over positions of the model's next-token logits.
-    tokenizer_out = fastmi.models.load_model(str(model_dir)).tokenizer(["w1 w2 w3 w4", "w5 w6"], padding=True,
-                                                                      return_tensors="pt")
+    tokenizer_out = fastmi.models.load_model(str(model_dir)).tokenizer(
+        ["w1 w2 w3 w4", "w5 w6"], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         logits = lm(**tokenizer_out).logits
     mask = tokenizer_out["attention_mask"].unsqueeze(-1).float()
@@ -238,8 +264,7 @@ def test_stored_output_embedding_is_the_models_own(tmp_path, arch, tied):
     pooled = ((hidden * mask).sum(1) / mask.sum(1)).unsqueeze(0)
     z = torch.cat([pooled, torch.randn(1, 6, pooled.shape[-1])], 1)  # more rows for the statistics
     mean, std = feature_stats(z)
-    head = _UnembeddingHead(u, torch.diag_embed(std.squeeze(1)), mean.squeeze(1), torch.zeros(1, u.shape[0]),
-                            mean, std)
+    head = _UnembeddingHead(u, torch.diag_embed(std.squeeze(1)), mean.squeeze(1), torch.zeros(1, u.shape[0]), mean, std)
     weight, b = head.output(None, head.rowwise)
     got = head.features(pooled) @ weight[0].T + b[:, None]
     assert torch.allclose(got[0], expected, atol=1e-4)
@@ -268,16 +293,18 @@ def test_cache_without_output_embedding_probes_linear_and_refuses_unembedding(tm
     before = shard.stat().st_mtime_ns
     cache = fastmi.extract(str(model_dir), corpus, cache_dir=directory, progress=False)
     assert shard.stat().st_mtime_ns == before
-    result = fastmi.recoverability(cache, probe="unembedding", train_softmax="sampled:16", train=FAST,
-                                   n_bootstrap=100, progress=False)
+    result = fastmi.recoverability(
+        cache, probe="unembedding", train_softmax="sampled:16", train=FAST, n_bootstrap=100, progress=False
+    )
     assert {(r["probe"], r["train_softmax"]) for r in result.table} == {("unembedding", "sampled:16")}
     assert result.config["unembedding_source"].startswith("input embedding")
     assert all(0 <= r["variational_lcb"] <= r["H_T"] for r in result.table)
 
 
 def test_damaged_output_embedding_is_never_read(tmp_path):
-    from fastmi.cache import CacheCorruptError
     from tiny import make_tiny_model, random_sentences
+
+    from fastmi.cache import CacheCorruptError
 
     model_dir = make_tiny_model("gpt2", tmp_path / "gpt2", hidden=16, layers=1)
     cache = fastmi.extract(str(model_dir), random_sentences(10), cache_dir=tmp_path / "cache", progress=False)
@@ -292,8 +319,16 @@ def test_damaged_output_embedding_is_never_read(tmp_path):
 def test_unembedding_refuses_an_other_symbol_alphabet():
     bags = random_bags(40, 8)
     with pytest.raises(ValueError, match="'other' symbol"):
-        fastmi.recoverability({0: bag_features(bags, 8)}, targets=bags, vocab_size=8, vocab="top:3",
-                              probe="unembedding", unembedding=torch.randn(8, 8), progress=False)
+        fastmi.recoverability(
+            {0: bag_features(bags, 8)},
+            targets=bags,
+            vocab_size=8,
+            vocab="top:3",
+            probe="unembedding",
+            unembedding=torch.randn(8, 8),
+            progress=False,
+        )
     with pytest.raises(MissingUnembeddingError, match="needs unembedding=U"):
-        fastmi.recoverability({0: bag_features(bags, 8)}, targets=bags, vocab_size=8, probe="unembedding",
-                              progress=False)
+        fastmi.recoverability(
+            {0: bag_features(bags, 8)}, targets=bags, vocab_size=8, probe="unembedding", progress=False
+        )

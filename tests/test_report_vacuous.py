@@ -1,4 +1,5 @@
 """Fano panels: a bound vacuous at every layer is said in words, not drawn as a flat line at 0."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,9 @@ def rows_for(model: str, layers: int, p_error: float, M: int, seed: int) -> list
     for layer in range(layers + 1):
         errors = np.clip(p_error + 0.05 * rng.standard_normal(80), 0, 1)
         bounds = layer_bounds(errors, errors * 0.5, 1 + rng.random(80), 6.5, M, 5, n_bootstrap=200)
-        rows.append(dict(model=model, layer=layer, rel_depth=layer / layers, vocab="observed", M=M, n_test=80,
-                         **bounds))
+        rows.append(
+            dict(model=model, layer=layer, rel_depth=layer / layers, vocab="observed", M=M, n_test=80, **bounds)
+        )
     return rows
 
 
@@ -52,6 +54,7 @@ def test_one_vacuous_model_is_named_and_the_other_still_drawn():
 @pytest.mark.parametrize("bound", ["fano", "list_fano", "variational"])
 def test_no_panel_text_when_nothing_is_vacuous(bound):
     result = RecoverabilityResult(rows_for("b", 3, 0.02, 20, 1))
-    texts, _ = panel_texts(bounds_figure(result, bound=bound), {"fano": "Fano", "list_fano": "list",
-                                                                 "variational": "variational"}[bound])
+    texts, _ = panel_texts(
+        bounds_figure(result, bound=bound), {"fano": "Fano", "list_fano": "list", "variational": "variational"}[bound]
+    )
     assert not any("vacuous" in t for t in texts)

@@ -1,4 +1,5 @@
 """RecoverabilityResult: table, CSV and JSON round trips, several models, plots."""
+
 import json
 
 import matplotlib.image
@@ -17,8 +18,22 @@ def _result(model, layers, seed, vocab="observed", M=300):
     for layer in range(layers + 1):
         errors = rng.random(60) * (0.4 + 0.5 * rng.random())
         bounds = layer_bounds(errors, errors * 0.5, rng.random(60) * 6, 6.5, M, 5, n_bootstrap=200)
-        rows.append(dict(model=model, revision="main", layer=layer, rel_depth=layer / layers, pooling="mean",
-                         vocab=vocab, M=np.int64(M), n_train=240, n_test=60, n_skipped=1, bag_recall=0.4, **bounds))  # fmt: skip
+        rows.append(
+            dict(
+                model=model,
+                revision="main",
+                layer=layer,
+                rel_depth=layer / layers,
+                pooling="mean",
+                vocab=vocab,
+                M=np.int64(M),
+                n_train=240,
+                n_test=60,
+                n_skipped=1,
+                bag_recall=0.4,
+                **bounds,
+            )
+        )
     rows.reverse()  # rows come back sorted by layer whatever the order given
     return RecoverabilityResult(rows, {"seed": 0, "model": model, "test_fraction": 0.2, "layers": [0, layers]})
 

@@ -1,4 +1,5 @@
 """fastmi sweep / probe / report on tiny random models: files, one shared split, reuse, errors."""
+
 from __future__ import annotations
 
 import json
@@ -55,10 +56,25 @@ def test_rerun_reuses_caches_and_results(swept, capsys):
 def test_probe_command_on_the_sweep_split_gives_the_same_numbers(swept, tmp_path, capsys):
     root, out, _ = swept
     probe_out = tmp_path / "probe"
-    assert main(["probe", "--cache", str(out / "cache" / "bert"), "--out", str(probe_out),
-                 "--split", str(out / "split.json"), *FAST]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "--cache",
+                str(out / "cache" / "bert"),
+                "--out",
+                str(probe_out),
+                "--split",
+                str(out / "split.json"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     mine = RecoverabilityResult.from_json(probe_out / "results.json").table
-    swept_rows = [r for r in RecoverabilityResult.from_json(out / "results.json").table if r["model"] == mine[0]["model"]]
+    swept_rows = [
+        r for r in RecoverabilityResult.from_json(out / "results.json").table if r["model"] == mine[0]["model"]
+    ]
     assert [r["ce_bits"] for r in mine] == pytest.approx([r["ce_bits"] for r in swept_rows])
     assert json.loads((probe_out / "split.json").read_text()) == json.loads((out / "split.json").read_text())
 
@@ -77,8 +93,23 @@ def test_clear_errors(swept, tmp_path, capsys):
     assert main(["report", "--out", str(tmp_path)]) == 2
     assert "no results.json" in capsys.readouterr().err
     # The same output directory with another corpus (fewer sentences) is refused, not mixed.
-    assert main(["sweep", "--model", str(root / "bert"), "--corpus", str(root / "corpus.txt"),
-                 "--max-sentences", "30", "--out", str(out), *FAST]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                "--model",
+                str(root / "bert"),
+                "--corpus",
+                str(root / "corpus.txt"),
+                "--max-sentences",
+                "30",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "another corpus" in capsys.readouterr().err
 
 
@@ -86,16 +117,33 @@ def test_curve_compare_and_claims_on_real_caches(swept, tmp_path, capsys):
     root, out, _ = swept
     # probe --curve on the sweep's own split: curves, a data_limited column, per-sentence scores.
     probe_out = tmp_path / "curve"
-    assert main(["probe", "--cache", str(out / "cache" / "llama"), "--out", str(probe_out), "--split",
-                 str(out / "split.json"), "--curve", "0.5,1", *FAST]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "--cache",
+                str(out / "cache" / "llama"),
+                "--out",
+                str(probe_out),
+                "--split",
+                str(out / "split.json"),
+                "--curve",
+                "0.5,1",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert "data_limited" in capsys.readouterr().out
     result = RecoverabilityResult.from_json(probe_out / "results.json")
     assert {p["fraction"] for p in result.curves} == {0.5, 1.0} and len(result.curves) == 2 * 3
     assert all(isinstance(r["data_limited"], bool) for r in result.table)
     # The sweep's result keeps both models' held-out scores: compare and claims work from the files.
     swept_result = RecoverabilityResult.from_json(out / "results.json")
-    bert, llama = (m for m in swept_result.models if m.endswith("bert")), (m for m in swept_result.models
-                                                                         if m.endswith("llama"))
+    bert, llama = (
+        (m for m in swept_result.models if m.endswith("bert")),
+        (m for m in swept_result.models if m.endswith("llama")),
+    )
     bert, llama = next(bert), next(llama)
     assert main(["compare", "--out", str(out), f"{llama}:peak", f"{llama}:last", "--bootstrap", "200"]) == 0
     assert "(peak)" in capsys.readouterr().out
@@ -105,5 +153,6 @@ def test_curve_compare_and_claims_on_real_caches(swept, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "encoder keeps more than decoder at each matched depth" in text and "decoder gains, then forgets" in text
     claims = json.loads((out / "claims.json").read_text())
-    assert len(claims) == 3 and all(c["verdict"] in ("holds", "contradicted", "not resolved at this level")
-                                    for c in claims)
+    assert len(claims) == 3 and all(
+        c["verdict"] in ("holds", "contradicted", "not resolved at this level") for c in claims
+    )

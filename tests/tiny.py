@@ -3,6 +3,7 @@
 Each model comes with a word-level tokenizer over ``WORDS`` whose special tokens match its family:
 BERT wraps sentences in [CLS] ... [SEP], Llama prepends <s>, GPT-2 adds nothing.
 """
+
 from __future__ import annotations
 
 import random
@@ -49,14 +50,33 @@ def _tokenizer(arch: str) -> PreTrainedTokenizerFast:
 def _model(arch: str, vocab_size: int, hidden: int, layers: int):
     common = dict(vocab_size=vocab_size, num_hidden_layers=layers, num_attention_heads=2)
     if arch == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(n_embd=hidden, n_layer=layers, n_head=2, vocab_size=vocab_size, n_positions=128,
-                                           bos_token_id=5, eos_token_id=5))
+        return GPT2LMHeadModel(
+            GPT2Config(
+                n_embd=hidden,
+                n_layer=layers,
+                n_head=2,
+                vocab_size=vocab_size,
+                n_positions=128,
+                bos_token_id=5,
+                eos_token_id=5,
+            )
+        )
     if arch == "bert":
-        return BertModel(BertConfig(hidden_size=hidden, intermediate_size=2 * hidden, max_position_embeddings=128, **common))
+        return BertModel(
+            BertConfig(hidden_size=hidden, intermediate_size=2 * hidden, max_position_embeddings=128, **common)
+        )
     if arch == "llama":
         return LlamaForCausalLM(
-            LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_key_value_heads=1,
-                        max_position_embeddings=128, bos_token_id=4, eos_token_id=5, pad_token_id=0, **common)
+            LlamaConfig(
+                hidden_size=hidden,
+                intermediate_size=2 * hidden,
+                num_key_value_heads=1,
+                max_position_embeddings=128,
+                bos_token_id=4,
+                eos_token_id=5,
+                pad_token_id=0,
+                **common,
+            )
         )
     raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {ARCHS}")
 

@@ -9,6 +9,7 @@ with different tokenizers are compared on recoverable fractions (bound / own H(T
     fastmi compare --out runs/demo minilm smollm2
     fastmi compare --out runs/demo smollm2:peak smollm2:last
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level", type=float, default=0.95, help="two-sided level of each interval")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
-    parser.add_argument("--bound", default="all", choices=("fano", "list_fano", "variational", "all"),
-                        help="which bound to compare")
+    parser.add_argument(
+        "--bound", default="all", choices=("fano", "list_fano", "variational", "all"), help="which bound to compare"
+    )
     parser.add_argument("--json", default=None, help="also write the comparison to this JSON file")
 
 
@@ -39,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no results.json in {args.out}; run fastmi probe, sweep or demo with --out {args.out}")
     result = RecoverabilityResult.from_json(path)
     chosen = COMPARED_BOUNDS if args.bound == "all" else (args.bound,)
-    comparison = compare(result, args.a, args.b, level=args.level, n_bootstrap=args.bootstrap, seed=args.seed,
-                         bounds_to_compare=chosen)
+    comparison = compare(
+        result, args.a, args.b, level=args.level, n_bootstrap=args.bootstrap, seed=args.seed, bounds_to_compare=chosen
+    )
     print(comparison.format())
     if args.json:
         print(f"\nwrote {comparison.to_json(args.json)}")

