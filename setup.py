@@ -3,6 +3,7 @@
 ``kernels`` as a top-level name belongs to another library that transformers probes for, so
 the folder is never installed under it.  Everything else lives in pyproject.toml.
 """
+
 from setuptools import setup
 
 setup(
