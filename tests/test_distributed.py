@@ -94,24 +94,17 @@ def two_process_cache(setup):
     root, corpus, models = setup
     out = root / "two"
     proc = torchrun(
-        [
-            "extract",
-            "--model",
-            str(models["bert"]),
-            "--corpus",
-            str(corpus),
-            "--out",
-            str(out),
-            "--shard-rows",
-            str(SHARD_ROWS),
-            "--batch-size",
-            str(BATCH),
-            "--no-progress",
-        ],
+        extract_argv(models["bert"], corpus, out),
         root,
     )
     assert proc.stdout.count("cache: ") == 1  # rank 0 alone prints
     return out
+
+
+def extract_argv(model, corpus, out) -> list[str]:
+    """`fastmi extract` of ``model`` over ``corpus`` into ``out``, at the shard and batch sizes of these tests."""
+    args = ["--model", str(model), "--corpus", str(corpus), "--out", str(out), "--shard-rows", str(SHARD_ROWS)]
+    return ["extract", *args, "--batch-size", str(BATCH), "--no-progress"]
 
 
 def assert_tables_match(mine: list[dict], theirs: list[dict]) -> None:
@@ -210,20 +203,7 @@ def test_a_rank_killed_mid_extraction_then_one_process_finishes_bit_identical(se
     launcher.write_text(KILLING_LAUNCHER)
     out = tmp_path / "killed"
     proc = torchrun(
-        [
-            "extract",
-            "--model",
-            str(models["bert"]),
-            "--corpus",
-            str(corpus),
-            "--out",
-            str(out),
-            "--shard-rows",
-            str(SHARD_ROWS),
-            "--batch-size",
-            str(BATCH),
-            "--no-progress",
-        ],
+        extract_argv(models["bert"], corpus, out),
         tmp_path,
         script=launcher,
         check=False,
