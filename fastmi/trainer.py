@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
+from .frozen import FrozenHiddenStatesWarning
 from .loss import MultiLayerRecoverabilityLoss
 
 __all__ = ["RecoverabilityTrainer", "scale_gradient", "TokenMarginal", "PROBE_WEIGHTS", "PROBE_CONFIG"]
@@ -142,7 +144,10 @@ class RecoverabilityTrainer(Trainer):
             layer: scale_gradient(outputs["hidden_states"][layer], self.lam) for layer in self.recoverability.layers
         }
         bags = self.recoverability.bags(bag_ids, mask)
-        per_layer = self.recoverability.layer_losses(hidden, mask, bags)
+        with warnings.catch_warnings():
+            if self.lam == 0.0:  # the control detaches the hidden states on purpose: not a frozen model
+                warnings.simplefilter("ignore", FrozenHiddenStatesWarning)
+            per_layer = self.recoverability.layer_losses(hidden, mask, bags)
         term = self.recoverability.combine(per_layer)
         # Value: own + lambda * term.  Gradients: the probes get all of d term, the model lambda of
         # it (through scale_gradient above): the detached part removes (1 - lambda) * term's value only.

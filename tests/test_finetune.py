@@ -175,3 +175,46 @@ def test_fastmi_finetune_rejects_bad_input(tmp_path, capsys):
     assert _finetune(["--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--lambda", "-1"]) == 2
     assert "lambda" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_trainer_warns_of_frozen_hidden_states_only_when_the_model_is_frozen(tmp_path, lam):
+    """The control (lambda = 0) detaches the hidden states on purpose: no warning.  A frozen model
+    under lambda > 0 would train the probe alone: warned."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, TrainingArguments
+
+    from fastmi.frozen import FrozenHiddenStatesWarning
+
+    path = make_tiny_model("llama", tmp_path / "llama", hidden=16, layers=2)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    data = [{"input_ids": tokenizer(s)["input_ids"]} for s in random_sentences(8, seed=4)]
+    for frozen in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(path)
+        if frozen:  # the LM head still trains, so the Trainer has something to optimise
+            model.model.requires_grad_(False)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"run-{frozen}"),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            report_to=[],
+            use_cpu=True,
+            remove_unused_columns=False,
+            disable_tqdm=True,
+            save_strategy="no",
+        )
+        trainer = RecoverabilityTrainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+            recoverability=MultiLayerRecoverabilityLoss(16, len(tokenizer), layers=[1]),
+            lam=lam,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.train()
+        warned = any(issubclass(w.category, FrozenHiddenStatesWarning) for w in caught)
+        assert warned == (frozen and lam > 0), (frozen, lam)
