@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="first N sentences (default: all every cache has)")
     parser.add_argument("--vocab", default="top:512")
     parser.add_argument("--curve", action="store_true")
+    parser.add_argument("--train-softmax", default="full", help="full | sampled:K (held-out scoring stays exact)")
     parser.add_argument("--combine", nargs="*", default=[], help="results.json files to join instead of probing")
     parser.add_argument(
         "--rename", action="append", default=[], help="I:OLD=NEW: rename model OLD of the I-th --combine file (from 0)"
@@ -132,15 +133,17 @@ def main() -> None:
         split = Split.make(rows, 0.2, 0, corpus_fingerprint=next(iter(heads.values())).metadata["corpus_fingerprint"])
         results = []
         for name, head in heads.items():
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             result = recoverability(
                 head,
                 vocab=args.vocab,
+                train_softmax=args.train_softmax,
                 split=split,
                 curve=(0.125, 0.25, 0.5, 1.0) if args.curve else None,
                 progress=True,
             )
             timing[name] = round(time.perf_counter() - started, 1)
+            timing[f"{name}_cpu"] = round(time.process_time() - cpu_started, 1)
             print(f"{name}: probed {rows} sentences x {len(head.layers)} layers in {timing[name]} s", flush=True)
             result.to_json(out / "models" / f"{name.replace('/', '-')}.json")
             results.append(result)

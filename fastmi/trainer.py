@@ -225,6 +225,7 @@ def save_probe(recoverability: MultiLayerRecoverabilityLoss, directory: str | os
         "pooling": first.pooling,
         "exclude_ids": first.exclude_ids,
         "bias": first.bias is not None,
+        "normalize": first.normalize,
         **extra,
     }
     tmp = directory / f".{PROBE_WEIGHTS}.tmp"
@@ -252,6 +253,7 @@ def load_probe(directory: str | os.PathLike) -> MultiLayerRecoverabilityLoss:
         config["pooling"],
         config["exclude_ids"],
         config["bias"],
+        config.get("normalize", False),  # probes saved before the option existed saw raw states
     )
     load_probe_state(probe, directory)
     return probe

@@ -20,15 +20,21 @@ def batch(B=4, T=7, d=8, vocab=20, seed=0):
     return torch.randn(B, T, d, generator=g), mask, ids
 
 
+@pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("pooling", ["mean", "last", "max"])
-def test_loss_equals_reference(pooling):
+def test_loss_equals_reference(pooling, normalize):
     hidden, mask, ids = batch()
-    loss = fastmi.RecoverabilityLoss(8, 20, pooling=pooling, exclude_ids=[1])
+    hidden = hidden * 3 + 1  # off zero mean and unit scale, so the normalisation does something
+    loss = fastmi.RecoverabilityLoss(8, 20, pooling=pooling, exclude_ids=[1], normalize=normalize)
     with torch.no_grad():
         loss.weight.normal_()
         loss.bias.normal_()
     rows = [ids[b][mask[b].bool()].tolist() for b in range(4)]
     bags = BagTargets.from_token_lists(rows, exclude=[1], vocab_size=20)
+    if normalize:  # each token: zero mean, unit variance (biased), eps 1e-5; then pooled
+        hidden = (hidden - hidden.mean(-1, keepdim=True)) / torch.sqrt(
+            hidden.var(-1, unbiased=False, keepdim=True) + 1e-5
+        )
     z = masked_pool_reference(hidden, mask, pooling)
     expected = bag_cross_entropy_reference(z, loss.weight, loss.bias, bags)
     assert torch.allclose(loss(hidden, mask, ids), expected, atol=1e-5)
@@ -68,3 +74,28 @@ def test_loss_rejects_mismatched_inputs():
         loss(hidden, mask, BagTargets.from_token_lists([[3]], vocab_size=20))
     with pytest.raises(ValueError, match="pooling"):
         fastmi.RecoverabilityLoss(8, 20, pooling="median")
+
+
+def test_normalised_probe_trains_stably_on_massive_activations():
+    """A sink token with one coordinate in the thousands, as in decoder residual streams: Adam on
+    the raw pooled state overshoots by many nats before it recovers; on normalised tokens the
+    loss falls from the first steps."""
+    torch.manual_seed(0)
+    d, vocab = 32, 50
+    hidden, mask, ids = batch(B=16, T=6, d=d, vocab=vocab, seed=2)
+    hidden[:, 0, 0] += 6000.0 + 300 * torch.randn(16)
+    curves = {}
+    for normalize in (False, True):
+        loss_fn = fastmi.RecoverabilityLoss(d, vocab, exclude_ids=[1], normalize=normalize)
+        optimizer = torch.optim.Adam(loss_fn.parameters(), lr=1e-2)
+        curves[normalize] = []
+        for _ in range(60):
+            loss = loss_fn(hidden, mask, ids)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            curves[normalize].append(float(loss.detach()))
+    start = curves[True][0]
+    assert max(curves[True]) <= start + 1e-4 and curves[True][-1] < start - 1.5  # never above the start, learnt
+    assert max(curves[False]) > start + 5.0  # raw: overshoots by many nats
+    assert curves[True][-1] < curves[False][-1]

@@ -44,7 +44,8 @@ def reference_bags(ids, mask):
 
 def reference_loss(hidden, mask, ids, weight, bias, pooling="mean"):
     """Plain fp32 torch: pool, materialise every logit, bag cross-entropy."""
-    z = masked_pool_reference(hidden.float(), mask, pooling)
+    tokens = torch.nn.functional.layer_norm(hidden.float(), hidden.shape[-1:])  # the default normalize=True
+    z = masked_pool_reference(tokens, mask, pooling)
     return bag_cross_entropy_reference(z, weight.float(), bias.float(), reference_bags(ids, mask))
 
 
