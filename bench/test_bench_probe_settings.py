@@ -10,7 +10,7 @@ baseline, and reports per setting: seconds (wall, and CPU time of the process, t
 a machine shared with other work), speed-up over the baseline, the variational bound of
 every layer (and H(T) - CE before clamping at 0) and the largest difference from the baseline's,
 compared before clamping (the clamped bounds of a vacuous layer are all 0 and would hide any
-difference).  The headline is the fastest setting
+difference).  The headline is the fastest setting (by CPU time)
 whose bound is within :data:`TOLERANCE_BITS` of the baseline at every layer.
 
 Knobs (environment): ``FASTMI_BENCH_CACHES`` a folder holding prebuilt ``minilm/`` and ``smollm2/``
@@ -29,31 +29,47 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 import fastmi
+from fastmi.training import TrainConfig
 
-#: (name, probe, train_softmax); the first is the baseline.
+#: (name, probe, train_softmax, TrainConfig overrides); the first is the baseline.  The issue's four
+#: settings, plus sampled:2048 (the smallest K found within the tolerance on minilm) and the full
+#: softmax with the ids no training bag holds tied into one row (exact: the same probe, cheaper).
 SETTINGS = (
-    ("full", "linear", "full"),
-    ("sampled:4096", "linear", "sampled:4096"),
-    ("unembedding", "unembedding", "full"),
-    ("unembedding+sampled:4096", "unembedding", "sampled:4096"),
+    ("full", "linear", "full", {}),
+    ("full, unseen ids tied", "linear", "full", {"tie_unseen": True}),
+    ("sampled:4096", "linear", "sampled:4096", {}),
+    ("sampled:2048", "linear", "sampled:2048", {}),
+    ("unembedding", "unembedding", "full", {}),
+    ("unembedding+sampled:4096", "unembedding", "sampled:4096", {}),
 )
 TOLERANCE_BITS = 0.02
 VOCAB = "full"
 
 
-def measure(cache, probe: str, train_softmax: str, layers=None) -> dict:
+def measure(cache, probe: str, train_softmax: str, layers=None, overrides=None) -> dict:
     """Seconds (wall and CPU) to a converged probe of ``layers`` and its per-layer variational bounds."""
-    start, cpu_start = time.perf_counter(), time.process_time()
-    result = fastmi.recoverability(
-        cache, vocab=VOCAB, probe=probe, train_softmax=train_softmax, layers=layers, progress=False
-    )
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    train = TrainConfig(**(overrides or {}))
+    # A fresh checkpoint folder: a probe group saved by an earlier run would be loaded, not timed.
+    with tempfile.TemporaryDirectory() as checkpoints:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = fastmi.recoverability(
+            cache,
+            vocab=VOCAB,
+            probe=probe,
+            train_softmax=train_softmax,
+            layers=layers,
+            train=train,
+            checkpoint_dir=checkpoints,
+            progress=False,
+        )
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
@@ -67,6 +83,7 @@ def measure(cache, probe: str, train_softmax: str, layers=None) -> dict:
         "epochs_run": {layer: log["epochs_run"] for layer, log in result.config["training"].items()},
         "start": {layer: log["start"] for layer, log in result.config["training"].items()},
         "alphabet_size": result.config["alphabet_size"],
+        "train": result.config["train"],
     }
 
 
@@ -90,13 +107,14 @@ def compare(measured: dict[str, dict]) -> dict:
             "no_worse": -min(signed) <= TOLERANCE_BITS,
         }
     eligible = [n for n, r in report["settings"].items() if r["within_tolerance"] and n != base_name]
-    best = max(eligible, key=lambda n: report["settings"][n]["speedup"], default=None)
+    # Ranked by CPU time: on a shared machine wall time measures the other work as much as this.
+    best = max(eligible, key=lambda n: report["settings"][n]["cpu_speedup"], default=None)
     report["fastest_within_tolerance"] = best
-    report["its_speedup"] = None if best is None else report["settings"][best]["speedup"]
+    report["its_speedup"] = None if best is None else report["settings"][best]["cpu_speedup"]
     no_worse = [n for n, r in report["settings"].items() if r["no_worse"] and n != base_name]
-    best = max(no_worse, key=lambda n: report["settings"][n]["speedup"], default=None)
+    best = max(no_worse, key=lambda n: report["settings"][n]["cpu_speedup"], default=None)
     report["fastest_no_worse"] = best
-    report["its_no_worse_speedup"] = None if best is None else report["settings"][best]["speedup"]
+    report["its_no_worse_speedup"] = None if best is None else report["settings"][best]["cpu_speedup"]
     return report
 
 
@@ -130,8 +148,8 @@ def test_probe_settings(benchmark, demo_caches, model):
     measured: dict[str, dict] = {}
 
     def all_settings():
-        for name, probe, train_softmax in SETTINGS:
-            measured[name] = measure(cache, probe, train_softmax, layers)
+        for name, probe, train_softmax, overrides in SETTINGS:
+            measured[name] = measure(cache, probe, train_softmax, layers, overrides)
 
     benchmark.pedantic(all_settings, rounds=1, iterations=1)
     report = compare(measured) | {"model": model, "layers": measured[SETTINGS[0][0]]["layers"], "measured": measured}
@@ -148,11 +166,11 @@ def test_probe_settings(benchmark, demo_caches, model):
             f"max |diff| {figures['max_abs_difference_bits']:.4f} bit"
         )
     print(
-        f"  fastest within {TOLERANCE_BITS} bit at every layer: {report['fastest_within_tolerance']} "
+        f"  fastest (CPU) within {TOLERANCE_BITS} bit at every layer: {report['fastest_within_tolerance']} "
         f"(x{report['its_speedup'] or 0:.2f}); fastest never more than {TOLERANCE_BITS} bit below: "
         f"{report['fastest_no_worse']} (x{report['its_no_worse_speedup'] or 0:.2f})"
     )
-    assert set(report["settings"]) == {name for name, _, _ in SETTINGS}
+    assert set(report["settings"]) == {name for name, *_ in SETTINGS}
     assert all(len(m["variational_bits"]) == len(report["layers"]) for m in measured.values())
 
 
@@ -161,11 +179,11 @@ if __name__ == "__main__":
     chosen = None
     if "--layers" in sys.argv:
         chosen = [int(v) for v in sys.argv[sys.argv.index("--layers") + 1].split(",")]
-    probe, train_softmax = {name: (p, s) for name, p, s in SETTINGS}.get(setting, ("linear", setting))
+    probe, train_softmax, overrides = {name: rest for name, *rest in SETTINGS}.get(setting, ("linear", setting, {}))
     if setting.startswith("unembedding+"):
         probe, train_softmax = "unembedding", setting.split("+", 1)[1]
     if not Path(out_path).exists():
-        figures = measure(fastmi.ActivationCache.open(cache_dir), probe, train_softmax, chosen)
+        figures = measure(fastmi.ActivationCache.open(cache_dir), probe, train_softmax, chosen, overrides)
         figures |= {"setting": setting, "probe": probe, "train_softmax": train_softmax}
         Path(out_path).write_text(json.dumps(figures, indent=1))
     print(Path(out_path).read_text())

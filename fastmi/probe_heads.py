@@ -90,14 +90,83 @@ class _Head:
 
 
 class _LinearHead(_Head):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        self.dense, self.rowwise = [], [weight, bias]
+    """logits = W z + b; ``offset`` [M] (or None), fixed, is added to b in every loss: log of the
+    number of ids a row stands for (:class:`_TiedUnseen`)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, offset: torch.Tensor | None = None) -> None:
+        self.dense, self.rowwise, self.offset = [], [weight, bias], offset
 
     def features(self, z):
         return z
 
     def output(self, rows, rowwise):
-        return rowwise[0], rowwise[1]
+        if self.offset is None:
+            return rowwise[0], rowwise[1]
+        return rowwise[0], rowwise[1] + (self.offset if rows is None else self.offset.index_select(0, rows))
+
+
+@dataclass
+class _TiedUnseen:
+    """The ids that no training bag holds, trained as one tied row of the linear probe.
+
+    Under the full softmax these ids are interchangeable: they start equal (W row 0, b = the smoothed
+    prior's floor), and every step gives each of them the same gradient (-p_v(z) (z, 1) per row,
+    with the same p_v), so Adam keeps them equal to the end.  Training over the "seen" ids plus one
+    row that stands for all ``size`` unseen ones, with log(size) added to its logit in the softmax, is
+    therefore the same problem, and its gradient divided by ``size`` is the one each unseen row gets.
+    Nothing is approximated: held-out scoring expands the tied row back to every unseen id.
+
+    Under sampled softmax the tied row is always in the sub-vocabulary (exactly, not sampled), so the
+    unseen ids' probability mass is trained as under the full softmax, and the negatives are drawn
+    among the seen ids only.  On a small corpus that is most of the alphabet (demo, MiniLM with
+    vocab="full": 3,927 of 30,517 ids occur in the 720 training bags, and 11% of the held-out tokens
+    are unseen ones); sampling them one by one left their mass near its starting value.
+    """
+
+    seen: torch.Tensor  # [S] sorted alphabet ids that occur in a training bag; row i of the tied probe
+    size: int  # number of unseen ids, all on row S
+    rows: torch.Tensor  # [M] row of the tied probe of each alphabet id
+
+    @classmethod
+    def build(cls, marginal: torch.Tensor) -> _TiedUnseen | None:
+        """From the training marginal [M]; None when fewer than two ids are unseen (nothing to tie)."""
+        seen_mask = marginal > 0
+        size = int((~seen_mask).sum())
+        if size < 2:
+            return None
+        seen = torch.nonzero(seen_mask).flatten()
+        rows = torch.full_like(marginal, seen.numel(), dtype=torch.long)
+        rows[seen] = torch.arange(seen.numel(), device=marginal.device)
+        return cls(seen=seen, size=size, rows=rows)
+
+    @property
+    def width(self) -> int:
+        return self.seen.numel() + 1
+
+    def collapse(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-id values [..., M] -> per-row [..., S + 1] (the tied row takes the first unseen id's)."""
+        first_unseen = torch.nonzero(self.rows == self.seen.numel())[0]
+        return values.index_select(-1, torch.cat([self.seen, first_unseen]))
+
+    def offset(self) -> torch.Tensor:
+        offset = torch.zeros(self.width, device=self.rows.device)
+        offset[-1] = math.log(self.size)
+        return offset
+
+    def targets(self, bags: BagTargets) -> tuple[BagTargets, float]:
+        """Bags over the tied rows, and the mean per-row CE (nats) that the offset takes off them.
+
+        A bag's unseen tokens all land on the tied row, whose logit carries log(size) in the loss
+        while each unseen id's own logit does not: the exact CE is the tied CE plus
+        (tokens on the tied row / n_S) log(size) per row, a constant of the bags.
+        """
+        tied = bags.remap(self.rows)
+        on_tied = torch.where(tied.ids == self.seen.numel(), tied.counts, torch.zeros_like(tied.counts)).double()
+        per_row = torch.zeros(tied.num_rows, dtype=torch.float64, device=on_tied.device)
+        per_row.index_add_(0, tied.row_index, on_tied)
+        lengths = tied.lengths
+        share = per_row / lengths.clamp(min=1).double()
+        return tied, float(share.sum()) * math.log(self.size) / max(int((lengths > 0).sum()), 1)
 
 
 class _UnembeddingHead(_Head):
@@ -137,16 +206,28 @@ def fit_heads(
     seed: int = 0,
     progress: bool = True,
     description: str = "probe",
+    tie_unseen: bool | None = None,
 ) -> TrainedHeads:
     """Fit one probe per layer of ``z_train`` [L, N, d] in the given setting; early-stop on ``z_val``.
 
     ``probe="linear"`` expects standardised features; ``"unembedding"`` the raw ones, and
     ``unembedding=(U [M, d], b_model [M] or None)`` restricted to the alphabet's ids.  The default
     setting (linear, full) is :func:`fastmi.training.fit_probes` itself.
+
+    ``tie_unseen``: train the linear probe's ids that no training bag holds as one tied row
+    (:class:`_TiedUnseen`; exact under the full softmax).  Default: ``config.tie_unseen``, and when
+    that is None, with sampled softmax only, so the full-softmax default stays
+    :func:`fastmi.training.fit_probes`.
     """
     check_probe_form(probe)
     num_samples, proposal = parse_train_softmax(train_softmax)
-    if probe == "linear" and num_samples is None:
+    if tie_unseen is None:
+        tie_unseen = config.tie_unseen
+    if tie_unseen is None:
+        tie_unseen = probe == "linear" and num_samples is not None
+    if tie_unseen and probe != "linear":
+        raise ValueError("tie_unseen applies to the linear probe only (the unembedding probe's unseen ids differ by U)")
+    if probe == "linear" and num_samples is None and not tie_unseen:
         fitted = fit_probes(
             z_train,
             targets_train,
@@ -174,8 +255,18 @@ def fit_heads(
     prior = (1 - config.prior_smoothing) * marginal + config.prior_smoothing / alphabet_size
     log_prior = prior.log().float().expand(num_layers, -1).clone()
     chunk = max(config.batch_size, 1)
+    tied = _TiedUnseen.build(marginal) if tie_unseen else None
+    validation_shift = 0.0
+    if tied is not None:
+        marginal, log_prior = tied.collapse(marginal), tied.collapse(log_prior).contiguous()
+        marginal[-1] = 0.0  # the tied row is always in the sub-vocabulary, never drawn
+        targets_train, _ = tied.targets(targets_train)
+        targets_val, validation_shift = tied.targets(targets_val)
     if probe == "linear":
-        head: _Head = _LinearHead(torch.zeros(num_layers, alphabet_size, dim, device=device), log_prior)
+        width = alphabet_size if tied is None else tied.width
+        head: _Head = _LinearHead(
+            torch.zeros(num_layers, width, dim, device=device), log_prior, None if tied is None else tied.offset()
+        )
         start = ["prior"] * num_layers
     else:
         head, start = _unembedding_start(z_train, z_val, targets_val, unembedding, log_prior, chunk)
@@ -188,32 +279,53 @@ def fit_heads(
     # a step moves logits as much as a linear probe's step does, whatever the model's embedding scale.
     dense_scale = 1.0 if probe == "linear" else 1.0 / float(head.unembedding.norm(dim=1).median().clamp(min=1e-6))
     lr_scale = [dense_scale] * len(head.dense) + [1.0] * len(head.rowwise)
-    optimizer = RowSparseAdam(params, lr=config.lr / math.sqrt(max(dim, 1)), weight_decay=decay, lr_scale=lr_scale)
+    if config.sampled_adam not in ("dense", "lazy"):
+        raise ValueError(f"sampled_adam must be 'dense' or 'lazy', got {config.sampled_adam!r}")
+    optimizer = RowSparseAdam(
+        params,
+        lr=config.lr / math.sqrt(max(dim, 1)),
+        weight_decay=decay,
+        lr_scale=lr_scale,
+        lazy=config.sampled_adam == "lazy",
+    )
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if num_samples is not None:
+        q = proposal_probabilities(proposal, marginal, config.prior_smoothing)
+        if tied is not None:
+            q[-1] = 0.0
+            q = q / q.sum()
         sampler = NegativeSampler(
-            proposal_probabilities(proposal, marginal, config.prior_smoothing),
+            q,
             num_samples,
             torch.Generator().manual_seed(seed + 1),
+            always=None if tied is None else torch.tensor([tied.width - 1], device=device),
         )
+    # Each unseen id's share of the tied row's gradient (see _TiedUnseen); the row is last in any S.
+    tied_scale = None if tied is None else 1.0 / tied.size
 
-    stopping = EarlyStopping(params, _validation_ce(head, z_val, targets_val, chunk), config)
+    def validation_ce() -> torch.Tensor:
+        return _validation_ce(head, z_val, targets_val, chunk) + validation_shift
+
+    stopping = EarlyStopping(params, validation_ce(), config)
     epochs = tqdm(range(1, config.max_epochs + 1), desc=description, leave=False, disable=not progress)
     epoch = 0
     for epoch in epochs:
         order = torch.randperm(num_rows, generator=generator).to(device)
         for begin in range(0, num_rows, chunk):
             rows = order[begin : begin + chunk]
-            _step(head, optimizer, sampler, z_train[:, rows], targets_train.select(rows))
-        done = stopping.update(epoch, params, _validation_ce(head, z_val, targets_val, chunk))
+            _step(head, optimizer, sampler, z_train[:, rows], targets_train.select(rows), tied_scale)
+        done = stopping.update(epoch, params, validation_ce())
         epochs.set_postfix(val_ce=f"{float(stopping.best_ce.mean()):.3f}", stale=int(stopping.stale.min()))
         if done:
             break
     epochs.close()
     for p, saved in zip(params, stopping.best):
         p.data.copy_(saved)
-    weight, bias = head.output(None, head.rowwise)
+    if tied is not None:
+        weight, bias = (p.index_select(1, tied.rows) for p in head.rowwise)
+    else:
+        weight, bias = head.output(None, head.rowwise)
     return TrainedHeads(
         weight=weight.detach(),
         bias=bias.detach(),
@@ -245,7 +357,12 @@ def batch_loss(
 
 
 def _step(
-    head: _Head, optimizer: RowSparseAdam, sampler: NegativeSampler | None, z: torch.Tensor, targets: BagTargets
+    head: _Head,
+    optimizer: RowSparseAdam,
+    sampler: NegativeSampler | None,
+    z: torch.Tensor,
+    targets: BagTargets,
+    last_row_scale: float | None = None,
 ) -> None:
     for p in head.dense:
         p.requires_grad_(True)
@@ -253,8 +370,13 @@ def _step(
     candidates = None if sampler is None else sampler.draw(targets)
     losses, views = batch_loss(head, z, targets, candidates)
     losses.sum().backward()
+    if last_row_scale is not None:
+        for v in views:
+            v.grad[:, -1] *= last_row_scale
     rows = None if candidates is None else candidates.ids
-    optimizer.step([(p.grad, None) for p in head.dense] + [(v.grad, rows) for v in views])
+    # The sampled rows' values are already gathered in ``views``: the optimiser updates those copies.
+    rowwise = [(v.grad, None) if rows is None else (v.grad, rows, v.detach()) for v in views]
+    optimizer.step([(p.grad, None) for p in head.dense] + rowwise)
     for p in head.dense:
         p.requires_grad_(False)
         p.grad = None

@@ -27,8 +27,9 @@ was chosen by measurement (docs/performance.md, "Probe settings for large vocabu
 5,000-symbol Zipf channel of the tests both end within 0.03 bit of each other, and unigram is the
 cheaper, since its draws repeat the batch's frequent ids and leave a smaller sub-vocabulary.
 
-Parameters touched by a step are updated with lazy Adam (:class:`RowSparseAdam`): only the rows in
-S move and only their moments decay, so a step costs O(|S| d) in the optimiser as well.
+The optimiser is :class:`RowSparseAdam`: by default with dense moments (every row's moments decay and
+every row moves by its momentum each step, as under the full softmax), or lazily (only the rows in S
+move, O(|S| d) per step).  Dense moments end closest to full-softmax training (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -105,9 +106,20 @@ class Candidates:
 
 
 class NegativeSampler:
-    """Draws the K shared negatives of each step from ``proposal`` (float64 [M]) with ``generator``."""
+    """Draws the K shared negatives of each step from ``proposal`` (float64 [M]) with ``generator``.
 
-    def __init__(self, proposal: torch.Tensor, num_samples: int, generator: torch.Generator) -> None:
+    ``always``: sorted ids that every sub-vocabulary holds exactly, like the batch's own ids, whether
+    or not the batch has them (the tied row of the ids never seen in training, :mod:`fastmi.probe_heads`);
+    their proposal mass should be 0.
+    """
+
+    def __init__(
+        self,
+        proposal: torch.Tensor,
+        num_samples: int,
+        generator: torch.Generator,
+        always: torch.Tensor | None = None,
+    ) -> None:
         if num_samples < 1:
             raise ValueError(f"the number of sampled negatives must be at least 1, got {num_samples}")
         self.proposal = proposal
@@ -116,13 +128,14 @@ class NegativeSampler:
         # Inverse-CDF sampling on the host: one searchsorted, reproducible from the seed alone.
         cdf = torch.cumsum(proposal.detach().double().cpu(), 0)
         self.cdf = cdf / cdf[-1]
+        self.always = always
 
     def draw(self, batch: BagTargets) -> Candidates:
         device = batch.ids.device
         u = torch.rand(self.num_samples, dtype=torch.float64, generator=self.generator)
         draws = torch.searchsorted(self.cdf, u, right=True).clamp(max=self.cdf.numel() - 1).to(device)
         drawn, multiplicity = torch.unique(draws, return_counts=True)
-        own = torch.unique(batch.ids)
+        own = torch.unique(batch.ids if self.always is None else torch.cat([batch.ids, self.always.to(device)]))
         hits_own = torch.isin(drawn, own)
         drawn, multiplicity = drawn[~hits_own], multiplicity[~hits_own]
         ids = torch.cat([own, drawn]).sort().values  # disjoint, so already distinct
@@ -135,12 +148,19 @@ class NegativeSampler:
 
 
 class RowSparseAdam:
-    """AdamW (Loshchilov & Hutter) whose step may touch only some rows of a parameter ("lazy Adam").
+    """AdamW (Loshchilov & Hutter) whose gradient may cover only some rows of a parameter.
 
     Parameters are [L, R, ...] tensors; :meth:`step` takes, per parameter, its gradient and either
-    None (the gradient covers every row) or the indices along dim 1 that it covers.  Rows not
+    None (the gradient covers every row) or the indices along dim 1 that it covers, optionally with
+    a third item: a copy of the parameter's values at those rows, which the step then updates in
+    place instead of gathering them again (the sampled loss has gathered them already).  Rows not
     covered keep their value and their moments, as in TensorFlow's LazyAdam, so a sampled step
-    costs O(|S|) rows, not O(M).  The bias corrections use the global step count.
+    costs O(|S|) rows, not O(M) (``lazy=True``).  With ``lazy=False`` ("dense moments") the step is
+    plain AdamW with a zero gradient on the rows not covered: every row's moments decay and every
+    row moves by its momentum, as every row does under the full softmax, where each step pushes
+    down all the ids a batch lacks; it costs a few elementwise passes over all M rows (what a
+    full-softmax step's optimiser costs too), but no [L, M, d] gradient.  The bias corrections use
+    the global step count.
     """
 
     def __init__(
@@ -151,27 +171,36 @@ class RowSparseAdam:
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         lr_scale: Sequence[float] | None = None,
+        lazy: bool = True,
     ) -> None:
-        self.params, self.lr, self.weight_decay = list(params), lr, list(weight_decay)
+        self.params, self.lr, self.weight_decay, self.lazy = list(params), lr, list(weight_decay), lazy
         self.lr_scale = list(lr_scale) if lr_scale is not None else [1.0] * len(self.params)
         self.betas, self.eps, self.steps = betas, eps, 0
         self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
 
     @torch.no_grad()
-    def step(self, grads: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
+    def step(self, grads: Sequence[tuple]) -> None:
         self.steps += 1
         beta1, beta2 = self.betas
         step_size = self.lr / (1 - beta1**self.steps)
         correction2 = math.sqrt(1 - beta2**self.steps)
-        for p, (m, v), decay, scale, (grad, rows) in zip(
+        for p, (m, v), decay, scale, (grad, rows, *gathered) in zip(
             self.params, self.moments, self.weight_decay, self.lr_scale, grads
         ):
             if grad is None:
                 continue
+            if rows is not None and not self.lazy:
+                if decay:
+                    p.mul_(1 - self.lr * decay)
+                m.mul_(beta1).index_add_(1, rows, grad, alpha=1 - beta1)
+                v.mul_(beta2).index_add_(1, rows, grad * grad, alpha=1 - beta2)
+                p.addcdiv_(m, v.sqrt().div_(correction2).add_(self.eps), value=-step_size * scale)
+                continue
             if rows is None:
                 p_rows, m_rows, v_rows = p, m, v
             else:
-                p_rows, m_rows, v_rows = p.index_select(1, rows), m.index_select(1, rows), v.index_select(1, rows)
+                p_rows = gathered[0] if gathered else p.index_select(1, rows)
+                m_rows, v_rows = m.index_select(1, rows), v.index_select(1, rows)
             if decay:
                 p_rows.mul_(1 - self.lr * decay)
             m_rows.lerp_(grad, 1 - beta1)

@@ -49,6 +49,15 @@ class TrainConfig:
     """Products of the training loss: "fp32", "tf32", "bf16" (bf16 operands, fp32 accumulation,
     fp32 master weights) or "auto" (bf16 on a GPU, fp32 on a CPU); validation and held-out scoring
     are always fp32 (fastmi/precision.py)."""
+    sampled_adam: str = "dense"
+    """Adam's moments under sampled softmax: "dense" (every row's moments decay and every row moves
+    by its momentum each step, as under the full softmax; ends closest to full-softmax training) or
+    "lazy" (only the sampled rows move: O(S d) per step instead of O(M d); see
+    :class:`fastmi.sampled_softmax.RowSparseAdam`)."""
+    tie_unseen: bool | None = None
+    """Train the linear probe's ids that occur in no training bag as one tied row (exact under the
+    full softmax: they stay equal anyway; :class:`fastmi.probe_heads._TiedUnseen`).  None: only under
+    sampled softmax, so the full-softmax default runs :func:`fit_probes` unchanged."""
 
 
 @dataclass
