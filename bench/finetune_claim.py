@@ -69,6 +69,7 @@ def main() -> None:
             }
             for r in rows
         }
+    bounds["paired"] = paired_bounds(result, dict(zip(arms, names)))
     last_layer = max(bounds["base"])
     topics = stage(work / "topics.json", lambda: topic_stage(arms, work, split, args, [args.tuned_layer, last_layer]))
     lm = stage(work / "lm_loss.json", lambda: lm_stage(arms, corpus, split, kind, args))
@@ -103,6 +104,22 @@ def _run_info(spec: str) -> dict:
         return {"model": spec}
     info = json.loads(done.read_text())
     return {"config": info["config"], "train_runtime_s": info.get("train_runtime_s"), "last_log": info.get("last_log")}
+
+
+def paired_bounds(result, names: dict[str, str]) -> dict:
+    """(a) with intervals: per layer, treatment - control and treatment - base of the variational
+    bound, paired over the held-out sentences that every model of the sweep shares (fastmi.compare)."""
+    from fastmi.comparison import compare
+
+    out = {}
+    for a, b in (("treatment", "control"), ("treatment", "base"), ("control", "base")):
+        comparison = compare(result, names[a], names[b], bounds_to_compare=("variational",))
+        out[f"{a}-{b}"] = {
+            str(row["a_layer"]): [row["difference"], row["lower"], row["upper"]]
+            for row in comparison.rows
+            if row["bound"] == "variational"
+        }
+    return out
 
 
 def paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> list[float]:
