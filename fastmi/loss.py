@@ -158,8 +158,10 @@ class MultiLayerRecoverabilityLoss(nn.Module):
             raise ValueError(f"{len(layer_weights)} layer_weights for {len(layers)} layers")
         self.layers = layers
         self.probes = nn.ModuleDict(
-            {str(layer): RecoverabilityLoss(hidden_size, vocab_size, pooling, exclude_ids, bias, normalize)
-                for layer in layers}
+            {
+                str(layer): RecoverabilityLoss(hidden_size, vocab_size, pooling, exclude_ids, bias, normalize)
+                for layer in layers
+            }
         )
         self.register_buffer("layer_weights", torch.tensor([float(w) for w in layer_weights]))
 
