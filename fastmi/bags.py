@@ -14,6 +14,8 @@ import numba
 import numpy as np
 import torch
 
+from .kernels._threads import torch_thread_budget
+
 __all__ = ["BagTargets", "count_bags"]
 
 
@@ -185,12 +187,13 @@ def count_bags(
     upper = int(max(tokens.max(initial=-1), max(exclude, default=-1))) + 1
     excluded = np.zeros(max(upper, 1), dtype=np.bool_)
     excluded[np.asarray(list(exclude), dtype=np.int64)] = True
-    sizes = _distinct_per_row(tokens, token_offsets, excluded)
-    offsets = np.zeros(sizes.size + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    ids = np.empty(int(offsets[-1]), dtype=np.int64)
-    counts = np.empty(int(offsets[-1]), dtype=np.int64)
-    _fill_bags(tokens, token_offsets, excluded, offsets, ids, counts)
+    with torch_thread_budget():  # numba would otherwise leave torch on every core
+        sizes = _distinct_per_row(tokens, token_offsets, excluded)
+        offsets = np.zeros(sizes.size + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        ids = np.empty(int(offsets[-1]), dtype=np.int64)
+        counts = np.empty(int(offsets[-1]), dtype=np.int64)
+        _fill_bags(tokens, token_offsets, excluded, offsets, ids, counts)
     return BagTargets(torch.from_numpy(offsets), torch.from_numpy(ids), torch.from_numpy(counts))
 
 

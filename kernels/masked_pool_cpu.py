@@ -18,6 +18,8 @@ import numba
 import numpy as np
 import torch
 
+from ._threads import torch_thread_budget
+
 
 @numba.njit(parallel=True, cache=True)
 def _masked_sum_bf16(bits, mask, out):
@@ -54,7 +56,8 @@ def masked_pool_torch(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> to
         numba_ok = hidden.device.type == "cpu" and not (hidden.requires_grad and torch.is_grad_enabled())
         if hidden.dtype == torch.bfloat16 and numba_ok:
             total = torch.zeros(rows, hidden.shape[2], dtype=torch.float32)
-            _masked_sum_bf16(hidden.view(torch.int16).numpy().view(np.uint16), mask.numpy(), total.numpy())
+            with torch_thread_budget():
+                _masked_sum_bf16(hidden.view(torch.int16).numpy().view(np.uint16), mask.numpy(), total.numpy())
             return total / count
         return torch.bmm(weights.unsqueeze(1), hidden.float()).squeeze(1) / count
     if mode == "max":
