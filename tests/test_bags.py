@@ -127,11 +127,13 @@ def test_counting_bags_leaves_torch_on_its_thread_count():
     """numba's first parallel call starts its OpenMP pool on every core and, through the runtime
     it shares with torch, used to set torch's thread count to that: a run asked for one thread
     (OMP_NUM_THREADS=1) then ran its matmuls on all cores.  A fresh process, as the first call
-    is the one that did it."""
+    is the one that did it.  numba itself is imported only by the call that needs it."""
     code = (
-        "import torch\n"
+        "import sys, torch\n"
+        "import fastmi.extraction, fastmi.probe\n"
         "from fastmi.bags import BagTargets\n"
         "from fastmi.kernels.masked_pool_cpu import masked_pool_torch\n"
+        "assert 'numba' not in sys.modules\n"
         "import numba\n"
         "assert torch.get_num_threads() == 1\n"
         "assert BagTargets.from_token_lists([[1, 2, 2], [2]]).counts.tolist() == [1, 2, 1]\n"
