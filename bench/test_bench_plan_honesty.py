@@ -1,8 +1,8 @@
 """The planner's time estimates against measured runs of the demo models on this CPU (issue 7).
 
-A benchmark, not a test: it records estimate / measured for extraction and for one probe epoch, in
-this process's CPU time on one thread (tests/test_plan_honesty.py explains the method and holds a
-tiny Llama within a factor of 2).  Run: ``python -m pytest bench/test_bench_plan_honesty.py -s``.
+It records estimate / measured for extraction and for one probe epoch, in this process's CPU time
+on one thread; tests/test_plan_honesty.py explains the method and holds the same runs within a
+factor of 2.  Run: ``python -m pytest bench/test_bench_plan_honesty.py -s``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ prints.  See docs/distributed.md.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 
@@ -23,5 +25,22 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown()
 
 
+def exit_now(code: int | None) -> None:
+    """Leave without the interpreter's teardown.
+
+    By now every file fastmi wrote is closed (cache files also fsynced), and freeing the modules of
+    torch and transformers one object at a time takes a second or more of CPU (each process of a
+    torchrun job pays it, then the launcher waits for it) that the OS does at once.  Exit handlers
+    still run and buffered output is flushed.  An uncaught exception never gets here: it takes the
+    ordinary way out, traceback included."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(int(code or 0))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

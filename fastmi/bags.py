@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
 
@@ -185,45 +184,15 @@ def count_bags(
     upper = int(max(tokens.max(initial=-1), max(exclude, default=-1))) + 1
     excluded = np.zeros(max(upper, 1), dtype=np.bool_)
     excluded[np.asarray(list(exclude), dtype=np.int64)] = True
-    sizes = _distinct_per_row(tokens, token_offsets, excluded)
-    offsets = np.zeros(sizes.size + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    ids = np.empty(int(offsets[-1]), dtype=np.int64)
-    counts = np.empty(int(offsets[-1]), dtype=np.int64)
-    _fill_bags(tokens, token_offsets, excluded, offsets, ids, counts)
+    # numba (compiled loops, imported here: a process that never counts bags never loads it)
+    from ._bag_counting import distinct_per_row, fill_bags
+    from .kernels._threads import torch_thread_budget
+
+    with torch_thread_budget():  # numba would otherwise leave torch on every core
+        sizes = distinct_per_row(tokens, token_offsets, excluded)
+        offsets = np.zeros(sizes.size + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        ids = np.empty(int(offsets[-1]), dtype=np.int64)
+        counts = np.empty(int(offsets[-1]), dtype=np.int64)
+        fill_bags(tokens, token_offsets, excluded, offsets, ids, counts)
     return BagTargets(torch.from_numpy(offsets), torch.from_numpy(ids), torch.from_numpy(counts))
-
-
-# Sentences are short (tens to hundreds of tokens), so sorting each row and run-length encoding it
-# beats any hash map; rows are independent, hence prange.  Two passes: sizes first, so the output
-# is allocated once and filled in place.
-@numba.njit(parallel=True, cache=True)
-def _distinct_per_row(tokens, token_offsets, excluded):  # pragma: no cover - compiled
-    n = token_offsets.size - 1
-    sizes = np.zeros(n, dtype=np.int64)
-    for r in numba.prange(n):
-        row = np.sort(tokens[token_offsets[r] : token_offsets[r + 1]])
-        distinct = 0
-        for j in range(row.size):
-            if not excluded[row[j]] and (j == 0 or row[j] != row[j - 1]):
-                distinct += 1
-        sizes[r] = distinct
-    return sizes
-
-
-@numba.njit(parallel=True, cache=True)
-def _fill_bags(tokens, token_offsets, excluded, offsets, ids, counts):  # pragma: no cover - compiled
-    n = token_offsets.size - 1
-    for r in numba.prange(n):
-        row = np.sort(tokens[token_offsets[r] : token_offsets[r + 1]])
-        k = offsets[r] - 1
-        for j in range(row.size):
-            t = row[j]
-            if excluded[t]:
-                continue
-            if j == 0 or t != row[j - 1] or k < offsets[r]:
-                k += 1
-                ids[k] = t
-                counts[k] = 1
-            else:
-                counts[k] += 1

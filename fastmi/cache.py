@@ -13,8 +13,9 @@ sha256.  A listed file whose size or checksum disagrees is never read: readers r
 :class:`CacheCorruptError`, and the next extraction reports it and redoes the unit.  No pickle.
 
 Several processes may write one cache (``torchrun``, see docs/distributed.md): each writes only
-its own units, and the manifest is read, merged and replaced under a second lock
-(``.manifest.lock``), one writer at a time, so no finished unit is ever lost.
+its own units (rank 0 also the targets and the output embedding), and the manifest is read, merged
+and replaced under a second lock (``.manifest.lock``), one writer at a time, so no finished unit
+is ever lost.
 """
 
 from __future__ import annotations
@@ -451,6 +452,15 @@ class CacheWriter(ActivationCache):
             atomic_write_bytes(self.directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
             self._manifest = manifest
 
+    def _commit_fields(self, **fields) -> None:
+        """Set top-level manifest entries (targets, unembedding) in the manifest on disk, merged
+        with the units other processes may have added since we read it."""
+        with _manifest_lock(self.directory):
+            manifest = read_manifest(self.directory) or self._manifest
+            manifest.update(fields)
+            atomic_write_bytes(self.directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            self._manifest = manifest
+
     def _header(self) -> dict:
         return {"format": FORMAT, **self.identity}
 
@@ -471,8 +481,7 @@ class CacheWriter(ActivationCache):
         }
         data, checksum = encode_safetensors(tensors, self._header())
         atomic_write_bytes(self.directory / TARGETS, data)
-        self._manifest["targets"] = [len(data), checksum]
-        self._commit()
+        self._commit_fields(targets=[len(data), checksum])
 
     # ---- output embedding ---------------------------------------------------------------------------
     def unembedding_ok(self) -> bool:
@@ -491,15 +500,14 @@ class CacheWriter(ActivationCache):
     def write_unembedding(self, weight: torch.Tensor | None, bias: torch.Tensor | None, source: str) -> None:
         """Store U (fp32 [V, d]) and the output bias once; ``weight=None`` records why there is none."""
         if weight is None:
-            self._manifest["unembedding"] = {"missing": source}
-        else:
-            tensors = {"weight": weight.float().contiguous()} | (
-                {} if bias is None else {"bias": bias.float().contiguous()}
-            )
-            data, checksum = encode_safetensors(tensors, self._header() | {"source": source})
-            atomic_write_bytes(self.directory / UNEMBEDDING, data)
-            self._manifest["unembedding"] = {"bytes": len(data), "sha256": checksum, "source": source}
-        self._commit()
+            self._commit_fields(unembedding={"missing": source})
+            return
+        tensors = {"weight": weight.float().contiguous()}
+        if bias is not None:
+            tensors["bias"] = bias.float().contiguous()
+        data, checksum = encode_safetensors(tensors, self._header() | {"source": source})
+        atomic_write_bytes(self.directory / UNEMBEDDING, data)
+        self._commit_fields(unembedding={"bytes": len(data), "sha256": checksum, "source": source})
 
     # ---- shards -----------------------------------------------------------------------------------
     def drop_bad_units(self) -> list[tuple[int, int, str]]:

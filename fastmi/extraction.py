@@ -7,14 +7,17 @@ written and the shard is listed in the manifest.  A killed run resumes at the fi
 (layer, shard): shards are a pure function of their rows, so the result is bit-identical.
 
 Under torch.distributed (e.g. ``torchrun -m fastmi extract``), rank 0 opens the cache and lists
-the unfinished shards, every rank takes its round-robin share of them and writes only those
-(docs/distributed.md); the files are the ones one process would write.
+the unfinished shards; every rank then takes the next unlisted one whenever it is free
+(:func:`fastmi.distributed.take_turns`) and writes only those, while rank 0 first writes the
+targets and the output embedding (docs/distributed.md); the files are the ones one process would
+write.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +112,7 @@ def extract(
 
     ctx = distributed.context()
 
-    def prepare() -> tuple[CacheWriter, list[tuple[int, list[int]]]]:
+    def prepare() -> tuple[CacheWriter, tuple[list[tuple[int, list[int]]], str]]:
         writer = CacheWriter.prepare(directory, metadata, shard_rows, resume=resume, overwrite=overwrite)
         try:
             if requested_rows is not None and writer.shard_rows != requested_rows:
@@ -117,15 +120,6 @@ def extract(
                     f"the cache at {directory} was started with shard_rows={writer.shard_rows}; "
                     f"continuing with it, not {requested_rows}"
                 )
-            if not writer.targets_ok():
-                from .bags import BagTargets
-
-                targets = BagTargets.from_token_lists(
-                    token_lists, exclude=loaded.special_ids, vocab_size=loaded.vocab_size
-                )
-                writer.write_targets(targets, torch.from_numpy(lengths))
-            if not writer.unembedding_ok():  # stored once per cache, for probe="unembedding"
-                writer.write_unembedding(*output_embedding_or_reason(loaded.model))
             writer.drop_bad_units()
             _note_progress(writer, wanted)
             todo = [(s, writer.missing_layers(s, wanted)) for s in range(writer.num_shards)]
@@ -139,34 +133,50 @@ def extract(
                 if truncated
                 else "",
             )
-            return writer, todo
+            return writer, (todo, f"fastmi.extract/{uuid.uuid4().hex}")  # the name of this run's shard queue
         except BaseException:
             writer.close()
             raise
 
-    writer, todo = _on_main_then_share(prepare, ctx, lambda: CacheWriter.attach(directory))
+    writer, (todo, queue) = _on_main_then_share(prepare, ctx, lambda: CacheWriter.attach(directory))
     try:
-        if ctx.is_main and 0 < len(todo) < ctx.world:
-            notice(
-                f"{len(todo)} unfinished shard(s) for {ctx.world} processes: some have nothing to do; "
-                "pass a smaller shard_rows (--shard-rows)"
-            )
-        todo = distributed.my_share(todo, ctx)
+        if ctx.is_main:
+            if 0 < len(todo) < ctx.world:
+                notice(
+                    f"{len(todo)} unfinished shard(s) for {ctx.world} processes: some have nothing to do; "
+                    "pass a smaller shard_rows (--shard-rows)"
+                )
+            # Meanwhile the other ranks are already taking shards (distributed.take_turns).
+            _write_shared_files(writer, loaded, token_lists, lengths)
         progress = progress and ctx.is_main
         if todo:
             run = _Run(loaded, taps, token_lists, lengths, pooling, side, batch_size)
             if verify:
                 run.verify_taps(wanted)
             sizes = {s: writer.shard_range(s)[1] - writer.shard_range(s)[0] for s, _ in todo}
-            name = loaded.name if ctx.world == 1 else f"{loaded.name} (rank 0 of {ctx.world})"
+            name = loaded.name if ctx.world == 1 else f"{loaded.name} ({ctx.world} processes)"
             with _progress(sum(sizes.values()), progress, name) as bar:
-                for shard, missing in todo:
+                for shard, missing in distributed.take_turns(todo, queue, ctx):
                     writer.write_shard(shard, run.shard(writer.shard_range(shard), missing, shard))
-                    bar.update(sizes[shard])
+                    if progress and ctx.world > 1:  # all ranks' rows: the manifest was just re-read and merged
+                        bar.update(sum(sizes[s] for s, m in todo if not writer.missing_layers(s, m)) - bar.done)
+                    elif progress:
+                        bar.update(sizes[shard])
         distributed.barrier()  # every rank's units are listed before anyone reads the cache
     finally:
         writer.close()  # rank 0 releases the run lock only once all ranks are done
     return ActivationCache.open(directory)
+
+
+def _write_shared_files(writer: CacheWriter, loaded, token_lists: list[list[int]], lengths: np.ndarray) -> None:
+    """The bags of tokens and the output embedding U, unless the cache holds them intact already."""
+    if not writer.targets_ok():
+        from .bags import BagTargets
+
+        targets = BagTargets.from_token_lists(token_lists, exclude=loaded.special_ids, vocab_size=loaded.vocab_size)
+        writer.write_targets(targets, torch.from_numpy(lengths))
+    if not writer.unembedding_ok():  # stored once per cache, for probe="unembedding"
+        writer.write_unembedding(*output_embedding_or_reason(loaded.model))
 
 
 def _on_main_then_share(prepare, ctx, attach):
@@ -443,8 +453,12 @@ class _progress:
     def __enter__(self):
         return self
 
+    @property
+    def done(self) -> int:
+        return int(self.bar.n) if self.bar is not None else 0
+
     def update(self, n) -> None:
-        if self.bar is not None:
+        if self.bar is not None and n:
             self.bar.update(int(n))
 
     def __exit__(self, *exc) -> None:

@@ -11,6 +11,7 @@ other processes they show the stalls that the model's own operations will meet.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,9 +25,13 @@ __all__ = [
     "detect_hardware",
     "measure_bandwidth",
     "measure_elementwise_rate",
+    "measure_file_seconds",
+    "measure_fresh_memory_seconds",
     "measure_matmul_flops",
     "measure_op_seconds",
+    "measure_probe_costs",
     "measure_probe_step_seconds",
+    "ProbeCosts",
 ]
 
 H200_BANDWIDTH = 4.8e12  # bytes/s of HBM3e, the default for GPUs not present here
@@ -55,6 +60,8 @@ class Hardware:
     probe_step_seconds: tuple[float, float]  # (a, b): fixed cost of one probe step of L layers is a + b L
     source: str  # how the figures were found, printed with the plan
     measured: bool = False  # a local CPU whose matmul rate was not given: rates at the work's own shapes
+    fresh_memory_seconds: float = 0.0  # per byte of newly allocated memory written the first time (page faults)
+    file_seconds: float = 0.0  # per byte of tensors checksummed and serialised into a cache file (host CPU)
 
     def matmul_rate(self, m: int, k: int, n: int) -> float:
         """FLOP/s of an [m, k] x [k, n] matmul.  Measured at that shape on a local CPU, where the small
@@ -63,6 +70,10 @@ class Hardware:
             return self.matmul_flops
         shape = (max(1, min(m, 4096)), max(1, min(k, 8192)), max(1, min(n, 8192)))
         return CPU_EFFICIENCY * measure_matmul_flops("cpu", shape=shape, seconds=0.3)
+
+    def probe_costs(self, layers: int, rows: int, dim: int, columns: int, validation_rows: int, mean_bag: float):
+        """The linear probe's operations timed at this shape on this CPU (:func:`measure_probe_costs`)."""
+        return measure_probe_costs(layers, rows, dim, columns, validation_rows, mean_bag)
 
     def probe_flops(self, precision: str) -> float:
         """FLOP/s of the probe's matmuls at ``precision``."""
@@ -158,6 +169,102 @@ def _probe_step(layers: int, bags, rows: torch.Tensor, device: torch.device):
     return step
 
 
+@dataclass(frozen=True)
+class ProbeCosts:
+    """Seconds of the linear probe's own operations, timed on its code at one shape (``layers`` layers,
+    ``columns`` alphabet ids, the step's and the validation chunk's rows as the plan's work has them)."""
+
+    layers: int
+    columns: int
+    step: float  # one AdamW step: bag CE forward and backward over the rows, the update (fastmi.training.train_step)
+    validation_chunk: float  # the validation cross-entropy of one chunk of rows (forward only)
+    epoch: float  # per epoch: the shuffle and the best copy of every improved layer (EarlyStopping.update)
+    setup: float  # per fit: W, b, Adam's moments and the best copy made (the first validation pass excluded)
+
+
+def measure_probe_costs(
+    layers: int, rows: int, dim: int, columns: int, validation_rows: int, mean_bag: float, seconds: float = 0.3
+) -> ProbeCosts:
+    """Time the linear probe's step, validation chunk, epoch bookkeeping and setup on a CPU at this shape.
+
+    The real functions of :mod:`fastmi.training` on random features and bags: the same operations,
+    allocations and working set as a fit of this shape, so whatever the machine does to them (caches,
+    memory bandwidth, page faults, neighbours) it does to the estimate too.
+    """
+    from .training import EarlyStopping, TrainConfig, mean_ce, new_probes, train_step
+
+    generator = torch.Generator().manual_seed(0)
+    config = TrainConfig(precision="fp32")
+    z = torch.randn(layers, rows, dim, generator=generator)
+    z_val = torch.randn(layers, validation_rows, dim, generator=generator)
+    bags, bags_val = (_random_bags(n, columns, mean_bag, generator) for n in (rows, validation_rows))
+    log_prior = torch.full((layers, columns), -math.log(columns))
+    weight, bias, optimizer = new_probes(log_prior, dim, config)
+    order = torch.arange(rows)
+    cpu = torch.device("cpu")
+    step = 1.0 / _repeat(lambda: train_step(z, order, bags, weight, bias, optimizer, "fp32"), cpu, seconds)
+    chunk = max(validation_rows, 1)
+    validation = 1.0 / _repeat(lambda: mean_ce(z_val, weight.detach(), bias.detach(), bags_val, chunk), cpu, seconds)
+    stopping = EarlyStopping([weight, bias], torch.full((layers,), 1e6, dtype=torch.float64), config)
+    epochs = [0]
+
+    def epoch() -> None:  # every layer improved: the whole best copy is refreshed (early epochs)
+        epochs[0] += 1
+        torch.randperm(rows, generator=generator)
+        stopping.update(epochs[0], [weight, bias], torch.full((layers,), 1e6 - epochs[0], dtype=torch.float64))
+
+    per_epoch = 1.0 / _repeat(epoch, cpu, seconds)
+
+    def start() -> None:
+        w, b, _ = new_probes(log_prior, dim, config)
+        EarlyStopping([w, b], torch.zeros(layers, dtype=torch.float64), config)
+
+    setup = 1.0 / _repeat(start, cpu, seconds)
+    return ProbeCosts(layers, columns, step, validation, per_epoch, setup)
+
+
+def _random_bags(rows: int, columns: int, mean_bag: float, generator: torch.Generator):
+    """``rows`` bags of about ``mean_bag`` distinct ids below ``columns`` (at least one each)."""
+    from .bags import BagTargets
+
+    size = max(1, min(columns, round(mean_bag)))
+    ids = torch.stack([torch.randperm(columns, generator=generator)[:size].sort().values for _ in range(rows)])
+    offsets = torch.arange(rows + 1) * size
+    return BagTargets(offsets, ids.flatten(), torch.ones(rows * size, dtype=torch.long))
+
+
+def measure_fresh_memory_seconds(nbytes: int = 64 << 20, seconds: float = 0.2) -> float:
+    """Seconds per byte that writing newly allocated memory costs over writing memory already in use.
+
+    ``nbytes`` beyond the allocator's reuse (glibc maps blocks over 32 MB afresh every time), so
+    every call meets the page faults and zeroing that a probe's new parameters, moments and
+    gradients meet when they are first written."""
+    cpu = torch.device("cpu")
+    used = torch.empty(nbytes // 4)
+    warm = 1.0 / _repeat(lambda: used.fill_(1.0), cpu, seconds)
+    fresh = 1.0 / _repeat(lambda: torch.empty(nbytes // 4).fill_(1.0), cpu, seconds)
+    return max(0.0, fresh - warm) / nbytes
+
+
+def measure_file_seconds(nbytes: int = 16 << 20, seconds: float = 0.2) -> float:
+    """Seconds per byte of writing a cache file (sha256 of the tensors, safetensors serialisation, the
+    write into a temporary file): what every shard, the targets and the output embedding cost the
+    extracting process's CPU.  Waiting for the disk (fsync) is not counted."""
+    import tempfile
+
+    from .cache import encode_safetensors
+
+    tensors = {"embeddings": torch.ones(nbytes // 4)}
+    with tempfile.TemporaryFile() as f:
+
+        def write() -> None:
+            f.seek(0)
+            f.truncate()  # new pages, as a new file gets
+            f.write(encode_safetensors(tensors, {"layer": 0})[0])
+
+        return 1.0 / _repeat(write, torch.device("cpu"), seconds) / nbytes
+
+
 def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int = 64 * 2**20) -> float:
     """Bytes/s of a large copy (read + write)."""
     device = torch.device(device)
@@ -209,6 +316,8 @@ def detect_hardware(
             step,
             "CPU, " + ("given matmul rate" if matmul_flops else "rates measured in this process"),
             measured=measured,
+            fresh_memory_seconds=measure_fresh_memory_seconds(),
+            file_seconds=measure_file_seconds(),
         )
     present = count <= local_gpus
     if not present and not (gpu_memory and matmul_flops):
@@ -225,7 +334,8 @@ def detect_hardware(
     what = f"{count} GPU(s), " + (", ".join(f"given {g}" for g in given) or "measured here")
     if not present and not bandwidth:
         what += f", assumed memory bandwidth {band / 1e12:.1f} TB/s (H200)"
-    return Hardware("cuda", count, memory, host, rate, band, op, elementwise, step, what)
+    host_side = {"file_seconds": measure_file_seconds()}  # cache files are encoded on the host CPU
+    return Hardware("cuda", count, memory, host, rate, band, op, elementwise, step, what, **host_side)
 
 
 def _host_memory() -> int:

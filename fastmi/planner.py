@@ -4,10 +4,16 @@ Every figure is an estimate from a model of the work (docs/scaling.md):
 
 * extraction: 2 FLOPs per weight a token meets in the blocks up to the deepest tapped layer, plus
   attention, at the matmul rate (measured here, or given), plus one small-operation cost per op of
-  each block of each batch (what dominates small models on a CPU);
-* the probe, per epoch: 6 B d S FLOPs per layer for training (4 B d S + 4 B d^2 through the frozen
+  each block of each batch (what dominates small models on a CPU), plus the pooling of every tapped
+  layer, the cache files (shards, targets, the output embedding) and, once per process, the
+  tokenization (timed here on the corpus) and the check of the taps;
+* the probe, per epoch: on a CPU measured here, the default probe (linear, full softmax) timed on its
+  own code at the work's shape (step, validation chunk, epoch bookkeeping; :func:`_probe_seconds_timed`);
+  otherwise counted: 6 B d S FLOPs per layer for training (4 B d S + 4 B d^2 through the frozen
   unembedding), S = M or K + the batch's bag ids with ``sampled:K``, plus the exact full-vocabulary
-  validation pass, plus the elementwise passes over logits and Adam's over the trainable state;
+  validation pass, plus the elementwise passes over logits and Adam's over the trainable state.
+  Each group's set-up (new parameters and moments, the first validation pass) is counted once per
+  run (``probe_setup_seconds``);
 * memory: :mod:`fastmi.memory`, the same function that sizes the probe's layer groups;
 * placement: weights in the extraction dtype need ceil(bytes * (1 + margin) / device memory) devices
   per replica; the GPUs hold gpus // that many data-parallel replicas; a model larger than all the
@@ -23,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from .hardware import Hardware, detect_hardware
 from .memory import (
     CACHE_DTYPE_BYTES,
+    STATE_BYTES,
     ProbeMemory,
     format_bytes,
     layer_groups,
@@ -36,6 +43,9 @@ __all__ = ["Plan", "plan"]
 WEIGHT_MARGIN = 0.15  # activations, buffers and fragmentation on a device that holds weights
 PROBE_BUDGET_FRACTION = 0.5  # the probe's default max_memory: half of the device memory (fastmi.probe)
 OPS_PER_BLOCK = 24  # torch operations one transformer block's forward dispatches (norms, projections, ...)
+# Per tapped layer and batch (fastmi.hooks.LayerPooler, fastmi.extraction._Run.shard): the mask weights,
+# their count, the pooling product and division, the copy to the host, the finiteness check, the store.
+POOL_OPS_PER_LAYER = 8
 ELEMENTWISE_PER_WEIGHT_ROW = 3  # elementwise passes per token and block: 3 x (block weights / d) elements
 ATTENTION_PASSES = 5  # scale, mask, max, exp, sum over each token's [heads, context] scores
 VALIDATION_CHUNK_STEPS = 0.6  # fixed cost of a validation chunk (forward only) in probe steps
@@ -44,6 +54,10 @@ EPOCH_FIXED_STEPS = 3  # per epoch: shuffling, the validation bookkeeping, the b
 # add, addcdiv), each reading or writing ~3 of value, gradient, moments and temporaries.
 ADAM_PASSES = 20
 BEST_COPY_PASSES = 2  # per epoch: the improved layers' weights copied into the best copy
+SETUP_PASSES = 4  # per fit: W, Adam's two moments and the best copy, each written once
+# The default probe on a measured CPU is timed at the work's own shape up to this many weights
+# (64 MB per fp32 tensor: past the caches, so larger probes run at the same rate per weight).
+TIMED_PROBE_PARAMETERS = 1 << 24
 # Elementwise passes over each logit: max, subtract, exp, sum, then the gradient's scale and count terms.
 # The CPU path makes them in memory; the Triton kernels keep logits on chip and write dlogits once.
 LOGIT_PASSES = {"cpu": (10, 5), "cuda": (2, 0)}  # (training, validation)
@@ -100,6 +114,7 @@ class Plan:
     extraction_seconds: float
     probe_flops_per_epoch: float
     probe_seconds_per_epoch: float
+    probe_setup_seconds: float  # once per run: every group's parameters, moments and first validation pass
     fits: bool
     problems: list[str] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
@@ -163,13 +178,15 @@ def plan(
     placement = _placement(shape, hw, work, batch_size)
     problems, advice = list(placement.pop("problems")), list(placement.pop("advice"))
     extraction_flops = work.padded_tokens * shape.flops_per_token(max(wanted), work.mean_width)
-    extraction_seconds = _extraction_seconds(shape, hw, work, placement, extraction_flops, max(wanted))
+    extraction_seconds = _extraction_seconds(
+        shape, hw, work, placement, extraction_flops, max(wanted), len(wanted), cache_dtype
+    )
 
     memory = _probe_memory(work, shape, train_softmax, probe, precision)
     budget = int(hw.memory * PROBE_BUDGET_FRACTION)
     per_group = memory.layers_per_group(budget, len(wanted))
     groups = layer_groups(wanted, per_group)
-    flops, seconds = _probe_epoch(memory, work, hw, [len(g) for g in groups])
+    flops, seconds, setup_seconds = _probe_epoch(memory, work, hw, [len(g) for g in groups])
     if not memory.fits(budget):
         problems.append(
             f"one layer's probe needs {format_bytes(memory.shared_bytes + memory.layer_bytes)} "
@@ -190,7 +207,7 @@ def plan(
             work, shape, change.get("train_softmax", train_softmax), change.get("probe", probe), precision
         )
         alt_groups = layer_groups(wanted, alt.layers_per_group(budget, len(wanted)))
-        alt_flops, alt_seconds = _probe_epoch(alt, work, hw, [len(g) for g in alt_groups])
+        alt_flops, alt_seconds, _ = _probe_epoch(alt, work, hw, [len(g) for g in alt_groups])
         alternatives.append(
             {
                 **change,
@@ -240,6 +257,7 @@ def plan(
         extraction_seconds=extraction_seconds,
         probe_flops_per_epoch=flops,
         probe_seconds_per_epoch=seconds,
+        probe_setup_seconds=setup_seconds,
         fits=not problems,
         problems=problems,
         advice=advice,
@@ -302,7 +320,13 @@ def _placement(shape: ModelShape, hw: Hardware, work: Workload, batch_size: int 
     return out
 
 
-def _extraction_seconds(shape, hw: Hardware, work: Workload, placement: dict, flops: float, blocks: int) -> float:
+def _extraction_seconds(
+    shape, hw: Hardware, work: Workload, placement: dict, flops: float, blocks: int, taps: int, cache_dtype: str
+) -> float:
+    """The forward passes, the pooling of every tapped layer, and the cache files (module docstring).
+
+    Shards are split over the replicas; every process tokenizes the corpus and checks its taps on a
+    few sentences, and one writes the targets and the output embedding."""
     batches = math.ceil(work.sentences / placement["batch_size"])
     per_token = (
         ELEMENTWISE_PER_WEIGHT_ROW * max(shape.block_parameters) / shape.hidden_size
@@ -315,11 +339,20 @@ def _extraction_seconds(shape, hw: Hardware, work: Workload, placement: dict, fl
         + work.padded_tokens * blocks * per_token / hw.elementwise_rate
         + batches * blocks * OPS_PER_BLOCK * hw.op_seconds
     )
+    # Each tapped layer's hidden states are read once to pool them, then copied out and checked.
+    pooling = (
+        work.padded_tokens * taps * shape.hidden_size / hw.elementwise_rate
+        + batches * taps * POOL_OPS_PER_LAYER * hw.op_seconds
+    )
+    shards = work.sentences * taps * (shape.hidden_size * CACHE_DTYPE_BYTES[cache_dtype] + 8) * hw.file_seconds
+    shared_files = (4 * shape.vocab_size * shape.hidden_size + _targets_bytes(work)) * hw.file_seconds
+    verify = 2 * blocks * OPS_PER_BLOCK * hw.op_seconds  # two forwards of a few sentences, taps against hidden_states
     transfer = 0.0
     if placement["offload"]:
         rate = OFFLOAD_BANDWIDTH["disk" if "disk" in placement["offload"] else "cpu"]
         transfer = batches * placement["offloaded_bytes"] / rate  # every batch streams the offloaded weights
-    return (compute + transfer) / placement["replicas"]
+    once = work.tokenize_seconds + shared_files + verify
+    return (compute + pooling + shards + transfer) / placement["replicas"] + once
 
 
 def _probe_memory(work: Workload, shape: ModelShape, train_softmax: str, probe: str, precision: str) -> ProbeMemory:
@@ -335,14 +368,34 @@ def _probe_memory(work: Workload, shape: ModelShape, train_softmax: str, probe: 
     )
 
 
-def _probe_epoch(memory: ProbeMemory, work: Workload, hw: Hardware, group_sizes: list[int]) -> tuple[float, float]:
-    """(FLOPs, seconds) of one epoch over all groups; groups go round-robin to the devices (one rank each)."""
+def _probe_epoch(
+    memory: ProbeMemory, work: Workload, hw: Hardware, group_sizes: list[int]
+) -> tuple[float, float, float]:
+    """(FLOPs, seconds) of one epoch over all groups, and the seconds of the groups' set-up (their
+    parameters, Adam's moments, the best copy and the first validation pass, once per run); groups
+    go round-robin to the devices (one rank each).
+
+    The default probe (linear, full softmax) on a CPU whose rates are measured here is timed on its
+    own code at the work's shape (:func:`_probe_seconds_timed`); every other case is counted:
+    FLOPs at the matmul rate, elementwise passes at the elementwise rate, a fixed cost per step.
+    """
     d, m, s = memory.dim, memory.alphabet, memory.trained_columns
     train, val = work.train_rows, work.validation_rows
     if memory.probe == "unembedding":
         layer_flops = train * (4.0 * d * s + 4.0 * d * d) + val * (2.0 * d * m + 2.0 * d * d)
+        validation_flops = val * (2.0 * d * m + 2.0 * d * d)
     else:
         layer_flops = 6.0 * train * d * s + 2.0 * val * d * m
+        validation_flops = 2.0 * val * d * m
+    flops = layer_flops * sum(group_sizes)
+    workers = [(0.0, 0.0)] * (hw.count if hw.device == "cuda" else 1)
+    # A group's parameters, gradients, moments and best copy are new memory, written first in its set-up.
+    fresh = STATE_BYTES[memory.precision] * memory.parameters_per_layer * hw.fresh_memory_seconds
+    if hw.measured and memory.probe == "linear" and memory.train_softmax == "full":
+        for i, (epoch, setup) in enumerate(_probe_seconds_timed(memory, work, hw, group_sizes)):
+            done = workers[i % len(workers)]
+            workers[i % len(workers)] = (done[0] + epoch, done[1] + setup + fresh * group_sizes[i])
+        return flops, max(w[0] for w in workers), max(w[1] for w in workers)
     steps = math.ceil(train / memory.batch_size)
     chunks = math.ceil(val / memory.batch_size)
     train_passes, val_passes = LOGIT_PASSES[hw.device]
@@ -351,16 +404,48 @@ def _probe_epoch(memory: ProbeMemory, work: Workload, hw: Hardware, group_sizes:
         + val * m * val_passes
         + (steps * ADAM_PASSES + BEST_COPY_PASSES) * memory.parameters_per_layer
     )
+    setup_elements = val * m * val_passes + SETUP_PASSES * memory.parameters_per_layer
     rate = hw.probe_flops(memory.precision)
     if hw.measured:  # the fused bag CE's row blocks of the batch against the alphabet
         rate = hw.matmul_rate(min(memory.batch_size, train), d, s)
-    workers = [0.0] * (hw.count if hw.device == "cuda" else 1)
     for i, size in enumerate(group_sizes):
         fixed, per_layer = hw.probe_step_seconds
         overhead = (steps + VALIDATION_CHUNK_STEPS * chunks + EPOCH_FIXED_STEPS) * (fixed + per_layer * size)
         seconds = size * (layer_flops / rate + elements / hw.elementwise_rate) + overhead
-        workers[i % len(workers)] += seconds
-    return layer_flops * sum(group_sizes), max(workers)
+        setup = size * (validation_flops / rate + setup_elements / hw.elementwise_rate)
+        setup += VALIDATION_CHUNK_STEPS * chunks * (fixed + per_layer * size) + fresh * size
+        done = workers[i % len(workers)]
+        workers[i % len(workers)] = (done[0] + seconds, done[1] + setup)
+    return flops, max(w[0] for w in workers), max(w[1] for w in workers)
+
+
+def _probe_seconds_timed(
+    memory: ProbeMemory, work: Workload, hw: Hardware, group_sizes: list[int]
+) -> list[tuple[float, float]]:
+    """(seconds per epoch, set-up seconds) of each group, from the probe's step, validation chunk,
+    epoch bookkeeping and set-up timed on this CPU (:meth:`Hardware.probe_costs`).
+
+    They are timed at the work's shape: the largest group's layers, the alphabet, the step's and
+    the validation chunk's rows.  Where that holds more than :data:`TIMED_PROBE_PARAMETERS` weights,
+    fewer layers (then fewer ids) are timed and the costs scaled by the weights, but for the fixed
+    cost of a step (:attr:`Hardware.probe_step_seconds`).  An epoch has ceil(train / batch) steps and
+    ceil(validation / batch) validation chunks, as :func:`fastmi.training.fit_probes` runs them.
+    """
+    d, m = memory.dim, memory.alphabet
+    train, val, batch = work.train_rows, work.validation_rows, memory.batch_size
+    steps, chunks = math.ceil(train / batch), math.ceil(val / batch)
+    layers = min(max(group_sizes), max(1, TIMED_PROBE_PARAMETERS // (m * d)))
+    columns = min(m, max(1, TIMED_PROBE_PARAMETERS // (layers * d)))
+    costs = hw.probe_costs(layers, min(batch, train), d, columns, min(batch, val), work.mean_bag)
+    fixed, per_layer = hw.probe_step_seconds
+    out = []
+    for size in group_sizes:
+        scale = size * m / (layers * columns)
+        step = fixed + per_layer * size + max(0.0, costs.step - fixed - per_layer * layers) * scale
+        validation = costs.validation_chunk * scale
+        epoch = steps * step + chunks * validation + costs.epoch * scale
+        out.append((epoch, costs.setup * scale + chunks * validation))
+    return out
 
 
 def _probe_advice(memory: ProbeMemory, budget: int, work: Workload, shape: ModelShape) -> list[str]:
@@ -378,4 +463,9 @@ def _probe_advice(memory: ProbeMemory, budget: int, work: Workload, shape: Model
 def _cache_bytes(work: Workload, shape: ModelShape, num_layers: int, cache_dtype: str) -> int:
     """Shards (values + int64 row ids per layer) and the targets file (int64 ids, counts, offsets)."""
     values = work.sentences * num_layers * (shape.hidden_size * CACHE_DTYPE_BYTES[cache_dtype] + 8)
-    return int(values + 16 * work.sentences * work.mean_bag + 24 * work.sentences)
+    return int(values + _targets_bytes(work))
+
+
+def _targets_bytes(work: Workload) -> int:
+    """The targets file: int64 ids and counts per bag entry; offsets, row ids and lengths per sentence."""
+    return int(16 * work.sentences * work.mean_bag + 24 * work.sentences)

@@ -24,7 +24,17 @@ from . import kernels
 from .bags import BagTargets
 from .precision import loss_operands, matmul_precision
 
-__all__ = ["TrainConfig", "FittedProbes", "EarlyStopping", "fit_probes", "standardize", "token_marginal", "probe_bytes"]
+__all__ = [
+    "TrainConfig",
+    "FittedProbes",
+    "EarlyStopping",
+    "fit_probes",
+    "new_probes",
+    "train_step",
+    "standardize",
+    "token_marginal",
+    "probe_bytes",
+]
 
 
 @dataclass
@@ -161,15 +171,40 @@ class EarlyStopping:
 
 
 @torch.no_grad()
-def _mean_ce(
-    z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: BagTargets, chunk: int
-) -> torch.Tensor:
+def mean_ce(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: BagTargets, chunk: int) -> torch.Tensor:
     """Mean per-row cross-entropy (nats) of each layer, in row chunks to bound memory: [L]."""
     total = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
     for start in range(0, z.shape[1], chunk):
         rows = torch.arange(start, min(start + chunk, z.shape[1]), device=z.device)
         total += kernels.bag_cross_entropy(z[:, rows], weight, bias, targets.select(rows), reduction="sum").double()
     return total / max(int((targets.lengths > 0).sum()), 1)
+
+
+def new_probes(log_prior: torch.Tensor, dim: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, _Adam]:
+    """W [L, M, d] = 0, b [L, M] = ``log_prior`` (the "ignore z" probe) and their AdamW."""
+    num_layers, alphabet_size = log_prior.shape
+    weight = torch.zeros(num_layers, alphabet_size, dim, device=log_prior.device, requires_grad=True)
+    bias = log_prior.clone().requires_grad_(True)
+    optimizer = _Adam([weight, bias], lr=config.lr / math.sqrt(max(dim, 1)), weight_decay=(config.weight_decay, 0.0))
+    return weight, bias, optimizer
+
+
+def train_step(
+    z_train: torch.Tensor,
+    rows: torch.Tensor,
+    targets_train: BagTargets,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    optimizer: _Adam,
+    precision: str,
+) -> None:
+    """One AdamW step of every layer's probe on the training ``rows`` (the planner times this too)."""
+    with matmul_precision(precision):
+        z_loss, w_loss = loss_operands(precision, z_train[:, rows], weight)
+        losses = kernels.bag_cross_entropy(z_loss, w_loss, bias, targets_train.select(rows), reduction="mean")
+    weight.grad = bias.grad = None
+    losses.sum().backward()
+    optimizer.step()
 
 
 def fit_probes(
@@ -188,31 +223,20 @@ def fit_probes(
     Rows must be non-empty bags with compact ids < ``alphabet_size``.
     """
     num_layers, num_rows, dim = z_train.shape
-    device = z_train.device
     prior = token_marginal(targets_train, alphabet_size)
     prior = (1 - config.prior_smoothing) * prior + config.prior_smoothing / alphabet_size
-    weight = torch.zeros(num_layers, alphabet_size, dim, device=device, requires_grad=True)
-    bias = prior.log().float().expand(num_layers, -1).clone().requires_grad_(True)
-    optimizer = _Adam([weight, bias], lr=config.lr / math.sqrt(max(dim, 1)), weight_decay=(config.weight_decay, 0.0))
+    weight, bias, optimizer = new_probes(prior.log().float().expand(num_layers, -1), dim, config)
     chunk = max(config.batch_size, 1)
-    stopping = EarlyStopping(
-        [weight, bias], _mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk), config
-    )
+    stopping = EarlyStopping([weight, bias], mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk), config)
     generator = torch.Generator().manual_seed(seed)
     epochs = tqdm(range(1, config.max_epochs + 1), desc=description, leave=False, disable=not progress)
     epoch = 0
     for epoch in epochs:
-        order = torch.randperm(num_rows, generator=generator).to(device)
+        order = torch.randperm(num_rows, generator=generator).to(z_train.device)
         for start in range(0, num_rows, chunk):
-            rows = order[start : start + chunk]
-            with matmul_precision(config.precision):
-                z_loss, w_loss = loss_operands(config.precision, z_train[:, rows], weight)
-                losses = kernels.bag_cross_entropy(z_loss, w_loss, bias, targets_train.select(rows), reduction="mean")
-            weight.grad = bias.grad = None
-            losses.sum().backward()
-            optimizer.step()
+            train_step(z_train, order[start : start + chunk], targets_train, weight, bias, optimizer, config.precision)
         done = stopping.update(
-            epoch, [weight, bias], _mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk)
+            epoch, [weight, bias], mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk)
         )
         epochs.set_postfix(val_ce=f"{float(stopping.best_ce.mean()):.3f}", stale=int(stopping.stale.min()))
         if done:

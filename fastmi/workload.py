@@ -36,6 +36,7 @@ class Workload:
     alphabet_size: int  # M for the chosen vocab setting
     probe_rows: int  # sentences with a non-empty bag: the rows the probe holds
     source: str  # "tokenized" | "estimated from characters" | "summary"
+    tokenize_seconds: float = 0.0  # tokenizing the corpus as extraction does, timed here (0 without a tokenizer)
 
     @property
     def train_rows(self) -> int:
@@ -91,11 +92,16 @@ def corpus_workload(
                 "plan with vocab='full' or 'top:K'"
             )
         lengths = np.array([min(max_length, 2 + math.ceil(len(s) / CHARS_PER_TOKEN)) for s in corpus.sentences])
+        tokenize_seconds = 0.0
         distinct = DISTINCT_SHARE * lengths
         observed, alphabet_full, source = None, shape.vocab_size, "estimated from characters"
     else:
+        from . import hardware
+
         specials = set(int(i) for i in tokenizer.all_special_ids)
-        token_lists = corpus.tokenize(tokenizer, max_length)
+        started = hardware._clock()
+        token_lists = corpus.tokenize(tokenizer, max_length)  # what every extracting process does first
+        tokenize_seconds = hardware._clock() - started
         lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
         bags = [set(ids) - specials for ids in token_lists]
         distinct = np.fromiter(map(len, bags), dtype=np.float64, count=len(bags))
@@ -122,6 +128,7 @@ def corpus_workload(
         alphabet_size=max(int(alphabet), 1),
         probe_rows=int((distinct > 0).sum()),
         source=source,
+        tokenize_seconds=tokenize_seconds,
     )
 
 

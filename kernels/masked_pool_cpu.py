@@ -14,24 +14,8 @@ No data-dependent Python branching, hence no host sync on a GPU.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
-
-
-@numba.njit(parallel=True, cache=True)
-def _masked_sum_bf16(bits, mask, out):
-    """out[b] = sum over unmasked t of hidden[b, t] in fp32; ``bits`` is bf16 viewed as uint16."""
-    rows, length, dim = bits.shape
-    for b in numba.prange(rows):
-        wide = np.empty(dim, np.uint32)
-        values = wide.view(np.float32)  # bf16 is the top half of an fp32: shift it into place
-        for t in range(length):
-            if mask[b, t]:
-                for j in range(dim):
-                    wide[j] = np.uint32(bits[b, t, j]) << 16
-                for j in range(dim):
-                    out[b, j] += values[j]
 
 
 def _positions(mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -54,7 +38,11 @@ def masked_pool_torch(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> to
         numba_ok = hidden.device.type == "cpu" and not (hidden.requires_grad and torch.is_grad_enabled())
         if hidden.dtype == torch.bfloat16 and numba_ok:
             total = torch.zeros(rows, hidden.shape[2], dtype=torch.float32)
-            _masked_sum_bf16(hidden.view(torch.int16).numpy().view(np.uint16), mask.numpy(), total.numpy())
+            from ._masked_sum_numba import masked_sum_bf16  # numba: imported by the one path that uses it
+            from ._threads import torch_thread_budget
+
+            with torch_thread_budget():
+                masked_sum_bf16(hidden.view(torch.int16).numpy().view(np.uint16), mask.numpy(), total.numpy())
             return total / count
         return torch.bmm(weights.unsqueeze(1), hidden.float()).squeeze(1) / count
     if mode == "max":

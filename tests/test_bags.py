@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -118,3 +121,26 @@ def test_bags_from_a_corpus_exclude_special_tokens(tmp_path):
     assert as_pairs(bags) == reference_bags(lists, tok.all_special_ids)
     assert not set(bags.ids.tolist()) & set(tok.all_special_ids)
     assert bags.lengths.tolist() == [len(row) - 2 for row in lists]  # minus [CLS] and [SEP]
+
+
+def test_counting_bags_leaves_torch_on_its_thread_count():
+    """numba's first parallel call starts its OpenMP pool on every core and, through the runtime
+    it shares with torch, used to set torch's thread count to that: a run asked for one thread
+    (OMP_NUM_THREADS=1) then ran its matmuls on all cores.  A fresh process, as the first call
+    is the one that did it.  numba itself is imported only by the call that needs it."""
+    code = (
+        "import sys, torch\n"
+        "import fastmi.extraction, fastmi.probe\n"
+        "from fastmi.bags import BagTargets\n"
+        "from fastmi.kernels.masked_pool_cpu import masked_pool_torch\n"
+        "assert 'numba' not in sys.modules\n"
+        "import numba\n"
+        "assert torch.get_num_threads() == 1\n"
+        "assert BagTargets.from_token_lists([[1, 2, 2], [2]]).counts.tolist() == [1, 2, 1]\n"
+        "assert (torch.get_num_threads(), numba.get_num_threads()) == (1, 1)\n"
+        "hidden, mask = torch.ones(2, 3, 4, dtype=torch.bfloat16), torch.ones(2, 3, dtype=torch.bool)\n"
+        "pooled = masked_pool_torch(hidden, mask, 'mean')\n"
+        "assert pooled.tolist() == [[1.0] * 4] * 2 and torch.get_num_threads() == 1\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS=str(max(2, os.cpu_count() or 2)))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)

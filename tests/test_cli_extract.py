@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,8 @@ from tiny import make_tiny_model, random_sentences
 
 from fastmi import cli
 from fastmi.cache import ActivationCache
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -105,3 +111,24 @@ def test_bad_input_is_one_line_and_writes_nothing(model_dir, tmp_path, capsys):
     assert cli.main(["extract", "--model", model_dir, "--corpus", str(corpus), "--out", str(out), "--layers", "7"]) == 2
     assert "out of range" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_python_m_fastmi_exits_with_the_commands_code_and_all_its_output(tmp_path, model_dir):
+    """`python -m fastmi` (what torchrun runs) leaves without the interpreter's teardown
+    (fastmi.__main__.exit_now): its output is still flushed whole and its exit code kept."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    plan = ["plan", "--model", model_dir, "--sentences", "100", "--vocab", "full", "--gpus", "0"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastmi", *plan, "--matmul-tflops", "0.01", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["sentences"] == 100
+    missing = tmp_path / "no-such-model"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("one sentence here\n")
+    extract = ["extract", "--model", str(missing), "--corpus", str(corpus), "--no-progress"]
+    proc = subprocess.run([sys.executable, "-m", "fastmi", *extract], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and f"fastmi extract: error: model path not found: {missing}" in proc.stderr

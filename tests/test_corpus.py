@@ -139,8 +139,11 @@ def test_demo_corpus():
     assert c.fingerprint == Corpus.demo(max_sentences=300).fingerprint  # deterministic
     assert c.sentences[0].startswith("Quarterly profits at US media giant TimeWarner")
     # every article decodes, including the one Latin-1 file: pounds, no mojibake or replacement chars
-    everything = "\n".join(Corpus.demo(max_sentences=None).sentences)
+    whole = Corpus.demo(max_sentences=None)
+    everything = "\n".join(whole.sentences)
     assert "£" in everything and "Â£" not in everything and "\ufffd" not in everything
+    # the articles are read only as far as needed: the same sentences as the head of the whole
+    assert c.sentences == whole.sentences[:300] and c.fingerprint == whole.head(300).fingerprint
     assert Corpus.load("demo", max_sentences=10).sentences == c.sentences[:10]
 
 

@@ -25,7 +25,7 @@ from fastmi.result import RecoverabilityResult
 from fastmi.split import Split
 from fastmi.training import TrainConfig
 
-ROWS, SHARD_ROWS, BATCH = 40, 8, 4  # 5 shards: rank 0 takes 0, 2, 4 and rank 1 takes 1, 3
+ROWS, SHARD_ROWS, BATCH = 40, 8, 4  # 5 shards, each taken by the first rank free to take it
 GROUP_MEMORY = "1KB"  # less than one layer needs: one layer per probe group, 4 groups for 2 ranks
 PROBE = ["--max-epochs", "3", "--probe-memory", GROUP_MEMORY, "--no-progress"]
 NUMERIC_TOLERANCE = 1e-6  # bits
@@ -173,19 +173,29 @@ def test_two_process_sweep_of_two_models_gives_the_one_process_results(setup):
         assert cache_files(root / "sweep-two" / "cache" / slug) == cache_files(root / "sweep-one" / "cache" / slug)
 
 
-# Rank 1 SIGKILLs itself half-way through writing its 6th shard file (shard 3, layer 1): half the
-# bytes in a temporary file, nothing renamed, its shard 1 listed.  torchrun then stops rank 0
-# wherever it is.
+# Rank 1 SIGKILLs itself half-way through writing its 6th shard file (layer 1 of its second
+# shard): half the bytes in a temporary file, nothing renamed, its first shard listed.  torchrun
+# then stops rank 0, which meanwhile holds its first shard unwritten (so that rank 1, not rank 0,
+# takes the second shard whatever the timing).  Which shards rank 1 took depends on timing: it
+# notes each file it starts in rank1-writes.txt.
 KILLING_LAUNCHER = textwrap.dedent("""
-    import os, signal, sys
+    import os, signal, sys, time
     import fastmi.cache as cache
     from fastmi.__main__ import main
 
     real_write, shard_writes = cache.atomic_write_bytes, []
 
     def dying_write(path, data):
+        if os.environ["RANK"] == "0" and path.name.startswith("shard_"):
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and (
+                not os.path.exists("rank1-writes.txt") or len(open("rank1-writes.txt").read().split()) < 6
+            ):
+                time.sleep(0.1)
         if os.environ["RANK"] == "1" and path.name.startswith("shard_"):
             shard_writes.append(path)
+            with open("rank1-writes.txt", "a") as f:
+                f.write(path.parent.name + "/" + path.name + "\\n")
             if len(shard_writes) == 6:
                 with open(path.parent / (cache._TMP_PREFIX + path.name + ".killed"), "wb") as f:
                     f.write(data[: len(data) // 2])
@@ -210,9 +220,13 @@ def test_a_rank_killed_mid_extraction_then_one_process_finishes_bit_identical(se
     )
     assert proc.returncode != 0
     assert f"exitcode  : -{int(signal.SIGKILL)}" in proc.stderr or "SIGKILL" in proc.stderr, proc.stderr[-3000:]
+    names = (tmp_path / "rank1-writes.txt").read_text().split()  # layer_001/shard_00003.safetensors
+    written = [int(name.split("shard_")[1].split(".")[0]) for name in names]
+    first, second = set(written[:4]), set(written[4:])
+    assert len(written) == 6 and len(first) == len(second) == 1 and first != second, written
     units = manifest(out)["units"]
-    assert all("1" in units[str(layer)] for layer in range(4))  # rank 1's first shard was listed
-    assert not any("3" in units.get(str(layer), {}) for layer in range(4))  # its second never was
+    assert all(str(*first) in units[str(layer)] for layer in range(4))  # rank 1's first shard was listed
+    assert not any(str(*second) in units.get(str(layer), {}) for layer in range(4))  # its second never was
     assert list(out.glob("layer_*/.tmp-*.killed"))  # the half-written file is there
 
     cache = extract_here(setup, out)  # one process, the same arguments

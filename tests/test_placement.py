@@ -112,6 +112,23 @@ def test_ranks_share_work_disjointly_and_completely(world):
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
+def test_ranks_taking_turns_get_each_item_once(monkeypatch):
+    """take_turns: a counter in the group's store hands each item to whichever rank asks next."""
+    import fastmi.distributed as distributed
+
+    store = torch.distributed.HashStore()
+    monkeypatch.setattr(distributed, "_store", lambda: store)
+    items = [f"shard {i}" for i in range(7)]
+    fast, slow = (distributed.take_turns(items, "queue", Context(rank=r, world=2)) for r in (0, 1))
+    taken = {1: [next(slow)]}  # rank 1 asks first, then rank 0 takes three while rank 1 works
+    taken[0] = [next(fast), next(fast), next(fast)]
+    taken[1] += list(slow)  # rank 1 takes the rest
+    taken[0] += list(fast)  # nothing is left
+    assert taken == {0: items[1:4], 1: [items[0], *items[4:]]}
+    assert list(distributed.take_turns(items, "another queue", Context(rank=1, world=2))) == items  # its own counter
+    assert list(distributed.take_turns(items, "unused", Context())) == items  # one process: everything
+
+
 def test_each_rank_gets_its_own_devices(monkeypatch):
     from fastmi.placement import rank_devices
 

@@ -157,7 +157,8 @@ def format_plan(p) -> str:
         f"  groups     estimate: {p.layers_per_group} layer(s) per group within {size(p.probe_budget_bytes)} "
         f"(half a device), {p.layer_groups} group(s)" + (f" over {p.gpus} GPUs" if p.gpus > 1 else ""),
         f"  per epoch  estimate: {p.probe_flops_per_epoch:.3g} FLOP, {t(p.probe_seconds_per_epoch)} "
-        f"(batch {p.probe_batch_size}; early stopping ends training after a few epochs)",
+        f"(batch {p.probe_batch_size}; early stopping ends training after a few epochs), "
+        f"plus {t(p.probe_setup_seconds)} once to set the groups up",
     ]
     for alt in p.alternatives:
         label = " + ".join(f"{k.replace('_', '-')} {v}" for k, v in alt.items() if k in ("probe", "train_softmax"))
