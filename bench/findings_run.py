@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--vocab", default="top:512")
     parser.add_argument("--curve", action="store_true")
     parser.add_argument("--train-softmax", default="full", help="full | sampled:K (held-out scoring stays exact)")
+    parser.add_argument("--layers", action="append", default=[], help="NAME=0,3,6: probe only these layers, repeat")
     parser.add_argument("--combine", nargs="*", default=[], help="results.json files to join instead of probing")
     parser.add_argument(
         "--rename", action="append", default=[], help="I:OLD=NEW: rename model OLD of the I-th --combine file (from 0)"
@@ -131,6 +132,7 @@ def main() -> None:
             raise SystemExit("the caches were made from different corpora")
         heads = {name: CacheHead(c, rows, name) for name, c in caches.items()}
         split = Split.make(rows, 0.2, 0, corpus_fingerprint=next(iter(heads.values())).metadata["corpus_fingerprint"])
+        chosen = {name: [int(v) for v in layers.split(",")] for name, layers in (x.split("=", 1) for x in args.layers)}
         results = []
         for name, head in heads.items():
             started, cpu_started = time.perf_counter(), time.process_time()
@@ -138,13 +140,14 @@ def main() -> None:
                 head,
                 vocab=args.vocab,
                 train_softmax=args.train_softmax,
+                layers=chosen.get(name),
                 split=split,
                 curve=(0.125, 0.25, 0.5, 1.0) if args.curve else None,
                 progress=True,
             )
             timing[name] = round(time.perf_counter() - started, 1)
             timing[f"{name}_cpu"] = round(time.process_time() - cpu_started, 1)
-            print(f"{name}: probed {rows} sentences x {len(head.layers)} layers in {timing[name]} s", flush=True)
+            print(f"{name}: probed {rows} sentences x {len(result.table)} layers in {timing[name]} s", flush=True)
             result.to_json(out / "models" / f"{name.replace('/', '-')}.json")
             results.append(result)
         combined = RecoverabilityResult.concat(results)
