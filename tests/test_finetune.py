@@ -15,6 +15,31 @@ from fastmi.trainer import RecoverabilityTrainer, TokenMarginal, load_probe, sca
 from tests.tiny import make_tiny_model, random_sentences
 
 
+def tiny_trainer(model, tokenizer, data, out, recoverability, lam, probe_lr=1e-3, **arguments) -> RecoverabilityTrainer:
+    """A RecoverabilityTrainer on the CPU for a causal LM: no reporting, no saving, no bars."""
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(out),
+        report_to=[],
+        use_cpu=True,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        save_strategy="no",
+        **arguments,
+    )
+    return RecoverabilityTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        recoverability=recoverability,
+        lam=lam,
+        probe_lr=probe_lr,
+    )
+
+
 def test_scale_gradient_scales_only_the_backward():
     x = torch.randn(3, 4, requires_grad=True)
     y = scale_gradient(x, 0.25)
@@ -36,7 +61,7 @@ def test_token_marginal_entropy_is_the_plugin_entropy_of_the_bag_marginal():
 
 def test_trainer_with_lora_lowers_the_loss_and_the_adapter_and_probe_reload(tmp_path):
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, TrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = make_tiny_model("llama", tmp_path / "llama", hidden=16, layers=2)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -47,29 +72,20 @@ def test_trainer_with_lora_lowers_the_loss_and_the_adapter_and_probe_reload(tmp_
     sentences = random_sentences(16, seed=3, min_words=4, max_words=10)
     data = [{"input_ids": tokenizer(s)["input_ids"]} for s in sentences]
     recover = MultiLayerRecoverabilityLoss(16, len(tokenizer), layers=[1, 2], exclude_ids=tokenizer.all_special_ids)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"),
+    trainer = tiny_trainer(
+        model,
+        tokenizer,
+        data,
+        tmp_path / "run",
+        recover,
+        lam=0.5,
+        probe_lr=0.1,
         max_steps=16,
         per_device_train_batch_size=8,
         learning_rate=3e-2,
         logging_steps=4,
         logging_first_step=True,
-        report_to=[],
-        use_cpu=True,
         seed=0,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        save_strategy="no",
-    )
-    trainer = RecoverabilityTrainer(
-        model=model,
-        args=args,
-        train_dataset=data,
-        processing_class=tokenizer,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-        recoverability=recover,
-        lam=0.5,
-        probe_lr=0.1,
     )
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "recoverability" in entry]
@@ -183,7 +199,7 @@ def test_trainer_warns_of_frozen_hidden_states_only_when_the_model_is_frozen(tmp
     under lambda > 0 would train the probe alone: warned."""
     import warnings
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, TrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fastmi.frozen import FrozenHiddenStatesWarning
 
@@ -194,24 +210,9 @@ def test_trainer_warns_of_frozen_hidden_states_only_when_the_model_is_frozen(tmp
         model = AutoModelForCausalLM.from_pretrained(path)
         if frozen:  # the LM head still trains, so the Trainer has something to optimise
             model.model.requires_grad_(False)
-        args = TrainingArguments(
-            output_dir=str(tmp_path / f"run-{frozen}"),
-            max_steps=2,
-            per_device_train_batch_size=4,
-            report_to=[],
-            use_cpu=True,
-            remove_unused_columns=False,
-            disable_tqdm=True,
-            save_strategy="no",
-        )
-        trainer = RecoverabilityTrainer(
-            model=model,
-            args=args,
-            train_dataset=data,
-            processing_class=tokenizer,
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-            recoverability=MultiLayerRecoverabilityLoss(16, len(tokenizer), layers=[1]),
-            lam=lam,
+        recover = MultiLayerRecoverabilityLoss(16, len(tokenizer), layers=[1])
+        trainer = tiny_trainer(
+            model, tokenizer, data, tmp_path / f"run-{frozen}", recover, lam, max_steps=2, per_device_train_batch_size=4
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
