@@ -30,6 +30,7 @@ from fastmi.comparison import compare
 from fastmi.result import RecoverabilityResult
 from fastmi.split import Split
 from fastmi.sweep import write_outputs
+from fastmi.training import TrainConfig
 
 
 class CacheHead:
@@ -108,6 +109,11 @@ def main() -> None:
     parser.add_argument(
         "--rename", action="append", default=[], help="I:OLD=NEW: rename model OLD of the I-th --combine file (from 0)"
     )
+    parser.add_argument(
+        "--tie-unseen",
+        action="store_true",
+        help="train the ids no training bag holds as one tied row (exact under the full softmax)",
+    )
     parser.add_argument("--compare", action="append", default=[], help="A,B pairs to compare")
     args = parser.parse_args()
     out = Path(args.out)
@@ -140,6 +146,7 @@ def main() -> None:
                 head,
                 vocab=args.vocab,
                 train_softmax=args.train_softmax,
+                train=TrainConfig(tie_unseen=True) if args.tie_unseen else None,
                 layers=chosen.get(name),
                 split=split,
                 curve=(0.125, 0.25, 0.5, 1.0) if args.curve else None,
