@@ -59,6 +59,8 @@ def check_probe_settings(settings) -> None:
         raise ValueError(f"--entropy must be 'plugin' or 'miller_madow', got {settings.entropy!r}")
     _positive_int("max_epochs", settings.train.max_epochs, "--max-epochs")
     _positive_int("batch_size", settings.train.batch_size, "the probe's batch size")
+    if settings.train.tie_unseen and settings.probe != "linear":
+        raise ValueError("--tie-unseen applies to the linear probe only (unembedding logits of unseen ids differ by U)")
     resolve_device(settings.device)
 
 

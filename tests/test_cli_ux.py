@@ -57,6 +57,7 @@ def test_version(capsys):
         (["--test-fraction", "1.5"], "--test-fraction must lie strictly between 0 and 1"),
         (["--max-epochs", "0"], "--max-epochs must be a positive integer"),
         (["--device", "cuda:7"], "--device"),
+        (["--tie-unseen", "--probe", "unembedding"], "--tie-unseen applies to the linear probe only"),
     ],
 )
 def test_sweep_refuses_bad_arguments_before_any_work_and_leaves_nothing(
@@ -222,3 +223,20 @@ def test_truncation_resume_and_complete_are_one_plain_line_each(tiny, tmp_path, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert err == [f"fastmi: the activation cache at {out} is already complete; nothing to extract"]
     assert "Warning" not in "".join(err)
+
+
+def test_tie_unseen_is_a_setting_of_its_own_with_the_same_bounds(tiny, tmp_path):
+    """--tie-unseen trains the full softmax's unseen ids as one row: the same problem, so the same
+    bounds; the setting is recorded and kept in its own results file."""
+    model, corpus = tiny
+    out = tmp_path / "out"
+    base = ["sweep", "--model", model, "--corpus", str(corpus), "--out", str(out), "--vocab", "full", *FAST]
+    assert main(base) == 0
+    untied = RecoverabilityResult.from_json(out / "results.json")
+    assert main([*base, "--tie-unseen"]) == 0
+    tied = RecoverabilityResult.from_json(out / "results.json")
+    assert tied.config["train"]["tie_unseen"] is True and untied.config["train"]["tie_unseen"] is None
+    assert len(list((out / "models" / "bert").glob("vocab-full-*.json"))) == 2
+    for a, b in zip(untied.table, tied.table, strict=True):
+        assert a["layer"] == b["layer"]
+        assert b["ce_bits"] == pytest.approx(a["ce_bits"], abs=1e-3)

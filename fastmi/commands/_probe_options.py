@@ -44,6 +44,13 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
         "Validation and the held-out bounds are always exact over the whole alphabet",
     )
     group.add_argument(
+        "--tie-unseen",
+        action="store_true",
+        help="train the ids that no training bag holds as one tied row: the same problem as the full "
+        "softmax (exact), and several times cheaper when most of the alphabet never occurs in training; "
+        "always on with sampled:K",
+    )
+    group.add_argument(
         "--curve",
         nargs="?",
         const="0.125,0.25,0.5,1",
@@ -77,7 +84,10 @@ def probe_settings(args: argparse.Namespace):
     from ..sweep import ProbeSettings
     from ..training import TrainConfig
 
-    train = TrainConfig() if args.max_epochs is None else TrainConfig(max_epochs=args.max_epochs)
+    options = {"tie_unseen": True} if args.tie_unseen else {}
+    if args.max_epochs is not None:
+        options["max_epochs"] = args.max_epochs
+    train = TrainConfig(**options)
     return ProbeSettings(
         vocab=args.vocab,
         test_fraction=args.test_fraction,
