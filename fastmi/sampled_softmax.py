@@ -20,9 +20,12 @@ One step, for a batch of bags (``fastmi.BagTargets`` with compact ids < M):
   ``s_j + log m_j - log(K Q(j))``; draws that hit a batch id are dropped (that id is already
   counted exactly).  The estimate is unbiased for the partition function at every step.
 
-Proposals (``"sampled:K:unigram"`` / ``"sampled:K:loguniform"``; plain ``"sampled:K"`` is
-:data:`DEFAULT_PROPOSAL`): the smoothed training marginal of T, or the log-uniform (Zipf) law over
-the ids ranked by training frequency, as in word2vec-era language models.  The default, unigram,
+Proposals (``"sampled:K:unigram"`` / ``"sampled:K:loguniform"`` / ``"sampled:K:uniform"``; plain
+``"sampled:K"`` is :data:`DEFAULT_PROPOSAL`): the smoothed training marginal of T, the log-uniform
+(Zipf) law over the ids ranked by training frequency, as in word2vec-era language models, or
+uniform.  Uniform draws the rare ids that a batch's own bags seldom hold, where the others mostly
+re-draw frequent ids the batch already has; on 10,000 sentences it came closest to the full softmax
+(docs/performance.md).  The default, unigram,
 was chosen by measurement (docs/performance.md, "Probe settings for large vocabularies"): on the
 5,000-symbol Zipf channel of the tests both end within 0.03 bit of each other, and unigram is the
 cheaper, since its draws repeat the batch's frequent ids and leave a smaller sub-vocabulary.
@@ -53,8 +56,8 @@ __all__ = [
     "DEFAULT_PROPOSAL",
 ]
 
-TRAIN_SOFTMAX_SETTINGS = ("full", "sampled:K", "sampled:K:unigram", "sampled:K:loguniform")
-PROPOSALS = ("unigram", "loguniform")
+TRAIN_SOFTMAX_SETTINGS = ("full", "sampled:K", "sampled:K:unigram", "sampled:K:loguniform", "sampled:K:uniform")
+PROPOSALS = ("unigram", "loguniform", "uniform")
 DEFAULT_PROPOSAL = "unigram"
 
 
@@ -73,7 +76,7 @@ def parse_train_softmax(setting: str) -> tuple[int | None, str | None]:
             return k, proposal
     raise ValueError(
         f"train_softmax must be 'full' or 'sampled:K' with an integer K >= 1, optionally "
-        f"'sampled:K:unigram' or 'sampled:K:loguniform'; got {setting!r}"
+        f"'sampled:K:unigram', 'sampled:K:loguniform' or 'sampled:K:uniform'; got {setting!r}"
     )
 
 
@@ -82,7 +85,8 @@ def proposal_probabilities(kind: str, train_marginal: torch.Tensor, smoothing: f
 
     ``train_marginal``: p(t) on the training rows (:func:`fastmi.training.token_marginal`).
     "unigram" mixes in ``smoothing`` of uniform mass so every id can be drawn; "loguniform" gives the
-    id of frequency rank r (0 = most frequent, ties to the smaller id) mass log((r+2)/(r+1)) / log(M+1).
+    id of frequency rank r (0 = most frequent, ties to the smaller id) mass log((r+2)/(r+1)) / log(M+1);
+    "uniform" gives every id 1/M.
     """
     size = train_marginal.numel()
     if kind == "unigram":
@@ -93,6 +97,8 @@ def proposal_probabilities(kind: str, train_marginal: torch.Tensor, smoothing: f
         rank[order] = torch.arange(size, device=order.device)
         r = rank.double()
         return torch.log((r + 2) / (r + 1)) / math.log(size + 1)
+    if kind == "uniform":
+        return torch.full((size,), 1.0 / size, dtype=torch.float64, device=train_marginal.device)
     raise ValueError(f"proposal must be one of {PROPOSALS}, got {kind!r}")
 
 

@@ -40,7 +40,8 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="{full,sampled:K}",
         type=_train_softmax,
         help="softmax used while training: the whole alphabet, or K shared sampled negatives plus "
-        "the batch's own ids per step (log-Q corrected; far cheaper for 100k+ vocabularies). "
+        "the batch's own ids per step (log-Q corrected; far cheaper for 100k+ vocabularies; proposal "
+        "unigram by default, or sampled:K:loguniform, sampled:K:uniform). "
         "Validation and the held-out bounds are always exact over the whole alphabet",
     )
     group.add_argument(
