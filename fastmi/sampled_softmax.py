@@ -25,10 +25,10 @@ Proposals (``"sampled:K:unigram"`` / ``"sampled:K:loguniform"`` / ``"sampled:K:u
 (Zipf) law over the ids ranked by training frequency, as in word2vec-era language models, or
 uniform.  Uniform draws the rare ids that a batch's own bags seldom hold, where the others mostly
 re-draw frequent ids the batch already has; on 10,000 sentences it came closest to the full softmax
-(docs/performance.md).  The default, unigram,
-was chosen by measurement (docs/performance.md, "Probe settings for large vocabularies"): on the
-5,000-symbol Zipf channel of the tests both end within 0.03 bit of each other, and unigram is the
-cheaper, since its draws repeat the batch's frequent ids and leave a smaller sub-vocabulary.
+(docs/performance.md).  The default, unigram, was chosen by measurement (docs/performance.md, "Probe
+settings for large vocabularies"): on the 5,000-symbol Zipf channel of the tests both end within
+0.03 bit of each other (unigram and log-uniform), and unigram is the cheaper, since its draws repeat
+the batch's frequent ids and leave a smaller sub-vocabulary.
 
 The optimiser is :class:`RowSparseAdam`: by default with dense moments (every row's moments decay and
 every row moves by its momentum each step, as under the full softmax), or lazily (only the rows in S
