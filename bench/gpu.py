@@ -89,15 +89,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def import_fastmi_kernels():
-    """fastmi.kernels from this checkout, installed or not (setup.py maps kernels/ to that name)."""
+    """fastmi.kernels from this checkout, installed or not."""
     sys.path.insert(0, str(ROOT))
     import fastmi
+    import fastmi.kernels  # noqa: F401
 
-    try:
-        import fastmi.kernels  # noqa: F401
-    except ModuleNotFoundError:
-        fastmi.__path__.append(str(ROOT))  # makes ROOT/kernels importable as fastmi.kernels
-        import fastmi.kernels  # noqa: F401
     return fastmi
 
 

@@ -1,6 +1,6 @@
 """Every Triton kernel compiles ahead of time for an H100/H200 (sm_90a) on this CPU-only machine.
 
-Convention: each module ``kernels/*_triton.py`` exposes ``aot_specs()``, a list of
+Convention: each module ``fastmi/kernels/*_triton.py`` exposes ``aot_specs()``, a list of
 ``(name, jit_function, signature, constexprs)``: ``signature`` maps each runtime parameter to a
 Triton type ("*bf16", "*fp32", "i32", ...), ``constexprs`` gives every ``tl.constexpr`` parameter
 at a realistic GPU block size; the keys ``num_warps`` / ``num_stages`` in it, if present, are
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-KERNELS_DIR = Path(__file__).resolve().parents[1] / "kernels"
+KERNELS_DIR = Path(__file__).resolve().parents[1] / "fastmi" / "kernels"
 
 COMPILE_ALL = textwrap.dedent(
     r"""
@@ -96,7 +96,7 @@ def _triton_modules() -> list[str]:
 def test_every_triton_kernel_compiles_for_sm90():
     pytest.importorskip("triton.backends.nvidia.compiler", reason="needs triton's NVIDIA backend (Linux wheel)")
     modules = _triton_modules()
-    assert modules, "no kernels/*_triton.py module found"
+    assert modules, "no fastmi/kernels/*_triton.py module found"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     done = subprocess.run([sys.executable, "-c", COMPILE_ALL], capture_output=True, text=True, env=env, timeout=900)
