@@ -19,10 +19,14 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "ACHIEVED_FRACTION",
     "GPU_PRECISION_SPEED",
+    "GPU_PRESETS",
     "H200_BANDWIDTH",
+    "GpuPreset",
     "Hardware",
     "detect_hardware",
+    "gpu_preset",
     "measure_bandwidth",
     "measure_elementwise_rate",
     "measure_file_seconds",
@@ -31,20 +35,56 @@ __all__ = [
     "measure_op_seconds",
     "measure_probe_costs",
     "measure_probe_step_seconds",
+    "parse_rate",
     "ProbeCosts",
 ]
 
-H200_BANDWIDTH = 4.8e12  # bytes/s of HBM3e, the default for GPUs not present here
 # Real work reaches this share of the rates measured here: the measurements run hot in cache, a
 # model's passes stream larger working sets.  Fitted on the planner's honesty runs on a 2-core CPU
 # (tests/test_plan_honesty.py: 7 estimate/measured ratios of 0.45-0.94 without it, geometric mean 0.63).
 CPU_EFFICIENCY = 0.65
+# The share of a GPU's published dense bf16 peak that a preset's matmuls are planned at: large bf16 GEMMs
+# of a transformer's shapes reach roughly half to two thirds of the datasheet figure (an assumption, not
+# measured by this project; --matmul-tflops replaces it).
+ACHIEVED_FRACTION = 0.6
 GPU_OP_SECONDS = 10e-6  # a kernel launch, when no GPU is present to measure one
 GPU_OPS_PER_STEP = (50, 25)  # launches of one probe step of L layers: a + b L (bag selection, kernels, AdamW)
-# Probe matmul speed relative to bf16 on a GPU (H100/H200 dense: 989 bf16, 494 TF32, 67 fp32 TFLOPS;
-# fastmi's fp32 kernels use full-precision dots, kernels/bag_cross_entropy_triton.py).  On a CPU
-# every precision runs fp32 matmuls.
-GPU_PRECISION_SPEED = {"bf16": 1.0, "tf32": 494 / 989, "fp32": 67 / 989}
+# What a GPU node that is not this machine is assumed to have, unless --host-memory / --disk-rate say:
+# a DGX H100/H200 has 2 TB of RAM for its 8 GPUs.  A cache file costs its writer a sha256 of the tensors
+# (about 2 GB/s on one server core with SHA extensions), the safetensors serialisation (a copy) and the
+# write into the page cache: about 1 GB/s per extracting process together.
+GPU_NODE_HOST_MEMORY_PER_GPU = 250e9
+GPU_NODE_DISK_RATE = 1e9
+
+
+@dataclass(frozen=True)
+class GpuPreset:
+    """A GPU's published figures (dense, no sparsity; vendor datasheets cited in docs/scaling.md)."""
+
+    name: str
+    memory: int  # bytes, in the datasheet's decimal GB
+    bf16_tflops: float  # peak dense bf16 tensor-core TFLOP/s
+    tf32_tflops: float  # peak dense TF32 tensor-core TFLOP/s
+    fp32_tflops: float  # peak fp32 TFLOP/s (the probe's full-precision dots)
+    bandwidth: float  # memory bytes/s
+
+    @property
+    def precision_speed(self) -> dict[str, float]:
+        """The probe's matmul speed at each precision relative to bf16."""
+        return {"bf16": 1.0, "tf32": self.tf32_tflops / self.bf16_tflops, "fp32": self.fp32_tflops / self.bf16_tflops}
+
+
+# Datasheets state tensor-core rates with 2:4 sparsity; these are half of those (the dense rates).
+GPU_PRESETS = {
+    "h100": GpuPreset("H100 SXM", 80 * 10**9, 989, 494, 67, 3.35e12),
+    "h200": GpuPreset("H200 SXM", 141 * 10**9, 989, 494, 67, 4.8e12),
+    "a100-80gb": GpuPreset("A100 SXM 80GB", 80 * 10**9, 312, 156, 19.5, 2.039e12),
+    "l40s": GpuPreset("L40S", 48 * 10**9, 362, 183, 91.6, 0.864e12),
+}
+H200_BANDWIDTH = GPU_PRESETS["h200"].bandwidth  # the default for GPUs not present here and named by no preset
+# Probe matmul speed relative to bf16 on a GPU named by no preset: an H100/H200's (fastmi's fp32 kernels use
+# full-precision dots, fastmi/kernels/bag_cross_entropy_triton.py).  On a CPU every precision runs fp32 matmuls.
+GPU_PRECISION_SPEED = GPU_PRESETS["h100"].precision_speed
 
 
 @dataclass(frozen=True)
@@ -61,7 +101,15 @@ class Hardware:
     source: str  # how the figures were found, printed with the plan
     measured: bool = False  # a local CPU whose matmul rate was not given: rates at the work's own shapes
     fresh_memory_seconds: float = 0.0  # per byte of newly allocated memory written the first time (page faults)
-    file_seconds: float = 0.0  # per byte of tensors checksummed and serialised into a cache file (host CPU)
+    disk_rate: float = 0.0  # bytes/s of tensors checksummed, serialised and written into cache files (0: not priced)
+    preset: GpuPreset | None = None  # the published GPU these figures come from, if any
+    host_memory_source: str = "free RAM here"
+    disk_source: str = "measured here"
+
+    @property
+    def file_seconds(self) -> float:
+        """Seconds per byte one extracting process spends writing cache files (host CPU and disk)."""
+        return 1.0 / self.disk_rate if self.disk_rate else 0.0
 
     def matmul_rate(self, m: int, k: int, n: int) -> float:
         """FLOP/s of an [m, k] x [k, n] matmul.  Measured at that shape on a local CPU, where the small
@@ -77,7 +125,10 @@ class Hardware:
 
     def probe_flops(self, precision: str) -> float:
         """FLOP/s of the probe's matmuls at ``precision``."""
-        return self.matmul_flops * (GPU_PRECISION_SPEED[precision] if self.device == "cuda" else 1.0)
+        if self.device != "cuda":
+            return self.matmul_flops
+        speed = self.preset.precision_speed if self.preset else GPU_PRECISION_SPEED
+        return self.matmul_flops * speed[precision]
 
 
 def measure_matmul_flops(
@@ -287,55 +338,161 @@ def detect_hardware(
     host_memory: int | None = None,
     matmul_flops: float | None = None,
     bandwidth: float | None = None,
+    gpu: str | None = None,
+    disk_rate: float | None = None,
 ) -> Hardware:
-    """The machine to plan for: the given figures, the rest detected or measured here.
+    """The machine to plan for: the given figures, the rest from the ``gpu`` preset or measured here.
 
-    ``gpus=None`` means the local GPUs (the CPU if there is none); ``gpus=0`` plans for this CPU.
-    A GPU that is not present here needs ``gpu_memory`` and ``matmul_flops``.
+    ``gpus=None`` means the local GPUs (the CPU if there is none), or one GPU when ``gpu`` names a
+    preset; ``gpus=0`` plans for this CPU.  GPUs named by a preset, or not present here, are planned
+    from figures alone (the preset's, or ``gpu_memory`` and ``matmul_flops``) and a GPU node's host
+    memory and disk rate (:data:`GPU_NODE_HOST_MEMORY_PER_GPU`, :data:`GPU_NODE_DISK_RATE`), so their
+    plan does not depend on the machine that makes it.  ``disk_rate``: bytes/s one extracting process
+    writes its cache files at.
     """
     local_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    count = local_gpus if gpus is None else int(gpus)
+    preset = gpu_preset(gpu) if gpu else None
+    count = _gpu_count(gpus, local_gpus, preset)
+    if count == 0:
+        return _this_cpu(host_memory, matmul_flops, bandwidth, disk_rate)
+    if preset is None and count <= local_gpus:
+        return _local_gpus(count, gpu_memory, host_memory, matmul_flops, bandwidth, disk_rate)
+    return _planned_gpus(count, local_gpus, preset, gpu_memory, host_memory, matmul_flops, bandwidth, disk_rate)
+
+
+def gpu_preset(name: str) -> GpuPreset:
+    """The preset called ``name`` (case-insensitive), or a clear error naming the ones there are."""
+    preset = GPU_PRESETS.get(name.strip().lower())
+    if preset is None:
+        raise ValueError(f"unknown GPU {name!r}: the presets are {', '.join(GPU_PRESETS)}")
+    return preset
+
+
+def parse_rate(text: str | float) -> float:
+    """ "1GB/s" or "1GB" -> 1e9 bytes/s (decimal units); a number is bytes/s."""
+    from .memory import parse_bytes
+
+    return float(parse_bytes(text.strip().removesuffix("/s") if isinstance(text, str) else text))
+
+
+def _gpu_count(gpus: int | None, local_gpus: int, preset: GpuPreset | None) -> int:
+    if gpus is None:
+        return 1 if preset else local_gpus  # a preset plans for GPUs elsewhere, not for the ones here
+    count = int(gpus)
     if count < 0:
         raise ValueError(f"gpus must be 0 (plan for the CPU) or more, got {count}")
-    host = host_memory or _host_memory()
-    given = [name for name, value in (("matmul rate", matmul_flops), ("memory", gpu_memory)) if value]
-    if count == 0:
-        measured = not matmul_flops
-        scale = CPU_EFFICIENCY if measured else 1.0
-        rate = matmul_flops or scale * measure_matmul_flops("cpu")
-        step = tuple(t / scale for t in measure_probe_step_seconds("cpu"))
-        return Hardware(
-            "cpu",
-            1,
-            host,
-            host,
-            rate,
-            bandwidth or measure_bandwidth("cpu"),
-            measure_op_seconds("cpu") / scale,
-            scale * measure_elementwise_rate("cpu"),
-            step,
-            "CPU, " + ("given matmul rate" if matmul_flops else "rates measured in this process"),
-            measured=measured,
-            fresh_memory_seconds=measure_fresh_memory_seconds(),
-            file_seconds=measure_file_seconds(),
-        )
-    present = count <= local_gpus
-    if not present and not (gpu_memory and matmul_flops):
-        raise ValueError(
-            f"planning for {count} GPUs that are not all present here ({local_gpus} found) needs "
-            "--gpu-memory and --matmul-tflops"
-        )
+    if count == 0 and preset:
+        raise ValueError(f"gpus=0 plans for this CPU, but gpu={preset.name!r} names a GPU: drop one of them")
+    return count
+
+
+def _this_cpu(host_memory, matmul_flops, bandwidth, disk_rate) -> Hardware:
+    """This CPU, its rates measured now (scaled by :data:`CPU_EFFICIENCY`) unless a matmul rate is given."""
+    host = _host(host_memory, disk_rate)
+    measured = not matmul_flops
+    scale = CPU_EFFICIENCY if measured else 1.0
+    rate = matmul_flops or scale * measure_matmul_flops("cpu")
+    step = tuple(t / scale for t in measure_probe_step_seconds("cpu"))
+    return Hardware(
+        "cpu",
+        1,
+        host.memory,
+        host.memory,
+        rate,
+        bandwidth or measure_bandwidth("cpu"),
+        measure_op_seconds("cpu") / scale,
+        scale * measure_elementwise_rate("cpu"),
+        step,
+        "given matmul rate" if matmul_flops else "rates measured in this process",
+        measured=measured,
+        fresh_memory_seconds=measure_fresh_memory_seconds(),
+        **host.fields(),
+    )
+
+
+def _local_gpus(count, gpu_memory, host_memory, matmul_flops, bandwidth, disk_rate) -> Hardware:
+    """GPUs present here: what is not given is read or measured on them (and on this host)."""
     memory = gpu_memory or torch.cuda.get_device_properties(0).total_memory
     rate = matmul_flops or measure_matmul_flops("cuda", size=8192, seconds=1.0)
-    band = bandwidth or (measure_bandwidth("cuda", 1 << 30) if present else H200_BANDWIDTH)
-    op = measure_op_seconds("cuda") if present else GPU_OP_SECONDS
-    elementwise = band / 8  # one fp32 read and write per element
-    step = tuple(n * op for n in GPU_OPS_PER_STEP)
-    what = f"{count} GPU(s), " + (", ".join(f"given {g}" for g in given) or "measured here")
-    if not present and not bandwidth:
-        what += f", assumed memory bandwidth {band / 1e12:.1f} TB/s (H200)"
-    host_side = {"file_seconds": measure_file_seconds()}  # cache files are encoded on the host CPU
-    return Hardware("cuda", count, memory, host, rate, band, op, elementwise, step, what, **host_side)
+    band = bandwidth or measure_bandwidth("cuda", 1 << 30)
+    given = [name for name, value in (("matmul rate", matmul_flops), ("memory", gpu_memory)) if value]
+    what = ", ".join(f"given {g}" for g in given) or "measured here"
+    host = _host(host_memory, disk_rate)
+    return _gpu_hardware(count, memory, rate, band, measure_op_seconds("cuda"), what, None, host)
+
+
+def _planned_gpus(count, local_gpus, preset, gpu_memory, host_memory, matmul_flops, bandwidth, disk_rate) -> Hardware:
+    """GPUs planned from figures alone: the preset's, or the given memory and matmul rate."""
+    memory = gpu_memory or (preset.memory if preset else None)
+    rate = matmul_flops or (ACHIEVED_FRACTION * preset.bf16_tflops * 1e12 if preset else None)
+    if not (memory and rate):
+        raise ValueError(
+            f"planning for {count} GPUs that are not all present here ({local_gpus} found) needs "
+            f"--gpu {{{','.join(GPU_PRESETS)}}}, or --gpu-memory and --matmul-tflops"
+        )
+    band = bandwidth or (preset.bandwidth if preset else H200_BANDWIDTH)
+    what = _planned_source(preset, gpu_memory, matmul_flops, bandwidth)
+    host = _host(host_memory, disk_rate, gpus_elsewhere=count)
+    return _gpu_hardware(count, memory, rate, band, GPU_OP_SECONDS, what, preset, host)
+
+
+def _planned_source(preset: GpuPreset | None, gpu_memory, matmul_flops, bandwidth) -> str:
+    """Where a planned GPU's figures come from, as the plan prints it."""
+    parts = [f"given {name}" for name, value in (("memory", gpu_memory), ("matmul rate", matmul_flops)) if value]
+    if preset is None:
+        return ", ".join(parts) + ("" if bandwidth else f", assumed an H200's {H200_BANDWIDTH / 1e12:.3g} TB/s")
+    if not matmul_flops:
+        parts.append(f"matmuls at {ACHIEVED_FRACTION:.0%} of the {preset.bf16_tflops:g} dense bf16 TFLOP/s peak")
+    return "; ".join(["published figures in docs/scaling.md", *parts])
+
+
+def _gpu_hardware(count, memory, rate, band, op, what, preset, host: _Host) -> Hardware:
+    return Hardware(
+        "cuda",
+        count,
+        memory,
+        host.memory,
+        rate,
+        band,
+        op,
+        band / 8,  # one fp32 read and write per element
+        tuple(n * op for n in GPU_OPS_PER_STEP),
+        what,
+        preset=preset,
+        **host.fields(),
+    )
+
+
+@dataclass(frozen=True)
+class _Host:
+    """The host side of a plan: its RAM and the rate its extracting processes write cache files at."""
+
+    memory: int
+    memory_source: str
+    disk_rate: float
+    disk_source: str
+
+    def fields(self) -> dict:
+        return {"disk_rate": self.disk_rate, "disk_source": self.disk_source, "host_memory_source": self.memory_source}
+
+
+def _host(host_memory: int | None, disk_rate: float | None, gpus_elsewhere: int = 0) -> _Host:
+    """What is given, else a GPU node's defaults when the GPUs are elsewhere (``gpus_elsewhere`` of
+    them), else this machine's own: its free RAM and its cache-file writing, measured."""
+    if host_memory:
+        memory, memory_source = host_memory, "given"
+    elif gpus_elsewhere:
+        memory = int(GPU_NODE_HOST_MEMORY_PER_GPU * gpus_elsewhere)
+        memory_source = f"default for a GPU node: {GPU_NODE_HOST_MEMORY_PER_GPU / 1e9:g} GB per GPU; --host-memory"
+    else:
+        memory, memory_source = _host_memory(), "free RAM here"
+    if disk_rate:
+        rate, disk_source = disk_rate, "given"
+    elif gpus_elsewhere:
+        rate, disk_source = GPU_NODE_DISK_RATE, "default for a GPU node; --disk-rate"
+    else:  # cache files are encoded on the host CPU that plans, which is the one that will extract
+        rate, disk_source = 1.0 / measure_file_seconds(), "measured here"
+    return _Host(memory, memory_source, rate, disk_source)
 
 
 def _host_memory() -> int:

@@ -50,7 +50,7 @@ FEATURE_COPIES = 2  # the standardised z and its train/validation copies (see th
 # Bytes per trainable parameter: value, gradient, Adam m and v, best copy (+ a bf16 working copy).
 STATE_BYTES = {"fp32": 20, "tf32": 20, "bf16": 22}
 # The fused bag CE holds at most one block of logits at a time: 48 MiB per row block on the CPU path,
-# 256 MiB per vocabulary chunk of the Triton backward (kernels/bag_cross_entropy_*.py).
+# 256 MiB per vocabulary chunk of the Triton backward (fastmi/kernels/bag_cross_entropy_*.py).
 LOGIT_BLOCK_BYTES = 256 * 2**20
 
 

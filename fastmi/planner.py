@@ -3,17 +3,19 @@
 Every figure is an estimate from a model of the work (docs/scaling.md):
 
 * extraction: 2 FLOPs per weight a token meets in the blocks up to the deepest tapped layer, plus
-  attention, at the matmul rate (measured here, or given), plus one small-operation cost per op of
-  each block of each batch (what dominates small models on a CPU), plus the pooling of every tapped
-  layer, the cache files (shards, targets, the output embedding) and, once per process, the
-  tokenization (timed here on the corpus) and the check of the taps;
+  attention, at the matmul rate (measured here, given, or a GPU preset's published peak at
+  :data:`fastmi.hardware.ACHIEVED_FRACTION`), plus one small-operation cost per op of each block of
+  each batch (what dominates small models on a CPU), plus the pooling of every tapped layer, the
+  cache files (shards, targets, the output embedding) at the target's disk rate and, once per
+  process, the tokenization (timed here on the corpus) and the check of the taps;
 * the probe, per epoch: on a CPU measured here, the default probe (linear, full softmax) timed on its
   own code at the work's shape (step, validation chunk, epoch bookkeeping; :func:`_probe_seconds_timed`);
   otherwise counted: 6 B d S FLOPs per layer for training (4 B d S + 4 B d^2 through the frozen
   unembedding), S = M or K + the batch's bag ids with ``sampled:K``, plus the exact full-vocabulary
   validation pass, plus the elementwise passes over logits and Adam's over the trainable state.
   Each group's set-up (new parameters and moments, the first validation pass) is counted once per
-  run (``probe_setup_seconds``);
+  run (``probe_setup_seconds``), and the whole probe (``probe_expected_seconds``) as the set-up plus
+  :data:`PROBE_EPOCHS` epochs, the range early stopping ran in recorded sweeps;
 * memory: :mod:`fastmi.memory`, the same function that sizes the probe's layer groups;
 * placement: weights in the extraction dtype need ceil(bytes * (1 + margin) / device memory) devices
   per replica; the GPUs hold gpus // that many data-parallel replicas; a model larger than all the
@@ -26,7 +28,9 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
-from .hardware import Hardware, detect_hardware
+from fastmi.defaults import DEFAULT_MAX_LENGTH
+
+from .hardware import Hardware, detect_hardware, parse_rate
 from .memory import (
     CACHE_DTYPE_BYTES,
     STATE_BYTES,
@@ -38,7 +42,7 @@ from .model_shape import ModelShape, model_shape
 from .sampled_softmax import parse_train_softmax
 from .workload import Workload, corpus_workload, synthetic_workload
 
-__all__ = ["Plan", "plan"]
+__all__ = ["PROBE_EPOCHS", "Plan", "counted", "plan"]
 
 WEIGHT_MARGIN = 0.15  # activations, buffers and fragmentation on a device that holds weights
 PROBE_BUDGET_FRACTION = 0.5  # the probe's default max_memory: half of the device memory (fastmi.probe)
@@ -65,6 +69,11 @@ OFFLOAD_BANDWIDTH = {"cpu": 25e9, "disk": 2e9}  # bytes/s a weight transfer gets
 CPU_BATCH_SIZE = 32  # fastmi.extract's default
 MAX_GPU_BATCH = 1024
 TRAIN_BATCH_SIZE = 256  # TrainConfig().batch_size
+# The epochs early stopping ran (patience 3, at most 40) in the recorded sweeps of 10,000 sentences:
+# MiniLM 13 and SmolLM2 10 on the observed alphabet (docs/findings/observed_10k/results.json), 24 and 23
+# on top:512 (docs/findings/large_10k/results.json); "epochs_run" of each layer group.
+PROBE_EPOCHS = (10, 24)
+PROBE_EPOCHS_SOURCE = "the epochs early stopping ran in the 10,000-sentence sweeps of docs/findings"
 ALTERNATIVES = (
     {"train_softmax": "sampled:8192"},
     {"probe": "unembedding"},
@@ -101,13 +110,18 @@ class Plan:
     layer_groups: int
     device: str
     gpus: int
+    gpu: str | None  # the name of the preset the GPU figures come from ("H200 SXM"), if any
     device_memory: int
     host_memory: int
+    host_memory_source: str  # "given", "free RAM here" or a GPU node's default
+    disk_rate: float  # bytes/s one extracting process writes its cache files at
+    disk_rate_source: str  # "given", "measured here" or a GPU node's default
     matmul_tflops: float
     hardware: str
     replicas: int
     devices_per_replica: int
     offload: str | None
+    offloaded_bytes: int  # weight bytes (with the headroom) that do not fit on the GPUs of one replica
     extraction_batch_size: int
     probe_batch_size: int
     extraction_flops: float
@@ -115,6 +129,8 @@ class Plan:
     probe_flops_per_epoch: float
     probe_seconds_per_epoch: float
     probe_setup_seconds: float  # once per run: every group's parameters, moments and first validation pass
+    probe_epochs: tuple[int, int]  # the range of epochs early stopping ran in recorded sweeps (PROBE_EPOCHS)
+    probe_expected_seconds: tuple[float, float]  # set-up + probe_epochs x the epoch: the probe's whole time
     fits: bool
     problems: list[str] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
@@ -129,7 +145,7 @@ def plan(
     corpus=None,
     sentences: int | None = None,
     mean_tokens: float | None = None,
-    max_length: int = 128,
+    max_length: int = DEFAULT_MAX_LENGTH,
     layers="all",
     vocab: str = "observed",
     cache_dtype: str = "fp32",
@@ -143,15 +159,21 @@ def plan(
     batch_size: int | None = None,
     hardware: Hardware | None = None,
     model_cache_dir: str | os.PathLike | None = None,
+    gpu: str | None = None,
+    disk_rate: float | str | None = None,
 ) -> Plan:
     """Plan extracting and probing ``model`` over ``corpus`` (or ``sentences`` of ``mean_tokens``).
 
     ``model``: a spec as for :func:`fastmi.load_model` or a path to a ``config.json`` (only the config
     is read), or a :class:`fastmi.model_shape.ModelShape`.  ``gpus``: None plans for this machine's
-    GPUs (its CPU if none), 0 for its CPU.  ``gpu_memory``/``host_memory``: bytes or "141GB".
+    GPUs (its CPU if none; one GPU with ``gpu``), 0 for its CPU.  ``gpu_memory``/``host_memory``: bytes or "141GB".
     ``matmul_tflops``: the achieved dense matmul rate of one device in the extraction dtype (bf16 on
-    GPUs); measured here if not given.  Other settings as in :func:`fastmi.extract` and
-    :func:`fastmi.recoverability`.
+    GPUs); measured here if not given.  ``gpu``: a preset of published figures ("h100", "h200",
+    "a100-80gb", "l40s"; :data:`fastmi.hardware.GPU_PRESETS`) for the memory and the matmul rate,
+    which ``gpu_memory`` and ``matmul_tflops`` override.  ``disk_rate``: bytes/s or "1GB/s" at which one
+    extracting process writes its cache files on the target (measured here when planning for this
+    machine; :data:`fastmi.hardware.GPU_NODE_DISK_RATE` for GPUs elsewhere).  Other settings as in
+    :func:`fastmi.extract` and :func:`fastmi.recoverability`.
     """
     from .extraction import parse_layers
     from .memory import parse_bytes
@@ -165,6 +187,8 @@ def plan(
         parse_bytes(gpu_memory) if gpu_memory else None,
         parse_bytes(host_memory) if host_memory else None,
         matmul_tflops * 1e12 if matmul_tflops else None,
+        gpu=gpu,
+        disk_rate=parse_rate(disk_rate) if disk_rate else None,
     )
     wanted = parse_layers(layers, shape.num_layers)
     cpu_batch = batch_size or CPU_BATCH_SIZE
@@ -174,6 +198,7 @@ def plan(
         work = synthetic_workload(shape, sentences, mean_tokens, max_length, vocab)
     else:
         raise ValueError("give a corpus, or sentences=N (with mean_tokens) to plan for")
+    _check_sampled_below_alphabet(train_softmax, work.alphabet_size)
 
     placement = _placement(shape, hw, work, batch_size)
     problems, advice = list(placement.pop("problems")), list(placement.pop("advice"))
@@ -201,7 +226,7 @@ def plan(
         )
     alternatives = []
     for change in ALTERNATIVES:
-        if all(getattr(memory, k) == v for k, v in change.items()):
+        if all(getattr(memory, k) == v for k, v in change.items()) or not _samples_fewer(change, work):
             continue
         alt = _probe_memory(
             work, shape, change.get("train_softmax", train_softmax), change.get("probe", probe), precision
@@ -214,6 +239,7 @@ def plan(
                 "probe_seconds_per_epoch": alt_seconds,
                 "probe_flops_per_epoch": alt_flops,
                 "layers_per_group": len(alt_groups[0]),
+                "probe_bytes_per_layer": alt.layer_bytes,
                 "fits": alt.fits(budget),
             }
         )
@@ -244,13 +270,18 @@ def plan(
         layer_groups=len(groups),
         device=hw.device,
         gpus=hw.count if hw.device == "cuda" else 0,
+        gpu=hw.preset.name if hw.preset else None,
         device_memory=hw.memory,
         host_memory=hw.host_memory,
+        host_memory_source=hw.host_memory_source,
+        disk_rate=hw.disk_rate,
+        disk_rate_source=hw.disk_source,
         matmul_tflops=hw.matmul_flops / 1e12,
         hardware=hw.source,
         replicas=placement["replicas"],
         devices_per_replica=placement["devices_per_replica"],
         offload=placement["offload"],
+        offloaded_bytes=placement["offloaded_bytes"],
         extraction_batch_size=placement["batch_size"],
         probe_batch_size=memory.batch_size,
         extraction_flops=extraction_flops,
@@ -258,11 +289,29 @@ def plan(
         probe_flops_per_epoch=flops,
         probe_seconds_per_epoch=seconds,
         probe_setup_seconds=setup_seconds,
+        probe_epochs=PROBE_EPOCHS,
+        probe_expected_seconds=tuple(setup_seconds + n * seconds for n in PROBE_EPOCHS),
         fits=not problems,
         problems=problems,
         advice=advice,
         alternatives=alternatives,
     )
+
+
+def _check_sampled_below_alphabet(train_softmax: str, alphabet: int) -> None:
+    """Refuse ``sampled:K`` with K >= M: every step would train on the whole alphabet anyway."""
+    k, _ = parse_train_softmax(train_softmax)
+    if k is not None and k >= alphabet:
+        raise ValueError(
+            f"train_softmax {train_softmax!r} samples K = {k:,} negatives from an alphabet of only "
+            f"M = {alphabet:,} ids; use 'full' (exact, and no slower) or a K below {alphabet:,}"
+        )
+
+
+def _samples_fewer(change: dict, work: Workload) -> bool:
+    """Whether an alternative's ``sampled:K`` (if any) samples fewer ids than the alphabet holds."""
+    k, _ = parse_train_softmax(change.get("train_softmax", "full"))
+    return k is None or k < work.alphabet_size
 
 
 def _placement(shape: ModelShape, hw: Hardware, work: Workload, batch_size: int | None) -> dict:
@@ -300,9 +349,10 @@ def _placement(shape: ModelShape, hw: Hardware, work: Workload, batch_size: int 
         out["offloaded_bytes"] = rest
         out["offload"] = "cpu" if rest <= 0.9 * hw.host_memory else "cpu+disk"
         advice.append(
-            f"the weights ({format_bytes(weight_bytes)}) exceed {hw.count} x {format_bytes(hw.memory)}: "
-            f"accelerate offloads {format_bytes(rest)} to {out['offload']}; "
-            f"{per_replica} GPUs would hold them without offload"
+            f"the weights ({format_bytes(weight_bytes)}) need {format_bytes(need)} with {WEIGHT_MARGIN:.0%} "
+            f"headroom for activations and buffers, more than {counted(hw.count, 'GPU')} of "
+            f"{format_bytes(hw.memory)}: accelerate offloads {format_bytes(rest)} to {out['offload']}; "
+            f"{counted(per_replica, 'GPU')} would hold them without offload"
         )
         left = hw.memory * WEIGHT_MARGIN / (1 + WEIGHT_MARGIN)
     # Activations of one token through a block: about (block weights / d) values of 2 bytes.
@@ -318,6 +368,11 @@ def _placement(shape: ModelShape, hw: Hardware, work: Workload, batch_size: int 
             f"is left next to the weights; use a batch of at most {max(fit, 1)}"
         )
     return out
+
+
+def counted(n: int, thing: str) -> str:
+    """ "1 GPU", "2 GPUs"."""
+    return f"{n} {thing}" + ("" if n == 1 else "s")
 
 
 def _extraction_seconds(

@@ -1,9 +1,11 @@
 """fastmi.plan / `fastmi plan`: config-only reading, a Llama-3.1-70B shape on the meta device, placement,
-and the advice when something does not fit."""
+the advice when something does not fit, GPU presets, the target's disk rate, the probe's expected total
+time, and the plan's wording."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from tiny import make_tiny_model, random_sentences
 from transformers import AutoModel, AutoTokenizer, LlamaConfig
 
 import fastmi
+import fastmi.hardware
 from fastmi.cli import main
 from fastmi.hooks import find_layer_taps
 from fastmi.model_shape import model_shape
@@ -97,7 +100,7 @@ def test_plan_70b_on_8_h200s_fits_and_prints_a_placement(config_70b, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "verdict      fits" in out
-    assert "4 data-parallel replica(s) x 2 GPUs each, no offload" in out
+    assert "4 data-parallel replicas x 2 GPUs each, no offload" in out
     assert out.count("estimate") >= 8
     assert (
         main(
@@ -230,3 +233,159 @@ def test_bad_input_is_named(config_70b, tmp_path):
     with pytest.raises(ValueError, match="cache_dtype"):
         fastmi.plan(config_70b, sentences=10, vocab="full", gpus=0, matmul_tflops=0.01, cache_dtype="int8")
     assert main(["plan", "--model", str(config_70b)]) == 2  # neither a corpus nor --sentences
+
+
+# The vendors' published figures (dense, no sparsity), as docs/scaling.md cites them:
+# (memory bytes, bf16 TFLOP/s, TF32 TFLOP/s, fp32 TFLOP/s, memory bytes/s).
+PUBLISHED = {
+    "h100": (80e9, 989, 494, 67, 3.35e12),
+    "h200": (141e9, 989, 494, 67, 4.8e12),
+    "a100-80gb": (80e9, 312, 156, 19.5, 2.039e12),
+    "l40s": (48e9, 362, 183, 91.6, 0.864e12),
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def nothing_measured_here(monkeypatch):
+    """Every measurement of this machine (and its free RAM) fails: a plan that uses one is caught."""
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a plan for GPUs elsewhere measured this machine")
+
+    for name in dir(fastmi.hardware):
+        if name.startswith("measure_") or name == "_host_memory":
+            monkeypatch.setattr(fastmi.hardware, name, measured)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_gpu_preset_fills_memory_and_matmul_rate_from_published_figures(name, config_70b, nothing_measured_here):
+    memory, bf16, tf32, fp32, bandwidth = PUBLISHED[name]
+    hw = fastmi.hardware.detect_hardware(gpus=8, gpu=name)
+    assert hw.memory == memory and hw.bandwidth == bandwidth
+    assert hw.matmul_flops == pytest.approx(fastmi.hardware.ACHIEVED_FRACTION * bf16 * 1e12)
+    assert fastmi.hardware.ACHIEVED_FRACTION == 0.6  # the one fraction the README and docs state
+    # the probe's fp32 and TF32 matmuls at this GPU's own rates, not an H100's
+    assert hw.probe_flops("fp32") == pytest.approx(0.6 * fp32 * 1e12)
+    assert hw.probe_flops("tf32") == pytest.approx(0.6 * tf32 * 1e12)
+    planned = fastmi.plan(config_70b, sentences=10_000, vocab="full", gpus=8, gpu=name)
+    assert planned.device_memory == memory and planned.matmul_tflops == pytest.approx(0.6 * bf16)
+    assert planned.gpu == hw.preset.name
+
+
+def test_gpu_preset_on_the_command_line_needs_no_memory_or_rate(config_70b, capsys, nothing_measured_here):
+    args = ["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8"]
+    assert main([*args, "--gpu-memory", "141GB"]) == 2  # no rate: refused, and the refusal names --gpu
+    assert "--gpu {h100,h200,a100-80gb,l40s}" in capsys.readouterr().err
+    assert main([*args, "--gpu", "h200"]) == 0
+    out = capsys.readouterr().out
+    hardware = next(line for line in out.splitlines() if line.startswith("hardware"))
+    assert hardware.startswith("hardware     8 x H200 SXM, 141 GB each, 593 TFLOP/s per GPU (published figures")
+    assert "60% of the 989 dense bf16 TFLOP/s peak" in hardware
+    assert main([*args, "--gpu", "h200", "--matmul-tflops", "400", "--json"]) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert given["matmul_tflops"] == 400 and given["device_memory"] == 141e9  # a flag overrides the preset
+    one = fastmi.plan(config_70b, sentences=10_000, vocab="full", gpu="l40s")
+    assert one.gpus == 1  # --gpu alone plans for one such GPU
+    with pytest.raises(ValueError, match="unknown GPU 'b200': the presets are h100, h200, a100-80gb, l40s"):
+        fastmi.plan(config_70b, sentences=10_000, vocab="full", gpus=8, gpu="b200")
+    with pytest.raises(ValueError, match="gpus=0 plans for this CPU"):
+        fastmi.plan(config_70b, sentences=10_000, vocab="full", gpus=0, gpu="h100")
+
+
+def test_help_names_the_presets_and_the_defaults_of_a_gpu_node(capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        main(["plan", "--help"])
+    assert exit_code.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--gpu {h100,h200,a100-80gb,l40s}" in text and "dense bf16 peak at 60%" in text
+    assert "for GPUs elsewhere 250 GB per GPU" in text and "for GPUs elsewhere 1 GB/s" in text
+
+
+def test_gpus_elsewhere_take_a_gpu_nodes_host_memory_and_disk_rate_not_this_machines(
+    config_70b, capsys, nothing_measured_here
+):
+    planned = fastmi.plan(config_70b, sentences=100_000, vocab="full", gpus=8, gpu_memory="141GB", matmul_tflops=593)
+    assert planned.host_memory == 8 * fastmi.hardware.GPU_NODE_HOST_MEMORY_PER_GPU == 2e12
+    assert planned.disk_rate == fastmi.hardware.GPU_NODE_DISK_RATE == 1e9
+    assert "default for a GPU node" in planned.host_memory_source and "--disk-rate" in planned.disk_rate_source
+    args = ["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8"]
+    assert main([*args, "--gpu", "h200", "--disk-rate", "2GB/s", "--host-memory", "1TB"]) == 0
+    host = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("host"))
+    assert host == "host         1 TB RAM (given); cache files written at 2 GB/s per process (given)"
+
+
+def test_cache_writes_cost_the_targets_disk_rate(config_70b, nothing_measured_here):
+    """Halving the disk rate adds exactly one more pass of the cache files at the old rate: the shards
+    split over the replicas, the targets and the fp32 output embedding once."""
+    common = dict(sentences=100_000, vocab="full", gpus=8, gpu="h200")
+    fast = fastmi.plan(config_70b, disk_rate="1GB/s", **common)
+    slow = fastmi.plan(config_70b, disk_rate=0.5e9, **common)
+    shards = 100_000 * 81 * (8192 * 4 + 8)
+    targets = fast.cache_bytes - shards
+    unembedding = 4 * 128256 * 8192
+    added = (shards / fast.replicas + targets + unembedding) / 1e9
+    assert slow.extraction_seconds - fast.extraction_seconds == pytest.approx(added, rel=1e-9)
+    assert fastmi.plan(config_70b, **common).extraction_seconds == pytest.approx(fast.extraction_seconds)
+
+
+def test_probe_epochs_are_the_ones_recorded_sweeps_ran():
+    """PROBE_EPOCHS is the range of early stopping's epochs in the 10,000-sentence sweeps it cites."""
+    from fastmi.planner import PROBE_EPOCHS
+
+    epochs = []
+    for path in sorted((REPO / "docs" / "findings").glob("*_10k/results.json")):
+        epochs += [int(n) for n in _values(json.loads(path.read_text()), "epochs_run")]
+    assert len(epochs) >= 4 and (min(epochs), max(epochs)) == PROBE_EPOCHS
+
+
+def _values(tree, key: str):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from [v] if k == key else _values(v, key)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _values(v, key)
+
+
+def test_plan_prints_the_probes_expected_total_time(config_70b, capsys):
+    planned = fastmi.plan(config_70b, sentences=100_000, vocab="full", gpus=8, gpu="h200")
+    low, high = planned.probe_expected_seconds
+    assert planned.probe_epochs == (10, 24)
+    assert low == pytest.approx(planned.probe_setup_seconds + 10 * planned.probe_seconds_per_epoch)
+    assert high == pytest.approx(planned.probe_setup_seconds + 24 * planned.probe_seconds_per_epoch)
+    main(
+        ["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8", "--gpu", "h200"]
+    )
+    out = capsys.readouterr().out
+    total = next(line for line in out.splitlines() if line.startswith("  in total"))
+    assert "for 10-24 epochs (the epochs early stopping ran in the 10,000-sentence sweeps of docs/findings)" in total
+    assert "a few epochs" not in out
+
+
+def test_plan_wording_counts_gpus_once_states_the_headroom_and_pluralises(config_70b, capsys):
+    one = fastmi.plan(config_70b, sentences=10_000, vocab="full", gpus=1, gpu="h200")
+    assert one.offload == "cpu" and one.offloaded_bytes == pytest.approx(1.15 * one.weight_bytes - 141e9, abs=1)
+    (tip,) = [t for t in one.advice if "offload" in t]
+    assert tip.startswith("the weights (139 GB) need 160 GB with 15% headroom for activations and buffers, ")
+    assert "more than 1 GPU of 141 GB" in tip and "2 GPUs would hold them" in tip and " x " not in tip
+    main(["plan", "--model", str(config_70b), "--sentences", "10000", "--vocab", "top:512", "--gpus", "2", *H200])
+    out = capsys.readouterr().out
+    assert "placement    estimate: 1 data-parallel replica x 2 GPUs, no offload;" in out
+    assert "(s)" not in out and "1 GPUs" not in out
+    hardware = next(line for line in out.splitlines() if line.startswith("hardware"))
+    assert hardware.startswith("hardware     2 GPUs, 141 GB each, 593 TFLOP/s per GPU (given memory, given ")
+    assert hardware.count("GPU") == 2  # the count once, then the rate per GPU
+
+
+def test_sampled_k_not_below_the_alphabet_is_refused_in_one_line(config_70b, capsys):
+    with pytest.raises(ValueError, match=r"K = 8,192 negatives from an alphabet of only M = 512 ids; use 'full'"):
+        fastmi.plan(config_70b, sentences=1000, vocab="top:512", train_softmax="sampled:8192", gpus=1, gpu="h200")
+    args = ["plan", "--model", str(config_70b), "--sentences", "1000", "--vocab", "top:512", "--gpu", "h200"]
+    assert main([*args, "--train-softmax", "sampled:512"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sampled:512" in err
+    small = fastmi.plan(config_70b, sentences=1000, vocab="top:4096", gpu="h200")
+    assert [alt.get("train_softmax") for alt in small.alternatives] == [None]  # no sampled:8192 of 4,096 ids
+    fine = fastmi.plan(config_70b, sentences=1000, vocab="top:512", train_softmax="sampled:511", gpu="h200")
+    assert math.isfinite(fine.probe_seconds_per_epoch)

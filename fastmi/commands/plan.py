@@ -3,18 +3,23 @@
 Reads only the model's config (config.json, or a GGUF file's metadata) and the corpus, never the
 weights.  Prints the parameter count, the weight bytes and their placement (data-parallel replicas,
 devices per replica, offload), the extraction FLOPs and time, the cache size, the probe's memory
-per layer and layer groups, and its FLOPs and time per epoch.  Every figure is an estimate.
-Where something does not fit it says so and names the change that makes it fit.  Examples:
+per layer and layer groups, its FLOPs and time per epoch, and its expected total time.  Every
+figure is an estimate.  Where something does not fit it says so and names the change that makes it
+fit.  Examples:
 
     fastmi plan --model minilm --corpus demo --max-sentences 1000
     fastmi plan --model path/to/Llama-3.1-70B/config.json --sentences 100000 --mean-tokens 32 \\
-        --vocab full --gpus 8 --gpu-memory 141GB --matmul-tflops 593 --json
+        --vocab full --gpus 8 --gpu h200 --json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from fastmi.defaults import DEFAULT_MAX_LENGTH
+
+from ..hardware import ACHIEVED_FRACTION, GPU_NODE_DISK_RATE, GPU_NODE_HOST_MEMORY_PER_GPU, GPU_PRESETS
 
 HELP = "estimate the cost, memory and placement of a sweep from the model's config (no weights loaded)"
 
@@ -34,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     work.add_argument(
         "--mean-tokens", type=float, default=None, help="tokens per sentence with --sentences (default: 32)"
     )
-    work.add_argument("--max-length", type=int, default=128, help="tokens per sentence (longer ones are truncated)")
+    work.add_argument(
+        "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per sentence (longer ones are truncated)"
+    )
     work.add_argument("--layers", default="all", help="'all', 'last', '0,3,6', '2-5'; 0 is the embedding output")
     work.add_argument(
         "--batch-size",
@@ -60,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-softmax",
         default="full",
         metavar="{full,sampled:K}",
-        help="train on the full softmax, or on K sampled negatives plus the batch's bag ids",
+        help="train on the full softmax, or on K sampled negatives plus the batch's bag ids (K below the "
+        "alphabet's size)",
     )
     probe.add_argument(
         "--precision",
@@ -71,21 +79,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probe.add_argument(
         "--cache-dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="dtype of the pooled embeddings on disk"
     )
-    hardware = parser.add_argument_group("hardware (default: this machine, measured now)")
+    hardware = parser.add_argument_group(
+        "hardware (default: this machine, measured now)",
+        "With --gpu, or GPUs not present here, the plan is for a GPU node, from its published or given "
+        "figures and a GPU node's defaults, never from measurements of this machine.",
+    )
     hardware.add_argument(
         "--gpus",
         type=int,
         default=None,
-        help="GPUs to plan for; 0 plans for this CPU (default: the GPUs here, else the CPU)",
+        metavar="N",
+        help="GPUs to plan for; 0 plans for this CPU (default: the GPUs here, else the CPU; 1 with --gpu)",
     )
-    hardware.add_argument("--gpu-memory", default=None, help="memory of one GPU, e.g. 141GB or 80GiB")
-    hardware.add_argument("--host-memory", default=None, help="host RAM for offload, e.g. 2TB (default: free RAM here)")
+    hardware.add_argument(
+        "--gpu",
+        default=None,
+        choices=tuple(GPU_PRESETS),
+        help=f"fill --gpu-memory and --matmul-tflops from the GPU's published figures (dense bf16 peak at "
+        f"{ACHIEVED_FRACTION * 100:.0f}%%; docs/scaling.md cites the datasheets)",
+    )
+    hardware.add_argument(
+        "--gpu-memory",
+        default=None,
+        metavar="BYTES",
+        help="memory of one GPU, e.g. 141GB or 80GiB (default: --gpu's, or read from the GPUs here)",
+    )
     hardware.add_argument(
         "--matmul-tflops",
         type=float,
         default=None,
-        help="achieved dense matmul TFLOP/s of one device in the extraction dtype (bf16 on GPUs), "
-        "e.g. 593 for an H200 at 60%% of its 989; measured here with one large matmul if omitted",
+        metavar="TFLOPS",
+        help="achieved dense matmul TFLOP/s of one device in the extraction dtype (bf16 on GPUs), e.g. 593 "
+        "for an H200 at 60%% of its 989; measured here with one large matmul if neither this nor --gpu is given",
+    )
+    hardware.add_argument(
+        "--host-memory",
+        default=None,
+        metavar="BYTES",
+        help=f"host RAM for offload, e.g. 2TB (default: free RAM here; for GPUs elsewhere "
+        f"{GPU_NODE_HOST_MEMORY_PER_GPU / 1e9:g} GB per GPU, as a DGX's 2 TB for 8)",
+    )
+    hardware.add_argument(
+        "--disk-rate",
+        default=None,
+        metavar="BYTES/S",
+        help=f"bytes/s one extracting process writes its cache files at on the target (checksum, "
+        f"serialisation, write), e.g. 2GB/s (default: measured here; for GPUs elsewhere "
+        f"{GPU_NODE_DISK_RATE / 1e9:g} GB/s)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print the plan as JSON (the fields of fastmi.plan's result)"
@@ -117,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
         probe=args.probe,
         precision=args.precision,
         batch_size=args.batch_size,
+        gpu=args.gpu,
+        disk_rate=args.disk_rate,
     )
     print(json.dumps(result.to_dict(), indent=1) if args.json else format_plan(result))
     return 0 if result.fits else 1
@@ -124,48 +166,61 @@ def run(args: argparse.Namespace) -> int:
 
 def format_plan(p) -> str:
     from ..memory import format_bytes as size
+    from ..planner import PROBE_EPOCHS_SOURCE, counted
 
-    def t(seconds: float) -> str:
-        for unit, span in (("h", 3600), ("min", 60)):
-            if seconds >= span:
-                return f"{seconds / span:.3g} {unit}"
-        return f"{seconds:.3g} s"
-
-    if p.device == "cuda":
-        where = f"{p.gpus} GPU(s) x {size(p.device_memory)}"
-    else:
-        where = f"CPU, {size(p.device_memory)} RAM free"
-    offload = f"offload to {p.offload}" if p.offload else "no offload"
-    unit = "GPUs" if p.device == "cuda" else "CPU"
+    unit = "GPU" if p.device == "cuda" else "CPU"
     lines = [
         "fastmi plan: every figure below is an estimate (the config was read; no weights were loaded)",
         f"model        {p.model} ({p.architecture}, {p.num_layers} blocks, d={p.hidden_size}): "
         f"{p.parameters / 1e9:.4g} B parameters, {p.loaded_parameters / 1e9:.4g} B loaded for extraction",
-        f"hardware     {where}, {p.matmul_tflops:.3g} TFLOP/s per device ({p.hardware})",
+        _hardware_line(p),
+        f"host         {size(p.host_memory)} RAM ({p.host_memory_source}); cache files written at "
+        f"{size(p.disk_rate)}/s per process ({p.disk_rate_source})",
         f"weights      estimate: {size(p.weight_bytes)} ({'bf16' if p.device == 'cuda' else 'fp32'})",
-        f"placement    estimate: {p.replicas} data-parallel replica(s) x {p.devices_per_replica} {unit} each, "
-        f"{offload}; "
+        f"placement    estimate: {counted(p.replicas, 'data-parallel replica')} x "
+        f"{counted(p.devices_per_replica, unit)}{' each' if p.replicas > 1 else ''}, "
+        f"{f'offload to {p.offload}' if p.offload else 'no offload'}; "
         f"extraction batch {p.extraction_batch_size} sentences",
         f"corpus       {p.sentences:,} sentences, {p.tokens:,} tokens, "
         f"layers {p.layers[0]}-{p.layers[-1]} ({len(p.layers)})",
-        f"extraction   estimate: {p.extraction_flops:.3g} FLOP, {t(p.extraction_seconds)}",
+        f"extraction   estimate: {p.extraction_flops:.3g} FLOP, {duration(p.extraction_seconds)}",
         f"cache        estimate: {size(p.cache_bytes)} on disk ({p.cache_dtype})",
         f"probe        vocab {p.vocab} (M = {p.alphabet_size:,}), {p.probe}, {p.train_softmax} softmax, {p.precision}",
         f"  per layer  estimate: {p.probe_parameters_per_layer / 1e6:.4g} M trainable parameters, "
         f"{size(p.probe_bytes_per_layer)} in training"
         + (f" (+ {size(p.probe_shared_bytes)} shared U per group)" if p.probe_shared_bytes else ""),
-        f"  groups     estimate: {p.layers_per_group} layer(s) per group within {size(p.probe_budget_bytes)} "
-        f"(half a device), {p.layer_groups} group(s)" + (f" over {p.gpus} GPUs" if p.gpus > 1 else ""),
-        f"  per epoch  estimate: {p.probe_flops_per_epoch:.3g} FLOP, {t(p.probe_seconds_per_epoch)} "
-        f"(batch {p.probe_batch_size}; early stopping ends training after a few epochs), "
-        f"plus {t(p.probe_setup_seconds)} once to set the groups up",
+        f"  groups     estimate: {counted(p.layers_per_group, 'layer')} per group within "
+        f"{size(p.probe_budget_bytes)} (half a device), {counted(p.layer_groups, 'group')}"
+        + (f" over {p.gpus} GPUs" if p.gpus > 1 else ""),
+        f"  per epoch  estimate: {p.probe_flops_per_epoch:.3g} FLOP, {duration(p.probe_seconds_per_epoch)} "
+        f"(batch {p.probe_batch_size}), plus {duration(p.probe_setup_seconds)} once to set the groups up",
+        f"  in total   estimate: {duration(p.probe_expected_seconds[0])} to {duration(p.probe_expected_seconds[1])} "
+        f"for {p.probe_epochs[0]}-{p.probe_epochs[1]} epochs ({PROBE_EPOCHS_SOURCE}), set-up included",
     ]
     for alt in p.alternatives:
         label = " + ".join(f"{k.replace('_', '-')} {v}" for k, v in alt.items() if k in ("probe", "train_softmax"))
         lines.append(
-            f"  with {label}: estimate {t(alt['probe_seconds_per_epoch'])} per epoch, "
-            f"{alt['layers_per_group']} layer(s) per group" + ("" if alt["fits"] else ", does not fit")
+            f"  with {label}: estimate {duration(alt['probe_seconds_per_epoch'])} per epoch, "
+            f"{counted(alt['layers_per_group'], 'layer')} per group" + ("" if alt["fits"] else ", does not fit")
         )
     lines.append("verdict      " + ("fits" if p.fits else "does NOT fit: " + "; ".join(p.problems)))
     lines += [f"advice       {tip}" for tip in p.advice]
     return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """ "4.85 min", "40.6 s", "1.2 h": three significant figures in the largest unit that fits."""
+    for unit, span in (("h", 3600), ("min", 60)):
+        if seconds >= span:
+            return f"{seconds / span:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def _hardware_line(p) -> str:
+    from ..memory import format_bytes as size
+    from ..planner import counted
+
+    if p.device != "cuda":  # its memory is the host's, on the next line
+        return f"hardware     CPU, {p.matmul_tflops:.3g} TFLOP/s ({p.hardware})"
+    gpus = f"{p.gpus} x {p.gpu}" if p.gpu else counted(p.gpus, "GPU")
+    return f"hardware     {gpus}, {size(p.device_memory)} each, {p.matmul_tflops:.3g} TFLOP/s per GPU ({p.hardware})"
