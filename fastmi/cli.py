@@ -49,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A folder the user named that cannot be read or written: theirs to fix, like bad input.  The
+# commands check their folders first (fastmi.preflight.check_output_dir); this catches what remains.
+_PATH_ERRORS = (FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def _describe(err: Exception) -> str:
+    """The error in one line; an OS error as 'what happened: path', without its errno."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        return f"{err.strerror.lower()}: {err.filename}"
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .interrupts import run_command
@@ -56,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Ctrl-C and a full disk: one line saying what was kept (fastmi.interrupts), no traceback.
         return run_command(args.command, lambda: args._run(args))
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, RuntimeError, *_PATH_ERRORS) as err:
         # Bad input is the user's to fix: one clear line, no traceback.
-        print(f"fastmi {args.command}: error: {err}", file=sys.stderr)
+        print(f"fastmi {args.command}: error: {_describe(err)}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,7 @@ different tokenizers have different T, so they are compared on recoverable fract
 each model's own H(T)), and the output says so.  Bounds are compared unclamped (a vacuous bound is
 negative here, not 0), so a difference is never an artefact of clamping.
 
+A model is named as in the table or as it was passed to ``--model`` (:func:`match_model`).
 Layers are named ``"model"`` (every depth, matched to the other model's nearest relative depth),
 ``"model:LAYER"`` with LAYER an integer, ``first``, ``last`` or ``peak``; the peak is the interior
 layer with the lowest *validation* cross-entropy, so choosing it does not touch the held-out rows
@@ -38,6 +39,7 @@ __all__ = [
     "paired_bootstrap",
     "bound_from_means",
     "resolve_layer",
+    "match_model",
     "matched_layers",
     "same_tokenizer",
     "COMPARED_BOUNDS",
@@ -85,8 +87,7 @@ def resolve_layer(result: Any, spec: str | tuple) -> tuple[str, int | None, str]
         model, which = str(spec).rsplit(":", 1)
     else:
         model, which = str(spec), None
-    if model not in result.models:
-        raise ValueError(f"no model {model!r} in this result; it has {result.models}")
+    model = match_model(result, model)
     if which is None:
         return model, None, ""
     layers = [r["layer"] for r in _layers_of(result, model)]
@@ -104,6 +105,48 @@ def resolve_layer(result: Any, spec: str | tuple) -> tuple[str, int | None, str]
     if layer not in layers:
         raise ValueError(f"{model} has no layer {layer}; it has {layers}")
     return model, layer, which
+
+
+def match_model(result: Any, given: str) -> str:
+    """The model of ``result`` that ``given`` names: its name in the table, or what was passed to
+    ``--model`` (demo alias, hub id, relative or absolute path, or the short name of that path).
+
+    A path names the model whose cache was built from the same file or folder; only when no path
+    or spec matches is the short name compared, so "a/model" and "b/model" stay apart.
+    """
+    if given in result.models:
+        return given
+    sources = {model: _source_of(result, model) for model in result.models}
+    for same in (_same_path, _same_spec, _same_short_name):
+        found = [model for model, source in sources.items() if same(given, model, source)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise ValueError(f"{given!r} could be any of the models {found}; name one as it is written there")
+    raise ValueError(f"no model {given!r} in this result; it has {result.models}")
+
+
+def _source_of(result: Any, model: str) -> str:
+    """What the model's cache was built from: alias, hub id or absolute path (its name if unknown)."""
+    return str((result.model_config(model).get("source") or {}).get("model") or model)
+
+
+def _same_path(given: str, model: str, source: str) -> bool:
+    from pathlib import Path
+
+    path = Path(given).expanduser()
+    return path.exists() and source == str(path.resolve())
+
+
+def _same_spec(given: str, model: str, source: str) -> bool:
+    return source == given
+
+
+def _same_short_name(given: str, model: str, source: str) -> bool:
+    from .models import short_model_name
+
+    short = short_model_name(given)
+    return short in (model, short_model_name(source))
 
 
 def matched_layers(result: Any, a: str, b: str) -> list[tuple[int, int]]:

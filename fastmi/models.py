@@ -121,19 +121,18 @@ def resolve_spec(name: str, revision: str | None) -> tuple[Path | None, dict]:
             raise ValueError(f"revision={revision!r} applies to hub ids only, not to the local path {name}")
         return path, {}
     if _looks_like_path(name):
-        raise FileNotFoundError(f"model path not found: {name}" + _close_names(name))
+        raise FileNotFoundError(_did_you_mean(close_local_paths(name)) + f"model path not found: {name}")
+    _refuse_near_miss(name)  # before the hub is asked: a typo must not cost half a minute of retries
     kwargs: dict = {"revision": revision}
     if offline_requested():
         if not is_cached(name, revision):
             raise ModelNotAvailableError(
                 not_available_message(name, "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache")
-                + _close_names(name)
             )
     elif not hub_reachable():
         if not is_cached(name, revision):
             raise ModelNotAvailableError(
                 not_available_message(name, "the hub cannot be reached and it is not in the local Hugging Face cache")
-                + _close_names(name)
             )
         kwargs["local_files_only"] = True  # cached: no half-minute of retries to learn the hub is away
     return None, kwargs
@@ -145,9 +144,59 @@ def is_local_spec(spec: str | os.PathLike) -> bool:
     return name in DEMO_MODELS or Path(name).expanduser().exists()
 
 
-def _close_names(name: str) -> str:
-    close = difflib.get_close_matches(name, list(DEMO_MODELS), n=1, cutoff=0.7)
-    return f" (the demo models are named {', '.join(DEMO_MODELS)}: did you mean {close[0]!r}?)" if close else ""
+def short_model_name(spec: str | os.PathLike) -> str:
+    """The name a model goes by in tables, plots and ``fastmi compare``: a demo alias or hub id as
+    given, a folder by its name and a .gguf file by its name without the suffix (never the full path,
+    which says where the model lies, not which model it is)."""
+    name = os.fspath(spec)
+    if name in DEMO_MODELS:
+        return name
+    if not (Path(name).expanduser().exists() or _looks_like_path(name)):
+        return name  # a hub id: short already, and the folder name alone would drop its organisation
+    path = Path(name.rstrip("/\\"))
+    return path.stem if path.suffix.lower() == ".gguf" else path.name
+
+
+def _refuse_near_miss(name: str) -> None:
+    """Fail at once for a spec that reads like a typo of a demo alias or of a local folder.
+
+    Only a name that cannot be a hub id "ORG/NAME" counts as an alias typo: the hub stays reachable
+    for every id it could hold.  An "ORG/NAME" counts as a path typo when ORG is a folder here that
+    holds a close match of NAME.
+    """
+    if "/" not in name:
+        close = difflib.get_close_matches(name.lower(), list(DEMO_MODELS), n=1, cutoff=0.7)
+        if close:
+            raise ModelNotAvailableError(
+                f"did you mean {close[0]!r}? There is no model {name!r}: the demo models are "
+                f"{', '.join(DEMO_MODELS)}, a local path must exist, and a hub id reads ORG/NAME"
+            )
+        return
+    close = close_local_paths(name)
+    if close:
+        raise ModelNotAvailableError(
+            _did_you_mean(close) + f"There is no local directory {Path(name).expanduser().resolve()} "
+            f"(and {name!r} is taken for a mistyped path, so the hub was not asked)"
+        )
+
+
+def close_local_paths(name: str) -> list[str]:
+    """Existing files or folders beside where ``name`` points whose names are close to its own."""
+    path = Path(name).expanduser()
+    parent = path.parent
+    if not parent.is_dir():
+        return []
+    try:
+        siblings = [p.name for p in parent.iterdir()]
+    except OSError:
+        return []
+    close = difflib.get_close_matches(path.name, siblings, n=3, cutoff=0.7)
+    return [str(parent / c) if str(parent) != "." else c for c in close]
+
+
+def _did_you_mean(suggestions: list[str]) -> str:
+    """The suggestion first, so it is the first thing read on a long error line."""
+    return "did you mean " + " or ".join(suggestions) + "? " if suggestions else ""
 
 
 def _load(

@@ -8,11 +8,21 @@ model loads or a file is written.  The number of layers comes from the model's c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-__all__ = ["check_probe_settings", "check_extraction_arguments", "resolve_device"]
+from fastmi.defaults import DEFAULT_MAX_LENGTH
+
+__all__ = [
+    "check_probe_settings",
+    "check_extraction_arguments",
+    "check_output_dir",
+    "check_cache_dir",
+    "resolve_device",
+]
 
 
 def _positive_int(name: str, value, flag: str | None = None) -> None:
@@ -69,7 +79,7 @@ def check_extraction_arguments(
     layers="all",
     pooling: str = "mean",
     batch_size: int = 32,
-    max_length: int = 128,
+    max_length: int = DEFAULT_MAX_LENGTH,
     shard_rows: int | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
@@ -97,3 +107,42 @@ def check_extraction_arguments(
         except ValueError as err:
             raise ValueError(f"{spec}: {err}") from None
     return blocks
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse an output directory that could never be written, before any work (nothing is created).
+
+    Without this, an unwritable folder or one naming a file surfaced as a PermissionError or
+    FileExistsError traceback, and only after the model had loaded or the probe had trained.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a directory; name a directory")
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path} cannot be created: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "write in" if existing == path.absolute() else "create folders in"
+        raise ValueError(f"{flag} {path}: no permission to {what} {existing}; choose a directory you can write to")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (the one whose permissions decide)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_cache_dir(path: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> None:
+    """:func:`check_output_dir`, and refuse a folder holding other things than a cache, as
+    :func:`fastmi.extract` would once the model had loaded."""
+    check_output_dir(path, flag)
+    path = Path(path).expanduser()
+    if overwrite or not path.is_dir() or (path / "manifest.json").is_file():
+        return
+    if any(p.name not in (".lock", ".manifest.lock") for p in path.iterdir()):
+        raise ValueError(
+            f"{flag} {path} is not empty and holds no fastmi cache; choose another directory "
+            "(or pass --overwrite to use it anyway)"
+        )

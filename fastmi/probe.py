@@ -28,6 +28,7 @@ from .curves import check_curve, finish_curves, fit_curve_points
 from .evaluation import score_probes
 from .heldout import HeldOut
 from .memory import layer_groups, layers_per_group
+from .models import short_model_name
 from .precision import resolve_precision
 from .probe_heads import check_probe_form, fit_heads
 from .sampled_softmax import parse_train_softmax
@@ -66,7 +67,8 @@ class ProbeSource:
             vocab_size=int(meta["vocab_size"]),
             num_layers=int(meta.get("num_layers") or max(available) or 1),
             excluded_ids=[int(i) for i in meta.get("excluded_ids", [])],
-            model=str(meta.get("model", "model")),
+            # the short name, as a sweep gives it: the path says where the model lies, not which it is
+            model=short_model_name(meta.get("model", "model")),
             revision=meta.get("revision"),
             pooling=meta.get("pooling"),
             corpus_fingerprint=meta.get("corpus_fingerprint"),

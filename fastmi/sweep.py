@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastmi.defaults import DEFAULT_MAX_LENGTH
+
 from . import distributed
 from .corpus import Corpus
 from .interrupts import note_kept
@@ -32,7 +34,16 @@ from .result import RecoverabilityResult
 from .split import Split
 from .training import TrainConfig
 
-__all__ = ["ProbeSettings", "sweep", "probe_cache", "model_slug", "write_outputs", "load_or_make_split"]
+__all__ = [
+    "ProbeSettings",
+    "sweep",
+    "probe_cache",
+    "model_names",
+    "model_slug",
+    "renamed",
+    "write_outputs",
+    "load_or_make_split",
+]
 
 
 @dataclass
@@ -75,13 +86,52 @@ class ProbeSettings:
         return f"vocab-{re.sub(r'[^A-Za-z0-9]+', '', self.vocab)}-{digest}"
 
 
+def model_names(specs: Sequence[str]) -> list[str]:
+    """Each model's name in tables, plots and ``fastmi compare``: its short name
+    (:func:`fastmi.models.short_model_name`), or, where two clash, as many trailing folders of its
+    path as tell them apart ("a/model", "b/model").  A function of the specs alone, so a rerun of
+    the same sweep gives the same names."""
+    from .models import short_model_name
+
+    names = [short_model_name(spec) for spec in specs]
+    parts = [_path_parts(spec) for spec in specs]
+    depth = 1
+    while _clashing(names) and depth < max((len(p) for p in parts), default=0):
+        depth += 1
+        clash = _clashing(names)
+        names = ["/".join(p[-depth:]) if name in clash and len(p) >= depth else name for name, p in zip(names, parts)]
+    for name in _clashing(names):  # identical paths to the last folder: number them in order given
+        indices = [i for i, n in enumerate(names) if n == name]
+        for count, i in enumerate(indices[1:], start=2):
+            names[i] = f"{name}-{count}"
+    return names
+
+
+def _path_parts(spec: str) -> list[str]:
+    """The parts of a local model's absolute path, the .gguf suffix dropped; [] for an alias or hub id."""
+    from .models import DEMO_MODELS, is_local_spec
+
+    if spec in DEMO_MODELS or not is_local_spec(spec):
+        return []
+    path = Path(spec).expanduser().resolve()
+    last = path.stem if path.suffix.lower() == ".gguf" else path.name
+    return [*path.parent.parts[1:], last]
+
+
+def _clashing(names: list[str]) -> set[str]:
+    return {name for name in names if names.count(name) > 1}
+
+
 def model_slug(spec: str) -> str:
     """A directory name for a model spec: "org/name" -> "org--name", a path -> its last part."""
     text = str(spec).rstrip("/\\")
     if Path(text).expanduser().exists():
         text = Path(text).expanduser().name
-    text = text.replace("/", "--")
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "model"
+    return _slug_of(text)
+
+
+def _slug_of(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "--")) or "model"
 
 
 def load_or_make_split(out: Path, num_rows: int, fingerprint: str | None, settings: ProbeSettings) -> Split:
@@ -106,10 +156,20 @@ def load_or_make_split(out: Path, num_rows: int, fingerprint: str | None, settin
 
 
 def probe_cache(
-    cache: Any, split: Split, settings: ProbeSettings, done_path: Path | None = None, progress: bool = True
+    cache: Any,
+    split: Split,
+    settings: ProbeSettings,
+    done_path: Path | None = None,
+    progress: bool = True,
+    layers: Sequence[int] | None = None,
+    name: str | None = None,
 ) -> RecoverabilityResult:
-    """Probe one cache on ``split``; reuse ``done_path`` if it holds a result of the same settings."""
+    """Probe ``layers`` (default: all) of one cache on ``split``; reuse ``done_path`` if it holds a
+    result of the same settings.  ``name``: the model's name in the result (default: its short name)."""
+    from .models import short_model_name
     from .probe import recoverability
+
+    name = name or short_model_name(cache.metadata.get("model") or "model")
 
     identity = {
         key: cache.metadata.get(key)
@@ -125,14 +185,15 @@ def probe_cache(
         )
     }
     wanted = {"settings": settings.key(), "split": split.to_dict(), "cache": identity}
+    probed = sorted(int(layer) for layer in (cache.layers if layers is None else layers))
+    # Every layer of the model leaves the key as results have always had it, so those stay reusable.
+    if _layers_suffix(probed, int(cache.metadata.get("num_layers") or max(cache.layers))):
+        wanted["layers"] = probed
     if done_path is not None and done_path.exists():
         previous = RecoverabilityResult.from_json(done_path)
         if previous.config.get("sweep_key") == _jsonable(wanted) and previous.held_out:  # held_out: for comparisons
-            notice(
-                f"{previous.models[0] if previous.models else cache.metadata.get('model')}: reusing the "
-                f"finished results in {done_path}"
-            )
-            return previous
+            notice(f"{name}: reusing the finished results in {done_path}")
+            return renamed(previous, name)
     result = recoverability(
         cache,
         vocab=settings.vocab,
@@ -148,11 +209,27 @@ def probe_cache(
         train_softmax=settings.train_softmax,
         max_memory=settings.max_memory,
         curve=settings.curve,
+        layers=layers,
+        model=name,
     )
     result.config["sweep_key"] = _jsonable(wanted)
     if done_path is not None and distributed.context().is_main:
         result.to_json(done_path)
     return result
+
+
+def renamed(result: RecoverabilityResult, name: str) -> RecoverabilityResult:
+    """``result`` (one model's) under the model name ``name``: a stored result made when the model
+    went by another name (its full path, or a name since disambiguated) reads like a fresh one."""
+    if result.models == [name]:
+        return result
+    if len(result.models) != 1:
+        raise ValueError(f"renamed takes one model's result, not {result.models}")
+    rows = [{**row, "model": name} for row in result.table]
+    config = {**result.config, "model": name}
+    curves = [{**curve, "model": name} for curve in result.curves]
+    held_out = {name: next(iter(result.held_out.values()))} if result.held_out else None
+    return RecoverabilityResult(rows, config, held_out, curves)
 
 
 def _jsonable(value: Any) -> Any:
@@ -171,7 +248,7 @@ def sweep(
     pooling: str = "mean",
     layers: str | Sequence[int] = "all",
     batch_size: int = 32,
-    max_length: int = 128,
+    max_length: int = DEFAULT_MAX_LENGTH,
     dtype: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -189,21 +266,22 @@ def sweep(
     ``load_options``: keyword arguments for :func:`fastmi.load_model` (device, max_memory,
     offload_dir, gpus), for models placed by accelerate; default: ``settings.device``.
     """
-    from .extraction import extract
+    from .extraction import extract, parse_layers
     from .models import is_local_spec, load_model
-    from .preflight import check_extraction_arguments, check_probe_settings, resolve_device
+    from .preflight import check_extraction_arguments, check_output_dir, check_probe_settings, resolve_device
 
     if not models:
         raise ValueError("a sweep needs at least one model")
-    slugs = [model_slug(m) for m in models]
-    if len(set(slugs)) != len(slugs):
-        raise ValueError(f"models {list(models)} are not distinct")
+    _refuse_duplicates(models)
+    names = model_names(models)
+    slugs = _slugs(models, names)
     settings = settings or ProbeSettings()
     check_probe_settings(settings)  # before any extraction: a bad --vocab must not cost minutes
-    check_extraction_arguments(
+    out = Path(out)
+    check_output_dir(out)
+    blocks = check_extraction_arguments(
         models, layers, pooling, batch_size, max_length, shard_rows, revision, trust_remote_code, settings.device
     )
-    out = Path(out)
     if not isinstance(corpus, Corpus):
         corpus = Corpus.load(corpus, field=field, max_sentences=max_sentences)
     elif max_sentences is not None:
@@ -212,7 +290,7 @@ def sweep(
     out.mkdir(parents=True, exist_ok=True)
 
     results = []
-    for spec, slug in zip(models, slugs):
+    for spec, name, slug in zip(models, names, slugs):
         cache_dir = out / "cache" / slug
         rev = None if is_local_spec(spec) else revision
         cache = (
@@ -242,12 +320,43 @@ def sweep(
             del model
         else:
             notice(f"{spec}: the activation cache in {cache_dir} is complete; not loading the model")
-        done_path = out / "models" / slug / f"{settings.file_stem()}.json"
-        results.append(probe_cache(cache, split, settings, done_path, progress=progress))
+        wanted = parse_layers(layers, blocks[spec])
+        done_path = out / "models" / slug / f"{settings.file_stem()}{_layers_suffix(wanted, blocks[spec])}.json"
+        results.append(probe_cache(cache, split, settings, done_path, progress=progress, layers=wanted, name=name))
         note_kept(out / "models", f"the results of {len(results)} of {len(models)} models")
     combined = RecoverabilityResult.concat(results)
     write_outputs(combined, out, split)
     return combined
+
+
+def _refuse_duplicates(models: Sequence[str]) -> None:
+    """The same model twice ("minilm" twice, or "./m" and its absolute path) is a mistake."""
+    from .models import DEMO_MODELS, is_local_spec
+
+    seen = [
+        str(Path(m).expanduser().resolve()) if m not in DEMO_MODELS and is_local_spec(m) else str(m) for m in models
+    ]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"models {list(models)} are not distinct")
+
+
+def _slugs(models: Sequence[str], names: Sequence[str]) -> list[str]:
+    """Each model's folder under OUT: from its spec as before (so earlier sweeps are found again),
+    from its disambiguated name where two specs share one."""
+    slugs = [model_slug(m) for m in models]
+    slugs = [_slug_of(name) if slugs.count(slug) > 1 else slug for slug, name in zip(slugs, names)]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"models {list(models)} would share a folder under the output directory ({slugs})")
+    return slugs
+
+
+def _layers_suffix(layers: Sequence[int], num_layers: int) -> str:
+    """'' for every layer (the file name results have always had), else e.g. '-layers-0_6'."""
+    from .cache import format_layers
+
+    if list(layers) == list(range(num_layers + 1)):
+        return ""
+    return "-layers-" + re.sub(r"[^0-9-]+", "_", format_layers(list(layers)))
 
 
 def _finished_cache(

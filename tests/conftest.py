@@ -36,6 +36,17 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as each process of a multi-process run has (torchrun sets
+    OMP_NUM_THREADS=1): CPU matmuls split over threads round differently, and the multi-process
+    contract is the same bytes for the same arithmetic, however the rows are spread over processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -240,3 +240,134 @@ def test_tie_unseen_is_a_setting_of_its_own_with_the_same_bounds(tiny, tmp_path)
     for a, b in zip(untied.table, tied.table, strict=True):
         assert a["layer"] == b["layer"]
         assert b["ce_bits"] == pytest.approx(a["ce_bits"], abs=1e-3)
+
+
+# ---- output folders: refused in one line, before any work ---------------------------------------
+
+
+def _command_writing_to(command: str, out, model: str, corpus) -> list[str]:
+    """The command line of ``command`` with --out ``out`` (probe's cache need not exist: the output
+    folder is checked before the cache is opened)."""
+    arguments = {
+        "probe": ["--cache", str(out.parent / "no-cache")],
+        "sweep": ["--model", model, "--corpus", str(corpus), "--max-epochs", "1"],
+        "extract": ["--model", model, "--corpus", str(corpus)],
+        "demo": ["--max-epochs", "1"],
+    }[command]
+    return [command, *arguments, "--out", str(out), "--no-progress"]
+
+
+def _an_output_folder_that_cannot_be(kind: str, tmp_path, monkeypatch):
+    """An --out no process could write to.  Tests run as root, for whom chmod 0o500 changes nothing,
+    so a folder under a regular file stands for what the file system refuses, and os.access is made
+    to deny the parent folder for what permissions refuse."""
+    import os
+
+    regular = tmp_path / "notes.txt"
+    regular.write_text("not a folder\n")
+    if kind == "a file":
+        return regular, "is a file, not a directory"
+    if kind == "under a file":
+        return regular / "results", "notes.txt is a file, not a directory"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: str(path) != str(locked) and real_access(path, mode))
+    return locked / "results", f"no permission to create folders in {locked}"
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "unwritable"])
+@pytest.mark.parametrize("command", ["probe", "sweep", "extract", "demo"])
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_any_work(
+    command, kind, tiny, nothing_may_load, tmp_path, monkeypatch, capsys
+):
+    model, corpus = tiny
+    monkeypatch.setattr(fastmi.probe, "recoverability", lambda *a, **k: pytest.fail("the probe ran"))
+    out, problem = _an_output_folder_that_cannot_be(kind, tmp_path, monkeypatch)
+    assert main(_command_writing_to(command, out, model, corpus)) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fastmi {command}: error: --out {out}"), err
+    assert problem in err[0] and "Traceback" not in captured.err
+
+
+def test_extract_refuses_a_folder_of_other_files_before_the_model_loads(tiny, nothing_may_load, tmp_path, capsys):
+    model, corpus = tiny
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"\xff\xd8")
+    assert main(["extract", "--model", model, "--corpus", str(corpus), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not empty and holds no fastmi cache" in err[0] and "--overwrite" in err[0]
+
+
+def test_an_os_error_that_slips_past_the_checks_is_still_one_line(monkeypatch, tmp_path, capsys):
+    import fastmi.commands.report
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "results.png"))
+
+    monkeypatch.setattr(fastmi.commands.report, "run", denied)
+    assert main(["report", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"fastmi report: error: permission denied: {tmp_path / 'results.png'}"
+
+
+# ---- --layers: only the requested layers are probed ---------------------------------------------
+
+
+def test_sweep_layers_probes_only_those_of_a_cache_holding_every_layer(tiny, tmp_path, capsys):
+    model, corpus = tiny
+    out = tmp_path / "out"
+    base = ["sweep", "--model", model, "--corpus", str(corpus), "--out", str(out), *FAST]
+    assert main(base) == 0  # the cache now holds layers 0, 1 and 2
+    every = sorted((out / "models").glob("*/*.json"))
+    assert [r["layer"] for r in RecoverabilityResult.from_json(out / "results.json").table] == [0, 1, 2]
+    capsys.readouterr()
+
+    assert main([*base, "--layers", "0,2"]) == 0
+    assert "is complete; not loading the model" in capsys.readouterr().err
+    assert [r["layer"] for r in RecoverabilityResult.from_json(out / "results.json").table] == [0, 2]
+    # The results of every layer are kept beside those of the subset, not overwritten by them.
+    assert [r["layer"] for r in RecoverabilityResult.from_json(every[0]).table] == [0, 1, 2]
+    assert len(sorted((out / "models").glob("*/*.json"))) == 2
+
+    assert main(base) == 0  # every layer again: the first results are reused, not retrained
+    assert "reusing the finished results" in capsys.readouterr().err
+    assert [r["layer"] for r in RecoverabilityResult.from_json(out / "results.json").table] == [0, 1, 2]
+
+
+def test_probe_layers_probes_only_those_and_refuses_one_the_cache_lacks(tiny, tmp_path, capsys):
+    model, corpus = tiny
+    cache = fastmi.extract(model, fastmi.Corpus.from_text_file(corpus), cache_dir=tmp_path / "cache", progress=False)
+    out = tmp_path / "probe"
+    base = ["probe", "--cache", str(cache.directory), "--out", str(out), *FAST]
+    assert main([*base, "--layers", "last"]) == 0
+    assert [r["layer"] for r in RecoverabilityResult.from_json(out / "results.json").table] == [2]
+    partial = fastmi.extract(
+        model, fastmi.Corpus.from_text_file(corpus), cache_dir=tmp_path / "partial", layers="0", progress=False
+    )
+    capsys.readouterr()
+    assert (
+        main(["probe", "--cache", str(partial.directory), "--out", str(tmp_path / "p2"), *FAST, "--layers", "1"]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds layers 0, not 1" in err[0]
+    assert main(["probe", "--cache", str(partial.directory), "--out", str(tmp_path / "p2"), *FAST]) == 0  # all it holds
+
+
+def test_an_existing_output_folder_without_write_permission_is_named(tmp_path, monkeypatch):
+    """Permissions through os.access (root may write anywhere): the folder itself, given relatively."""
+    import os
+
+    from fastmi.preflight import check_output_dir
+
+    (tmp_path / "results").mkdir()
+    monkeypatch.chdir(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, **kw: not str(path).endswith("results") and real_access(path, mode)
+    )
+    with pytest.raises(ValueError, match=f"--out results: no permission to write in {tmp_path / 'results'}"):
+        check_output_dir("results")
+    check_output_dir("elsewhere")  # a folder still to be made in a writable one is fine, and is not made
+    assert not (tmp_path / "elsewhere").exists()

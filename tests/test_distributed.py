@@ -125,7 +125,7 @@ def test_two_processes_write_the_cache_one_process_writes(reference_cache, two_p
     assert manifest(two_process_cache)["targets"] == manifest(reference_cache.directory)["targets"]
 
 
-def test_two_processes_probe_to_the_same_table(setup, reference_cache, two_process_cache):
+def test_two_processes_probe_to_the_same_table(setup, reference_cache, two_process_cache, one_thread):
     root, _, _ = setup
     out = root / "probe-two"
     torchrun(["probe", "--cache", str(two_process_cache), "--out", str(out), *PROBE], root)
@@ -148,7 +148,7 @@ def test_two_processes_probe_to_the_same_table(setup, reference_cache, two_proce
     assert_tables_match(mine.table, result.table)
 
 
-def test_two_process_sweep_of_two_models_gives_the_one_process_results(setup):
+def test_two_process_sweep_of_two_models_gives_the_one_process_results(setup, one_thread):
     root, corpus, models = setup
     args = [
         "sweep",

@@ -52,7 +52,7 @@ def _worker(rank: int, root: str, model: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def test_api_under_an_initialised_process_group(tmp_path, monkeypatch):
+def test_api_under_an_initialised_process_group(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("FASTMI_HOME", str(tmp_path / "home"))
     model = str(make_tiny_model("gpt2", tmp_path / "gpt2", hidden=16, layers=3))
     # One process first: its cache, and its probe saved group by group; then two groups are lost.

@@ -54,3 +54,70 @@ def test_print_summary_prints_the_hint_after_the_table():
     stream = io.StringIO()
     print_summary(result(["", "", ""]), {}, stream=stream)
     assert "hint" not in stream.getvalue()
+
+
+# ---- every hint names a command line that works --------------------------------------------------
+
+# The commands that print a probe's hints, with what each of them requires besides.
+PRINTED_BY = {
+    "probe": ["--cache", "runs/cache", "--out", "runs/probe"],
+    "sweep": ["--model", "minilm", "--out", "runs/sweep"],
+    "demo": [],
+}
+
+
+def printed_hints(capsys) -> list[str]:
+    """Every hint the code prints after a probe: the epoch cap reached, and most layers vacuous."""
+    from fastmi.convergence import warn_unconverged
+
+    capsys.readouterr()
+    warn_unconverged("m", [{"layer": 1, "converged": False}, {"layer": 2, "converged": True}], 40)
+    unconverged = capsys.readouterr().err.strip()
+    return [unconverged, vacuous_hint(result([ALL, ALL, ALL]))]
+
+
+def hint_options(hint: str, parser) -> list[tuple[str, str | None]]:
+    """The options a hint names, each with its value (None for a flag that takes none)."""
+    actions = {flag: action for action in parser._actions for flag in action.option_strings}
+    words = hint.split()
+    options = []
+    for i, word in enumerate(words):
+        if word.startswith("--"):
+            flag = word.rstrip(".,;:)")
+            takes_value = flag in actions and actions[flag].nargs != 0
+            options.append((flag, words[i + 1].rstrip(".,;:)") if takes_value else None))
+    return options
+
+
+def test_every_hint_names_options_its_commands_accept(capsys):
+    from fastmi.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    hints = printed_hints(capsys)
+    assert "--max-epochs 80" in hints[0] and "--vocab top:" in hints[1]  # the hints this test is about
+    for command, required in PRINTED_BY.items():
+        for hint in hints:
+            options = hint_options(hint, commands[command])
+            assert options, hint
+            arguments = [word for option in options for word in option if word is not None]
+            parsed = parser.parse_args([command, *required, *arguments])  # argparse exits on an unknown option
+            for flag, value in options:
+                if value is not None:
+                    assert str(getattr(parsed, flag[2:].replace("-", "_"))) == value, (command, flag)
+
+
+def test_demo_passes_its_probe_options_to_the_sweep(monkeypatch, tmp_path):
+    import fastmi.sweep
+    from fastmi.cli import main
+
+    seen = {}
+
+    def record(models, corpus, out, settings, **kwargs):
+        seen.update(settings=settings, **kwargs)
+        return result(["", "", ""])
+
+    monkeypatch.setattr(fastmi.sweep, "sweep", record)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--max-epochs", "80", "--no-progress"]) == 0
+    assert seen["settings"].train.max_epochs == 80 and seen["settings"].vocab == "top:512"
+    assert seen["progress"] is False and seen["overwrite"] is False

@@ -154,3 +154,49 @@ def test_no_progress_silences_the_gguf_conversion_bar(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "de-quantizing" in err and "Loading weights" not in err
     assert model_num_layers(path) == 2
+
+
+@pytest.fixture
+def hub_must_not_be_asked(monkeypatch):
+    """HF_HUB_OFFLINE unset, as for a user; any look at the hub or its cache fails the test."""
+    import transformers
+
+    def asked(*args, **kwargs):
+        raise AssertionError("the hub was asked about a mistyped model")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(fastmi.hub, "hub_reachable", asked)
+    monkeypatch.setattr(fastmi.hub, "is_cached", asked)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", asked)
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("minilmm", "minilm"), ("MiniLM", "minilm"), ("smolm2", "smollm2")])
+def test_a_mistyped_alias_fails_at_once_leading_with_the_suggestion(
+    typed, meant, hub_must_not_be_asked, tmp_path, capsys
+):
+    from fastmi.cli import main
+
+    out = tmp_path / "out"
+    assert main(["sweep", "--model", typed, "--corpus", "demo", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fastmi sweep: error: did you mean {meant!r}?"), err
+    assert not out.exists()
+
+
+def test_a_mistyped_folder_under_a_local_folder_fails_without_the_hub(
+    llama, hub_must_not_be_asked, tmp_path, monkeypatch
+):
+    shutil.copytree(llama, tmp_path / "runs" / "mymodel")
+    monkeypatch.chdir(tmp_path)
+    for typed in ("runs/mymodle", "./runs/mymodle"):
+        with pytest.raises((ModelNotAvailableError, FileNotFoundError)) as err:
+            model_num_layers(typed)
+        assert str(err.value).startswith("did you mean runs/mymodel?"), typed
+
+
+def test_a_hub_id_is_still_tried_even_when_close_to_an_alias(online_but_no_hub, tmp_path):
+    """Only a name that cannot be a hub id counts as a typo: ORG/NAME and plain legacy ids ask the hub."""
+    for hub_id in ("someone/minilmm", "gpt2"):
+        with pytest.raises(ModelNotAvailableError, match="the hub cannot be reached"):
+            model_num_layers(hub_id)

@@ -4,7 +4,9 @@ Each bound's difference A - B comes with a paired bootstrap interval over the he
 the two share (every model of a sweep is scored on the same ones).  A and B are 'model' (all
 depths, each matched to the other model's nearest relative depth) or 'model:LAYER' with LAYER an
 integer, 'first', 'last' or 'peak' (the interior layer of lowest validation cross-entropy).  Models
-with different tokenizers are compared on recoverable fractions (bound / own H(T)).  Examples:
+with different tokenizers are compared on recoverable fractions (bound / own H(T)).  A model is
+named as in the table, or as it was passed to --model (demo alias, hub id, relative or absolute
+path, or a .gguf file's name without the suffix).  Examples:
 
     fastmi compare --out runs/demo minilm smollm2
     fastmi compare --out runs/demo smollm2:peak smollm2:last
@@ -19,7 +21,12 @@ HELP = "difference of each bound between two layers or two models, with paired b
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="directory holding results.json (from probe, sweep or demo)")
-    parser.add_argument("a", metavar="A", help="'model' or 'model:LAYER' (LAYER: integer, first, last, peak)")
+    parser.add_argument(
+        "a",
+        metavar="A",
+        help="'model' or 'model:LAYER' (LAYER: integer, first, last, peak); model: its name in the table "
+        "or what was passed to --model",
+    )
     parser.add_argument("b", metavar="B", help="the same for the other side; the table shows A - B")
     parser.add_argument("--level", type=float, default=0.95, help="two-sided level of each interval")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")

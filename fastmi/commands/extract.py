@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from fastmi.defaults import DEFAULT_MAX_LENGTH
+
 from ._placement_options import add_placement_arguments, load_options
 
 HELP = "pool each layer's hidden states over a corpus into an activation cache"
@@ -53,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="'all', 'last', a list '0,3,6', a range '2-5', or a mix; 0 is the embedding output",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence (longer ones are truncated)")
+    parser.add_argument(
+        "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per sentence (longer ones are truncated)"
+    )
     parser.add_argument(
         "--device",
         default=None,
@@ -95,9 +99,14 @@ def run(args: argparse.Namespace) -> int:
     from ..corpus import Corpus
     from ..extraction import extract
     from ..models import load_model
-    from ..preflight import check_extraction_arguments, resolve_device
+    from ..paths import activations_home
+    from ..preflight import check_cache_dir, check_extraction_arguments, resolve_device
 
     started = time.perf_counter()
+    if args.out is None:
+        check_cache_dir(activations_home(), overwrite=True, flag="the activation cache folder")
+    else:
+        check_cache_dir(args.out, args.overwrite)
     check_extraction_arguments(
         [args.model],
         args.layers,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from fastmi.defaults import DEFAULT_MAX_LENGTH
+
 from ._placement_options import add_placement_arguments, load_options
 from ._probe_options import add_probe_arguments, probe_settings
 
@@ -38,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--layers", default="all", help="'all', 'last', '0,3,6', '2-5'; 0 is the embedding output")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence (longer ones are truncated)")
+    parser.add_argument(
+        "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per sentence (longer ones are truncated)"
+    )
     parser.add_argument(
         "--dtype",
         default=None,
