@@ -40,6 +40,7 @@ __all__ = [
     "finish_curves",
     "is_data_limited",
     "draw_curves",
+    "shown_layers",
     "CURVE_COLUMNS",
 ]
 
@@ -180,27 +181,74 @@ def finish_curves(rows: list[dict], points: list[dict]) -> list[dict]:
     return sorted(points, key=lambda p: (p["model"], p["layer"], p["n_train"]))
 
 
-def draw_curves(ax: Any, result: Any, fraction: bool, colors: Sequence) -> None:
-    """The curves panel: the variational bound against n_train, one line per layer, in the model's
-    colour; lines fade from the first layer to the last, data-limited layers are drawn solid."""
-    column = "variational_frac" if fraction else "variational_bits"
-    for i, model in enumerate(result.models):
-        mine = [p for p in result.curves if p["model"] == model]
-        layers = sorted({p["layer"] for p in mine})
-        limited = {r["layer"]: r.get("data_limited") for r in result.table if r["model"] == model}
-        for j, layer in enumerate(layers):
-            line = sorted((p for p in mine if p["layer"] == layer), key=lambda p: p["n_train"])
-            ax.plot(
-                [p["n_train"] for p in line],
-                [p[column] for p in line],
-                color=colors[i % len(colors)],
-                alpha=0.25 + 0.75 * (j + 1) / len(layers),
-                linewidth=1.0,
-                marker=".",
-                markersize=3,
-                linestyle="-" if limited.get(layer) else ":",
-            )
+def draw_curves(
+    figure: Any, result: Any, models: Sequence[str], fraction: bool, colors: Sequence, per_row: int = 4
+) -> list:
+    """The sample-size panels, one per model in ``models`` (``per_row`` side by side), on ``figure``
+    (a matplotlib Figure or SubFigure); returns their axes.
+
+    A panel draws a few layers, not all of them: told apart only by shade, 30 lines of one colour
+    cannot be read.  The first, the peak (highest bound at the full n_train), the middle and the last
+    layer (:func:`shown_layers`), each in its own colour and named in the panel's legend with whether
+    it is data_limited (solid) or not (dotted); the band is the lower confidence value.  The title
+    counts the model's data-limited layers, all of them.
+    """
+    columns = ("variational_frac", "variational_lcb_frac") if fraction else ("variational_bits", "variational_lcb")
+    rows = -(-len(models) // per_row)
+    axes = figure.subplots(rows, min(len(models), per_row), sharey=True, squeeze=False).ravel()
+    for ax in axes[len(models) :]:
+        ax.remove()
+    for ax, model in zip(axes, models):
+        i = list(result.models).index(model)
+        _draw_model_curves(ax, result, model, columns, colors[i % len(colors)])
+    for ax in axes[: len(models) : min(len(models), per_row)]:
+        ax.set_ylabel("variational bound, fraction of H(T)" if fraction else "variational bound [bits]")
+    return list(axes[: len(models)])
+
+
+_ROLE_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")  # Dark2: apart from the models' tab10 colours
+
+
+def shown_layers(points: Sequence[dict], column: str = "variational_bits") -> list[tuple[int, str]]:
+    """``[(layer, role), ...]`` drawn for one model's curve points, by layer: the first, the peak
+    (highest ``column`` at its largest n_train), the middle and the last; a layer with two roles is
+    named once with both, so there are at most four."""
+    layers = sorted({p["layer"] for p in points})
+    if not layers:
+        return []
+    at_full = {}
+    for p in sorted(points, key=lambda p: p["n_train"]):
+        at_full[p["layer"]] = p[column]  # the largest n_train wins
+    peak = max(layers, key=lambda layer: (at_full[layer], -layer))
+    roles: dict[int, list[str]] = {}
+    middle = layers[len(layers) // 2]
+    for layer, role in ((layers[0], "first"), (peak, "peak"), (middle, "middle"), (layers[-1], "last")):
+        roles.setdefault(layer, []).append(role)
+    return [(layer, ", ".join(names)) for layer, names in sorted(roles.items())]
+
+
+def _draw_model_curves(ax: Any, result: Any, model: str, columns: tuple[str, str], model_color) -> None:
+    point, lcb = columns
+    mine = [p for p in result.curves if p["model"] == model]
+    limited = {r["layer"]: bool(r.get("data_limited")) for r in result.table if r["model"] == model}
+    for j, (layer, role) in enumerate(shown_layers(mine, point)):
+        line = sorted((p for p in mine if p["layer"] == layer), key=lambda p: p["n_train"])
+        n = [p["n_train"] for p in line]
+        color = _ROLE_COLORS[j % len(_ROLE_COLORS)]
+        ax.fill_between(n, [p[lcb] for p in line], [p[point] for p in line], color=color, alpha=0.15, linewidth=0)
+        ax.plot(
+            n,
+            [p[point] for p in line],
+            color=color,
+            linewidth=1.8,
+            marker="o",
+            markersize=3.5,
+            linestyle="-" if limited.get(layer) else ":",
+            label=f"layer {layer} ({role})" + (", data_limited" if limited.get(layer) else ""),
+        )
+    count = sum(limited.values())
+    ax.set_title(f"{model}: {count} of {len(limited)} layers data_limited", fontsize=10, color=model_color)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("training sentences (n_train)")
-    ax.set_title("variational bound vs n_train\n(solid: data_limited; darker: deeper)", fontsize=10)
+    ax.legend(fontsize=8, loc="best", framealpha=0.8)
     ax.grid(True, alpha=0.3)

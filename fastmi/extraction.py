@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import torch
 from . import __version__, distributed
 from .cache import ActivationCache, CacheWriter, default_cache_dir, resolve_cache_dtype
 from .corpus import Corpus
+from .defaults import DEFAULT_MAX_LENGTH
 from .hooks import LayerPooler, find_layer_taps, forward_parameters, hidden_states_pooled
 from .kernels.reference import POOL_MODES
 from .notices import notice
@@ -55,7 +56,7 @@ def extract(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     batch_size: int = 32,
-    max_length: int = 128,
+    max_length: int = DEFAULT_MAX_LENGTH,
     progress: bool = True,
     shard_rows: int | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
@@ -77,6 +78,8 @@ def extract(
     the unit of work and of resumption.  ``verify`` checks once, on a few sentences, that the taps
     reproduce ``output_hidden_states=True`` of the same model.  ``cache_dtype``: fp32 | bf16 | fp16,
     how the pooled embeddings are stored (pooling itself is always fp32; part of the identity).
+    ``progress``: a bar in sentences that moves after every batch; under torch.distributed rank 0
+    alone draws it, counting the sentences of every rank (:class:`_progress`).
     """
     if pooling not in POOL_MODES:
         raise ValueError(f"pooling must be one of {POOL_MODES}, got {pooling!r}")
@@ -157,11 +160,12 @@ def extract(
             name = loaded.name if ctx.world == 1 else f"{loaded.name} ({ctx.world} processes)"
             with _progress(sum(sizes.values()), progress, name) as bar:
                 for shard, missing in distributed.take_turns(todo, queue, ctx):
-                    writer.write_shard(shard, run.shard(writer.shard_range(shard), missing, shard))
+                    pooled = run.shard(writer.shard_range(shard), missing, shard, on_batch=bar.batch_done)
+                    writer.write_shard(shard, pooled)
                     if progress and ctx.world > 1:  # all ranks' rows: the manifest was just re-read and merged
-                        bar.update(sum(sizes[s] for s, m in todo if not writer.missing_layers(s, m)) - bar.done)
+                        bar.shards_done(sum(sizes[s] for s, m in todo if not writer.missing_layers(s, m)))
                     elif progress:
-                        bar.update(sizes[shard])
+                        bar.shards_done(bar.listed + sizes[shard])
         distributed.barrier()  # every rank's units are listed before anyone reads the cache
     finally:
         writer.close()  # rank 0 releases the run lock only once all ranks are done
@@ -383,8 +387,11 @@ class _Run:
         return collate([self.token_lists[r] for r in rows], self.pad_id, self.side, self.input_device, self.parameters)
 
     @torch.inference_mode()
-    def shard(self, row_range: tuple[int, int], layers: list[int], shard: int) -> dict[int, np.ndarray]:
-        """fp32 [rows, d] per layer for corpus rows ``row_range``, in corpus order."""
+    def shard(
+        self, row_range: tuple[int, int], layers: list[int], shard: int, on_batch: Callable[[int], None] | None = None
+    ) -> dict[int, np.ndarray]:
+        """fp32 [rows, d] per layer for corpus rows ``row_range``, in corpus order; ``on_batch(rows)``
+        after each batch (a shard of a large model takes minutes)."""
         start, stop = row_range
         out = {l: np.zeros((stop - start, self.loaded.hidden_size), dtype=np.float32) for l in layers}
         with LayerPooler(self.loaded.model, self.taps, layers, self.pooling) as pooler:
@@ -394,6 +401,8 @@ class _Run:
                 for layer in layers:
                     _check_finite(pooled[layer], layer, shard, b, rows)
                     out[layer][positions] = pooled[layer]
+                if on_batch is not None:
+                    on_batch(len(rows))
         return out
 
     def verify_taps(self, layers: list[int]) -> None:
@@ -441,10 +450,18 @@ def _check_finite(values: np.ndarray, layer: int, shard: int, batch: int, rows: 
 
 
 class _progress:
-    """A tqdm bar in sentences, or nothing."""
+    """A tqdm bar in sentences, or nothing.
+
+    It moves after every batch, not every shard: one shard of a large model is minutes of work.  The
+    total is every unfinished sentence of every rank; under torch.distributed only rank 0 draws, so
+    its own sentences count batch by batch and the other ranks' as their shards are listed in the
+    manifest (which rank 0 reads whenever it finishes a shard of its own).
+    """
 
     def __init__(self, total: int, enabled: bool, name: str) -> None:
         self.bar = None
+        self.listed = 0  # sentences of shards listed as finished, by any rank
+        self.running = 0  # sentences of this rank's current shard done so far
         if enabled:
             from tqdm.auto import tqdm
 
@@ -453,13 +470,18 @@ class _progress:
     def __enter__(self):
         return self
 
-    @property
-    def done(self) -> int:
-        return int(self.bar.n) if self.bar is not None else 0
+    def batch_done(self, rows: int) -> None:
+        self.running += int(rows)
+        self._show()
 
-    def update(self, n) -> None:
-        if self.bar is not None and n:
-            self.bar.update(int(n))
+    def shards_done(self, listed: int) -> None:
+        """``listed``: sentences of every shard now listed, this rank's just finished one included."""
+        self.listed, self.running = max(self.listed, int(listed)), 0
+        self._show()
+
+    def _show(self) -> None:
+        if self.bar is not None and self.listed + self.running > self.bar.n:
+            self.bar.update(self.listed + self.running - self.bar.n)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

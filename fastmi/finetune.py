@@ -12,18 +12,24 @@ OUT holds, in the standard ``from_pretrained`` layout:
 * OUT/adapter/: the PEFT LoRA adapter (``PeftModel.from_pretrained(base, OUT/adapter)``), with ``--lora``;
 * OUT/recoverability/: the probes (:func:`fastmi.trainer.load_probe`);
 * OUT/checkpoints/: the Trainer's checkpoints: a killed run resumes from the last one;
-* OUT/log.jsonl: every Trainer log line; OUT/finetune.json (written last: the run is finished).
+* OUT/log.jsonl: every Trainer log line; OUT/finetune.json (written last: the run is finished), with
+  the settings, among them ``max_length``: a sweep of OUT should truncate where training did.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .defaults import DEFAULT_MAX_LENGTH
+from .notices import notice
 
 __all__ = ["FinetuneConfig", "finetune", "training_source", "load_trainable"]
 
@@ -46,7 +52,7 @@ class FinetuneConfig:
     lora: bool = True  # LoRA adapters (peft) or full fine-tuning
     lora_r: int = 16
     batch_size: int = 8
-    max_length: int = 48
+    max_length: int = DEFAULT_MAX_LENGTH  # the same as extract's and sweep's: score what was trained on
     seed: int = 0  # split, initialisation, data order, masking
     test_fraction: float = 0.2  # held-out share of the split (as in fastmi sweep)
     pooling: str = "mean"
@@ -138,8 +144,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 
     source = training_source(config.model)
     model, tokenizer, kind, missing = load_trainable(source, config.seed)
-    if missing:
-        print(
+    if missing:  # a notice: said once under torchrun, not once per rank
+        notice(
             f"finetune: {len(missing)} weights of the {kind} head are not in {source} and start at random "
             f"(seed {config.seed}): {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
         )
@@ -179,7 +185,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         bf16=config.bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
+        **_checkpointing_argument(TrainingArguments, config.gradient_checkpointing),
         disable_tqdm=not config.progress,
         use_cpu=not torch.cuda.is_available(),
     )
@@ -205,6 +211,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         "source": source,
         "kind": kind,
         "layers": layers,
+        "max_length": config.max_length,  # tokens per sentence trained on (also in "config")
         "train_sentences": len(train),
         "missing_weights": missing,
         "train_runtime_s": result.metrics.get("train_runtime"),
@@ -228,10 +235,21 @@ def _with_lora(model, config: FinetuneConfig, kind: str, missing: list[str]):
         task_type=TaskType.CAUSAL_LM if kind == "decoder" else None,
         modules_to_save=heads or None,
     )
-    model = get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # peft reads the model's is_gradient_checkpointing, which transformers 5 renamed (a
+        # FutureWarning on every run, about code neither fastmi nor the user wrote).
+        warnings.filterwarnings("ignore", r"`is_gradient_checkpointing` is deprecated", FutureWarning)
+        model = get_peft_model(model, lora)
     if config.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     return model
+
+
+def _checkpointing_argument(arguments_class, enabled: bool) -> dict[str, bool]:
+    """TrainingArguments' switch for recomputing activations in the backward, under its current name:
+    transformers 5 calls it ``activation_checkpointing`` and warns at every use of the old one."""
+    names = {field.name for field in dataclasses.fields(arguments_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
 def _check_config(config: FinetuneConfig) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .defaults import DEFAULT_MAX_LENGTH
+
 __all__ = ["demo_topics", "topic_probe_correct", "lm_token_losses", "bootstrap_interval"]
 
 
@@ -96,7 +98,7 @@ def lm_token_losses(
     tokenizer,
     sentences: Sequence[str],
     kind: str,
-    max_length: int = 48,
+    max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = 16,
     seed: int = 0,
     mlm_probability: float = 0.15,

@@ -195,3 +195,65 @@ def test_bad_arguments_fail_before_anything_is_written(model_dirs, tmp_path):
         with pytest.raises(ValueError, match=match):
             fastmi.extract(loaded, ["w1 w2"], cache_dir=tmp_path / "c", progress=False, **kwargs)
     assert not (tmp_path / "c").exists()
+
+
+class RecordingBar:
+    """Stands in for tqdm: every update, and what was written to the cache by then."""
+
+    bars: list[RecordingBar] = []
+
+    def __init__(self, total, **kwargs):
+        self.total, self.n, self.updates, self.closed = total, 0, [], False
+        RecordingBar.bars.append(self)
+
+    def update(self, n):
+        self.n += n
+        self.updates.append(n)
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_progress_bar_counts_sentences_batch_by_batch_not_shard_by_shard(model_dirs, tmp_path, monkeypatch):
+    """One shard of a large model is minutes: a bar moved per shard sat at 0/1000 for 9.5 minutes."""
+    import tqdm.auto
+
+    from fastmi.cache import CacheWriter
+
+    loaded = tiny_loaded(model_dirs["gpt2"])  # before the stand-in: transformers' loading bar iterates
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    RecordingBar.bars = []
+    written_at = []  # the bar's count whenever a shard is written
+    real_write = CacheWriter.write_shard
+    monkeypatch.setattr(
+        CacheWriter, "write_shard", lambda self, *a: written_at.append(RecordingBar.bars[-1].n) or real_write(self, *a)
+    )
+    fastmi.extract(loaded, random_sentences(12), cache_dir=tmp_path / "c", batch_size=3, shard_rows=12, progress=True)
+    (bar,) = RecordingBar.bars
+    assert bar.total == 12 and bar.n == 12 and bar.closed
+    assert bar.updates == [3, 3, 3, 3]  # every batch, in sentences
+    assert written_at == [12]  # all of it moved before the one shard was finished
+
+
+def test_the_bar_of_rank_0_adds_its_batches_to_every_rank_s_listed_shards(monkeypatch):
+    """Under torchrun rank 0 draws the total of all ranks: its own sentences batch by batch, the
+    others' as their shards are listed; it never moves back."""
+    import tqdm.auto
+
+    from fastmi.extraction import _progress
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    RecordingBar.bars = []
+    with _progress(40, True, "m (2 processes)") as bar:
+        bar.batch_done(4)
+        bar.batch_done(4)  # rank 0's shard 0 (10 rows) is 8 rows in
+        assert RecordingBar.bars[0].n == 8
+        bar.shards_done(10 + 10)  # it finished shard 0; rank 1 had finished shard 1 meanwhile
+        assert RecordingBar.bars[0].n == 20
+        bar.batch_done(4)
+        bar.shards_done(20)  # a stale count cannot take back rows
+        assert RecordingBar.bars[0].n == 24
+    with _progress(40, False, "m") as quiet:
+        quiet.batch_done(4)
+        quiet.shards_done(10)
+    assert len(RecordingBar.bars) == 1 and RecordingBar.bars[0].closed

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from fastmi.cli import main
+from fastmi.cli import build_parser, main
+from fastmi.defaults import DEFAULT_MAX_LENGTH
 from fastmi.loss import MultiLayerRecoverabilityLoss
 from fastmi.trainer import RecoverabilityTrainer, TokenMarginal, load_probe, scale_gradient
 from tests.tiny import make_tiny_model, random_sentences
@@ -160,6 +161,7 @@ def test_fastmi_finetune_end_to_end_writes_a_model_extract_reads(tmp_path, monke
 
     done = json.loads((out / "finetune.json").read_text())
     assert done["layers"] == [1, 2] and done["kind"] == ("decoder" if arch == "llama" else "encoder")
+    assert done["max_length"] == done["config"]["max_length"] == DEFAULT_MAX_LENGTH  # what a sweep of OUT needs
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert any("variational_bound_bits/layer_2" in entry for entry in log)
     assert (out / "recoverability" / "recoverability_probe.safetensors").is_file()
@@ -219,3 +221,39 @@ def test_trainer_warns_of_frozen_hidden_states_only_when_the_model_is_frozen(tmp
             trainer.train()
         warned = any(issubclass(w.category, FrozenHiddenStatesWarning) for w in caught)
         assert warned == (frozen and lam > 0), (frozen, lam)
+
+
+def test_finetune_truncates_where_sweep_and_extract_do_by_default():
+    """A sweep of a fine-tuned model scores the text it was trained on unless a length is chosen."""
+    import inspect
+
+    import fastmi
+    from fastmi.finetune import FinetuneConfig
+    from fastmi.sweep import sweep
+
+    parser = build_parser()
+    finetune_cli = parser.parse_args(["finetune", "--model", "m", "--out", "o"]).max_length
+    sweep_cli = parser.parse_args(["sweep", "--model", "m", "--out", "o"]).max_length
+    extract_api = inspect.signature(fastmi.extract).parameters["max_length"].default
+    sweep_api = inspect.signature(sweep).parameters["max_length"].default
+    assert finetune_cli == FinetuneConfig(model="m", out="o").max_length == DEFAULT_MAX_LENGTH
+    assert finetune_cli == sweep_cli == extract_api == sweep_api
+    assert parser.parse_args(["finetune", "--model", "m", "--out", "o", "--max-length", "32"]).max_length == 32
+
+
+@pytest.mark.parametrize("extra", [[], ["--gradient-checkpointing"]])
+def test_fastmi_finetune_emits_no_future_warning(tmp_path, monkeypatch, extra):
+    """transformers 5 renamed gradient_checkpointing (TrainingArguments) and is_gradient_checkpointing
+    (read by peft): every run printed a FutureWarning about code the user never wrote."""
+    import warnings
+
+    monkeypatch.setenv("FASTMI_HOME", str(tmp_path / "home"))
+    model_dir = make_tiny_model("llama", tmp_path / "llama", hidden=16, layers=2)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(random_sentences(20, seed=2)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = _finetune(["--model", str(model_dir), "--corpus", str(corpus), "--out", str(tmp_path / "o"), *extra])
+    assert code == 0
+    future = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if issubclass(w.category, FutureWarning)]
+    assert future == []

@@ -9,11 +9,16 @@ Then compare with `fastmi sweep --model BASE --model OUT ...`.  Example:
 
     fastmi finetune --model minilm --corpus demo --max-sentences 1000 --layers 3 --lambda 1 \\
         --steps 200 --full --lr 5e-5 --out runs/minilm-recover
+
+That takes over 20 minutes on 2 CPU cores; a first run of about a minute (20 steps, 200 sentences,
+32 tokens) is in docs/finetune.md.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from ..defaults import DEFAULT_MAX_LENGTH
 
 HELP = "fine-tune a model with lambda * recoverability added to its own (causal or masked) LM loss"
 
@@ -56,7 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --lora, write only the adapter (OUT/adapter), not merged weights in OUT",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="sentences per step")
-    parser.add_argument("--max-length", type=int, default=48, help="tokens per sentence (longer ones are truncated)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help="tokens per sentence, longer ones truncated (default: %(default)s, as in sweep and extract, so that a "
+        "sweep of OUT scores the text it was trained on; recorded in OUT/finetune.json)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, data order and masking")
     parser.add_argument(
         "--test-fraction", type=float, default=0.2, help="held-out share of the split, never trained on"
