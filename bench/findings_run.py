@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from fastmi.cache import ActivationCache
-from fastmi.claims import claims_to_json, evaluate_claims, format_claims
-from fastmi.comparison import compare
-from fastmi.result import RecoverabilityResult
-from fastmi.split import Split
+from fastmi.activations.cache import ActivationCache
+from fastmi.data.split import Split
+from fastmi.probe.training import TrainConfig
+from fastmi.results.result import RecoverabilityResult
+from fastmi.stats.claims import claims_to_json, evaluate_claims, format_claims
+from fastmi.stats.comparison import compare
 from fastmi.sweep import write_outputs
-from fastmi.training import TrainConfig
 
 
 class CacheHead:
@@ -126,7 +126,7 @@ def main() -> None:
             results[i] = renamed(results[i], old, new)
         combined, split = RecoverabilityResult.concat(results), None
     else:
-        from fastmi.probe import recoverability
+        from fastmi.probe.recoverability import recoverability
 
         caches = {name: ActivationCache.open(d) for name, d in (c.split("=", 1) for c in args.cache)}
         available = min(finished_rows(c) for c in caches.values())

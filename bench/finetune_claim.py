@@ -38,8 +38,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=48)
     args = p.parse_args()
 
-    from fastmi.corpus import Corpus
-    from fastmi.split import Split
+    from fastmi.data.corpus import Corpus
+    from fastmi.data.split import Split
     from fastmi.sweep import ProbeSettings, sweep
 
     work, report = Path(args.work), Path(args.report)
@@ -109,7 +109,7 @@ def _run_info(spec: str) -> dict:
 def paired_bounds(result, names: dict[str, str]) -> dict:
     """(a) with intervals: per layer, treatment - control and treatment - base of the variational
     bound, paired over the held-out sentences that every model of the sweep shares (fastmi.compare)."""
-    from fastmi.comparison import compare
+    from fastmi.stats.comparison import compare
 
     out = {}
     for a, b in (("treatment", "control"), ("treatment", "base"), ("control", "base")):
@@ -123,14 +123,14 @@ def paired_bounds(result, names: dict[str, str]) -> dict:
 
 
 def paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> list[float]:
-    from fastmi.finetune_eval import bootstrap_interval
+    from fastmi.finetune.evaluation import bootstrap_interval
 
     return list(bootstrap_interval(lambda rows: float(a[rows].mean() - b[rows].mean()), a.size, seed=seed))
 
 
 def topic_stage(arms, work: Path, split, args, layers) -> dict:
-    from fastmi.cache import ActivationCache
-    from fastmi.finetune_eval import bootstrap_interval, demo_topics, topic_probe_correct
+    from fastmi.activations.cache import ActivationCache
+    from fastmi.finetune.evaluation import bootstrap_interval, demo_topics, topic_probe_correct
     from fastmi.sweep import model_slug
 
     _, labels, names = demo_topics(args.max_sentences)
@@ -156,8 +156,8 @@ def topic_stage(arms, work: Path, split, args, layers) -> dict:
 def lm_stage(arms, corpus, split, kind, args) -> dict:
     import torch
 
-    from fastmi.finetune import load_trainable, training_source
-    from fastmi.finetune_eval import bootstrap_interval, lm_token_losses
+    from fastmi.finetune.evaluation import bootstrap_interval, lm_token_losses
+    from fastmi.finetune.run import load_trainable, training_source
 
     sentences = [corpus.sentences[i] for i in split.test]
     per = {}

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import fastmi
-from fastmi.training import TrainConfig
+from fastmi.probe.training import TrainConfig
 
 # point values and lower confidence values of the three bounds, and the held-out cross-entropy
 COMPARED = (

@@ -4,7 +4,7 @@
     python bench/scaling_table.py --write README.md   # replace the block between the scaling-table markers
 
 tests/test_scaling_table.py holds the README's block equal to this output.  Every plan here is for GPUs
-named by a preset (fastmi.hardware.GPU_PRESETS) with a GPU node's default host memory and disk rate,
+named by a preset (fastmi.planning.hardware.GPU_PRESETS) with a GPU node's default host memory and disk rate,
 so nothing is measured on the machine that runs it and the output is the same everywhere.
 """
 
@@ -46,15 +46,20 @@ def tables() -> str:
     """The generated block: the inputs, then one table per model."""
     from transformers import LlamaConfig
 
-    from fastmi.model_shape import shape_from_config
+    from fastmi.models.shape import shape_from_config
 
     shapes = {name: shape_from_config(LlamaConfig(**config), name) for name, config in MODELS.items()}
     return "\n\n".join([inputs(), *(model_table(name, shape) for name, shape in shapes.items())])
 
 
 def inputs() -> str:
-    from fastmi.hardware import ACHIEVED_FRACTION, GPU_NODE_DISK_RATE, GPU_NODE_HOST_MEMORY_PER_GPU, GPU_PRESETS
-    from fastmi.planner import PROBE_EPOCHS
+    from fastmi.planning.hardware import (
+        ACHIEVED_FRACTION,
+        GPU_NODE_DISK_RATE,
+        GPU_NODE_HOST_MEMORY_PER_GPU,
+        GPU_PRESETS,
+    )
+    from fastmi.planning.planner import PROBE_EPOCHS
 
     gpu = GPU_PRESETS[GPU]
     bullets = [
@@ -152,7 +157,7 @@ def _alternative_rows(columns: list[dict]) -> list[tuple[str, list[str]]]:
 
 
 def _placement(p) -> str:
-    from fastmi.planner import counted
+    from fastmi.planning.planner import counted
 
     if p.offload:
         where = {"cpu": "CPU RAM", "cpu+disk": "CPU RAM and disk", "disk": "disk"}[p.offload]
@@ -166,13 +171,13 @@ def _cache(column: dict) -> str:
 
 
 def _layers(n: int) -> str:
-    from fastmi.planner import counted
+    from fastmi.planning.planner import counted
 
     return counted(n, "layer")
 
 
 def _size(n: float) -> str:
-    from fastmi.memory import format_bytes
+    from fastmi.probe.memory import format_bytes
 
     return format_bytes(n)
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import fastmi
-from fastmi.extraction import batch_plan, collate
-from fastmi.hooks import forward_parameters
+from fastmi.activations.extraction import batch_plan, collate
+from fastmi.models.hooks import forward_parameters
 
 SENTENCES, BATCH, MAX_LENGTH, ROUNDS = 2000, 32, 128, 3
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastmi.input_bags import bags_from_input_ids
-from fastmi.loss import RecoverabilityLoss
+from fastmi.data.input_bags import bags_from_input_ids
+from fastmi.finetune.loss import RecoverabilityLoss
 
 BATCH, TOKENS, VOCAB, LAYER = 8, 48, 49_152, 15
 SPECIAL = (0, 1, 2)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_plan_honesty import measure_and_plan, one_thread_cpu_time  # noqa: E402, F401 (an autouse fixture)
 
-from fastmi.corpus import Corpus  # noqa: E402
+from fastmi.data.corpus import Corpus  # noqa: E402
 
 DEMO_RUNS = [("minilm", 200, "observed", 128), ("smollm2", 120, "top:512", 48)]
 

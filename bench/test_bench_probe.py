@@ -20,9 +20,9 @@ import pytest
 import torch
 
 import fastmi
-from fastmi.alphabet import Alphabet
 from fastmi.commands.demo import DEMO_MAX_LENGTH, DEMO_SENTENCES, DEMO_VOCAB
-from fastmi.split import Split
+from fastmi.data.alphabet import Alphabet
+from fastmi.data.split import Split
 
 ROUNDS = 2
 

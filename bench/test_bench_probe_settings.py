@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 import fastmi
-from fastmi.training import TrainConfig
+from fastmi.probe.training import TrainConfig
 
 #: (name, probe, train_softmax, TrainConfig overrides); the first is the baseline.  The issue's four
 #: settings, plus sampled:2048 (the smallest K found within the tolerance on minilm) and the full

@@ -14,8 +14,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import distributed
-    from .cli import main as cli_main
+    from fastmi.cli import main as cli_main
+    from fastmi.runtime import distributed
 
     ctx = distributed.init_from_env()
     try:

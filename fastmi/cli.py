@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure, layer by layer, how much of a sentence a language model keeps "
         "(mutual-information lower bounds from token recoverability).",
     )
-    from . import __version__
+    from fastmi import __version__
 
     parser.add_argument("--version", action="version", version=f"fastmi {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # A folder the user named that cannot be read or written: theirs to fix, like bad input.  The
-# commands check their folders first (fastmi.preflight.check_output_dir); this catches what remains.
+# commands check their folders first (fastmi.runtime.preflight.check_output_dir); this catches what remains.
 _PATH_ERRORS = (FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
@@ -63,10 +63,10 @@ def _describe(err: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .interrupts import run_command
+    from fastmi.runtime.interrupts import run_command
 
     try:
-        # Ctrl-C and a full disk: one line saying what was kept (fastmi.interrupts), no traceback.
+        # Ctrl-C and a full disk: one line saying what was kept (fastmi.runtime.interrupts), no traceback.
         return run_command(args.command, lambda: args._run(args))
     except (ValueError, RuntimeError, *_PATH_ERRORS) as err:
         # Bad input is the user's to fix: one clear line, no traceback.

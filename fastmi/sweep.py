@@ -12,7 +12,7 @@ An output directory holds everything a sweep makes and is its checkpoint::
 Rerunning a finished sweep reads its caches and results and redoes nothing.  Under torchrun every
 rank extracts its shards and probes its layer groups of each model in turn; rank 0 alone writes
 split.json and the results (docs/distributed.md).  Every argument is
-checked (:mod:`fastmi.preflight`) before a model loads or a file is written.
+checked (:mod:`fastmi.runtime.preflight`) before a model loads or a file is written.
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastmi.data.corpus import Corpus
+from fastmi.data.split import Split
 from fastmi.defaults import DEFAULT_MAX_LENGTH
-
-from . import distributed
-from .corpus import Corpus
-from .interrupts import note_kept
-from .notices import notice
-from .result import RecoverabilityResult
-from .split import Split
-from .training import TrainConfig
+from fastmi.probe.training import TrainConfig
+from fastmi.results.result import RecoverabilityResult
+from fastmi.runtime import distributed
+from fastmi.runtime.interrupts import note_kept
+from fastmi.runtime.notices import notice
 
 __all__ = [
     "ProbeSettings",
@@ -62,7 +61,7 @@ class ProbeSettings:
     probe: str = "linear"
     train_softmax: str = "full"
     max_memory: int | None = None  # bytes for the layer groups of the probe (None: half the free memory)
-    curve: tuple[float, ...] | None = None  # fractions of n_train, see fastmi.curves
+    curve: tuple[float, ...] | None = None  # fractions of n_train, see fastmi.probe.curves
 
     def key(self) -> dict:
         """The settings that change the numbers (not the device, nor the memory budget)."""
@@ -88,10 +87,10 @@ class ProbeSettings:
 
 def model_names(specs: Sequence[str]) -> list[str]:
     """Each model's name in tables, plots and ``fastmi compare``: its short name
-    (:func:`fastmi.models.short_model_name`), or, where two clash, as many trailing folders of its
+    (:func:`fastmi.models.loading.short_model_name`), or, where two clash, as many trailing folders of its
     path as tell them apart ("a/model", "b/model").  A function of the specs alone, so a rerun of
     the same sweep gives the same names."""
-    from .models import short_model_name
+    from fastmi.models.loading import short_model_name
 
     names = [short_model_name(spec) for spec in specs]
     parts = [_path_parts(spec) for spec in specs]
@@ -109,7 +108,7 @@ def model_names(specs: Sequence[str]) -> list[str]:
 
 def _path_parts(spec: str) -> list[str]:
     """The parts of a local model's absolute path, the .gguf suffix dropped; [] for an alias or hub id."""
-    from .models import DEMO_MODELS, is_local_spec
+    from fastmi.models.loading import DEMO_MODELS, is_local_spec
 
     if spec in DEMO_MODELS or not is_local_spec(spec):
         return []
@@ -166,8 +165,8 @@ def probe_cache(
 ) -> RecoverabilityResult:
     """Probe ``layers`` (default: all) of one cache on ``split``; reuse ``done_path`` if it holds a
     result of the same settings.  ``name``: the model's name in the result (default: its short name)."""
-    from .models import short_model_name
-    from .probe import recoverability
+    from fastmi.models.loading import short_model_name
+    from fastmi.probe.recoverability import recoverability
 
     name = name or short_model_name(cache.metadata.get("model") or "model")
 
@@ -266,9 +265,14 @@ def sweep(
     ``load_options``: keyword arguments for :func:`fastmi.load_model` (device, max_memory,
     offload_dir, gpus), for models placed by accelerate; default: ``settings.device``.
     """
-    from .extraction import extract, parse_layers
-    from .models import is_local_spec, load_model
-    from .preflight import check_extraction_arguments, check_output_dir, check_probe_settings, resolve_device
+    from fastmi.activations.extraction import extract, parse_layers
+    from fastmi.models.loading import is_local_spec, load_model
+    from fastmi.runtime.preflight import (
+        check_extraction_arguments,
+        check_output_dir,
+        check_probe_settings,
+        resolve_device,
+    )
 
     if not models:
         raise ValueError("a sweep needs at least one model")
@@ -331,7 +335,7 @@ def sweep(
 
 def _refuse_duplicates(models: Sequence[str]) -> None:
     """The same model twice ("minilm" twice, or "./m" and its absolute path) is a mistake."""
-    from .models import DEMO_MODELS, is_local_spec
+    from fastmi.models.loading import DEMO_MODELS, is_local_spec
 
     seen = [
         str(Path(m).expanduser().resolve()) if m not in DEMO_MODELS and is_local_spec(m) else str(m) for m in models
@@ -352,7 +356,7 @@ def _slugs(models: Sequence[str], names: Sequence[str]) -> list[str]:
 
 def _layers_suffix(layers: Sequence[int], num_layers: int) -> str:
     """'' for every layer (the file name results have always had), else e.g. '-layers-0_6'."""
-    from .cache import format_layers
+    from fastmi.activations.cache import format_layers
 
     if list(layers) == list(range(num_layers + 1)):
         return ""
@@ -374,8 +378,8 @@ def _finished_cache(
     The directory is the model's own (OUT/cache/<slug>), so the model is not reloaded to check
     its identity: that is what makes a rerun of a finished sweep take seconds.
     """
-    from .cache import ActivationCache, resolve_cache_dtype
-    from .extraction import parse_layers
+    from fastmi.activations.cache import ActivationCache, resolve_cache_dtype
+    from fastmi.activations.extraction import parse_layers
 
     if not (directory / "manifest.json").is_file():
         return None
@@ -414,7 +418,7 @@ def write_outputs(result: RecoverabilityResult, out: Path, split: Split | None =
 
 
 def print_summary(result: RecoverabilityResult, paths: dict[str, Path], stream=None) -> None:
-    from .hints import vacuous_hint
+    from fastmi.results.advice import vacuous_hint
 
     stream = stream or sys.stdout
     print(result.format_table(), file=stream)

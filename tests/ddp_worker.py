@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from fastmi.loss import MultiLayerRecoverabilityLoss
+from fastmi.finetune.loss import MultiLayerRecoverabilityLoss
 
 V, D, SPECIAL = 40, 12, (1, 2)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastmi.bounds import layer_bounds
-from fastmi.heldout import HeldOut
-from fastmi.result import RecoverabilityResult
+from fastmi.results.result import RecoverabilityResult
+from fastmi.stats.bounds import layer_bounds
+from fastmi.stats.heldout import HeldOut
 
 H_T, M, K = 6.0, 400, 5
 

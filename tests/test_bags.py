@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastmi.bags import BagTargets, count_bags
+from fastmi.data.bags import BagTargets, count_bags
 
 
 def reference_bags(token_lists, exclude=()):
@@ -112,7 +112,7 @@ def test_bags_from_a_corpus_exclude_special_tokens(tmp_path):
     from tiny import make_tiny_model, random_sentences
     from transformers import AutoTokenizer
 
-    from fastmi.corpus import Corpus
+    from fastmi.data.corpus import Corpus
 
     tok = AutoTokenizer.from_pretrained(make_tiny_model("bert", tmp_path / "bert"))
     corpus = Corpus.from_sentences(random_sentences(30, seed=4))
@@ -130,8 +130,8 @@ def test_counting_bags_leaves_torch_on_its_thread_count():
     is the one that did it.  numba itself is imported only by the call that needs it."""
     code = (
         "import sys, torch\n"
-        "import fastmi.extraction, fastmi.probe\n"
-        "from fastmi.bags import BagTargets\n"
+        "import fastmi.activations.extraction, fastmi.probe.recoverability\n"
+        "from fastmi.data.bags import BagTargets\n"
         "from fastmi.kernels.masked_pool_cpu import masked_pool_torch\n"
         "assert 'numba' not in sys.modules\n"
         "import numba\n"

@@ -1,4 +1,4 @@
-"""fastmi.bounds: formulas at hand-computed points and at the edges, confidence limits, and the
+"""fastmi.stats.bounds: formulas at hand-computed points and at the edges, confidence limits, and the
 bounds on synthetic channels whose mutual information is known in closed form."""
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastmi import BagTargets
-from fastmi.bounds import (
+from fastmi.stats.bounds import (
     binary_entropy_bits,
     clopper_pearson_upper,
     entropy_bits,

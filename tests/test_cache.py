@@ -14,7 +14,7 @@ import torch
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-from fastmi.cache import ActivationCache, CacheCorruptError, CacheWriter, default_cache_dir
+from fastmi.activations.cache import ActivationCache, CacheCorruptError, CacheWriter, default_cache_dir
 
 SENTENCES = random_sentences(10, seed=11, min_words=1)
 SETTINGS = dict(batch_size=3, shard_rows=4, progress=False)  # 3 shards: rows 0-3, 4-7, 8-9
@@ -51,7 +51,7 @@ def units(directory) -> dict:
 # the point.
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
-    import fastmi, fastmi.cache as cache
+    import fastmi, fastmi.activations.cache as cache
     model, corpus, out, kill_at = sys.argv[1:]
     real_write, calls = cache.atomic_write_bytes, []
 

@@ -11,7 +11,7 @@ import torch
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-from fastmi.cache import IDENTITY_KEYS, CacheWriter, default_cache_dir, resolve_cache_dtype
+from fastmi.activations.cache import IDENTITY_KEYS, CacheWriter, default_cache_dir, resolve_cache_dtype
 from fastmi.cli import main
 
 SENTENCES = random_sentences(12, seed=8)

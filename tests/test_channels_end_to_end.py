@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import fastmi
-from fastmi.bags import BagTargets
-from fastmi.training import TrainConfig
+from fastmi.data.bags import BagTargets
+from fastmi.probe.training import TrainConfig
 
 SAMPLES = 20_000
 BOUND_COLUMNS = ("fano", "list_fano", "variational")

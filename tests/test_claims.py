@@ -1,4 +1,4 @@
-"""fastmi.claims: verdicts on synthetic sweeps built so that each claim holds, is contradicted, or
+"""fastmi.stats.claims: verdicts on synthetic sweeps built so that each claim holds, is contradicted, or
 cannot be resolved; the multiplicity and the peak's selection are stated."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from synthetic_results import model_result, shared_difficulty
 
-from fastmi.claims import CONTRADICTED, HOLDS, UNRESOLVED, evaluate_claims, format_claims, verdict
-from fastmi.result import RecoverabilityResult
+from fastmi.results.result import RecoverabilityResult
+from fastmi.stats.claims import CONTRADICTED, HOLDS, UNRESOLVED, evaluate_claims, format_claims, verdict
 
 ENCODER_DEPTHS = 4  # encoder layers 0..4; decoder 0..8, matched at even layers
 

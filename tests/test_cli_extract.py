@@ -13,7 +13,7 @@ import torch
 from tiny import make_tiny_model, random_sentences
 
 from fastmi import cli
-from fastmi.cache import ActivationCache
+from fastmi.activations.cache import ActivationCache
 
 ROOT = Path(__file__).resolve().parents[1]
 

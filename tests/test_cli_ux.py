@@ -9,9 +9,9 @@ import pytest
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-import fastmi.probe
+import fastmi.probe.recoverability
 from fastmi.cli import build_parser, main
-from fastmi.result import RecoverabilityResult
+from fastmi.results.result import RecoverabilityResult
 
 FAST = ["--max-epochs", "1", "--no-progress"]
 
@@ -30,13 +30,13 @@ def nothing_may_load(monkeypatch):
     """Loading weights or extracting is a failure of the test: arguments must be refused first."""
     import transformers
 
-    import fastmi.extraction
+    import fastmi.activations.extraction
 
     def forbidden(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", forbidden)
-    monkeypatch.setattr(fastmi.extraction, "extract", forbidden)
+    monkeypatch.setattr(fastmi.activations.extraction, "extract", forbidden)
 
 
 def test_version(capsys):
@@ -100,7 +100,7 @@ def test_a_failed_probe_leaves_no_split_and_no_output_directory(tiny, tmp_path, 
     def fails(*args, **kwargs):
         raise ValueError("the probe failed")
 
-    monkeypatch.setattr(fastmi.probe, "recoverability", fails)
+    monkeypatch.setattr(fastmi.probe.recoverability, "recoverability", fails)
     assert main(["probe", "--cache", str(cache.directory), "--out", str(out), *FAST]) == 2
     assert "the probe failed" in capsys.readouterr().err
     assert not out.exists()
@@ -112,7 +112,7 @@ def test_a_sweep_failing_mid_run_writes_no_split_and_no_results(tiny, tmp_path, 
     def fails(*args, **kwargs):
         raise ValueError("the probe failed")
 
-    monkeypatch.setattr(fastmi.probe, "recoverability", fails)
+    monkeypatch.setattr(fastmi.probe.recoverability, "recoverability", fails)
     out = tmp_path / "out"
     assert main(["sweep", "--model", model, "--corpus", str(corpus), "--out", str(out), *FAST]) == 2
     # The activation cache is a checkpoint and stays, to be resumed; nothing else was written.
@@ -282,7 +282,7 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_before_any_work(
     command, kind, tiny, nothing_may_load, tmp_path, monkeypatch, capsys
 ):
     model, corpus = tiny
-    monkeypatch.setattr(fastmi.probe, "recoverability", lambda *a, **k: pytest.fail("the probe ran"))
+    monkeypatch.setattr(fastmi.probe.recoverability, "recoverability", lambda *a, **k: pytest.fail("the probe ran"))
     out, problem = _an_output_folder_that_cannot_be(kind, tmp_path, monkeypatch)
     assert main(_command_writing_to(command, out, model, corpus)) == 2
     captured = capsys.readouterr()
@@ -359,7 +359,7 @@ def test_an_existing_output_folder_without_write_permission_is_named(tmp_path, m
     """Permissions through os.access (root may write anywhere): the folder itself, given relatively."""
     import os
 
-    from fastmi.preflight import check_output_dir
+    from fastmi.runtime.preflight import check_output_dir
 
     (tmp_path / "results").mkdir()
     monkeypatch.chdir(tmp_path)

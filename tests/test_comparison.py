@@ -8,8 +8,8 @@ import pytest
 from synthetic_results import H_T, model_result, shared_difficulty
 
 import fastmi
-from fastmi.comparison import matched_layers, paired_bootstrap, resolve_layer
-from fastmi.result import RecoverabilityResult
+from fastmi.results.result import RecoverabilityResult
+from fastmi.stats.comparison import matched_layers, paired_bootstrap, resolve_layer
 
 
 def test_paired_interval_covers_a_known_difference_at_the_stated_rate():

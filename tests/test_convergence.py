@@ -5,8 +5,8 @@ from __future__ import annotations
 from test_probe import bag_features, random_bags
 
 import fastmi
-from fastmi.result import RecoverabilityResult
-from fastmi.training import TrainConfig
+from fastmi.probe.training import TrainConfig
+from fastmi.results.result import RecoverabilityResult
 
 VOCAB = 24
 

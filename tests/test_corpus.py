@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fastmi.corpus import Corpus, split_sentences
+from fastmi.data.corpus import Corpus, split_sentences
 
 
 def write(path, data: bytes):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import fastmi
-from fastmi.bags import BagTargets
-from fastmi.curves import check_curve, is_data_limited, nested_subsets
-from fastmi.result import RecoverabilityResult
-from fastmi.training import TrainConfig
+from fastmi.data.bags import BagTargets
+from fastmi.probe.curves import check_curve, is_data_limited, nested_subsets
+from fastmi.probe.training import TrainConfig
+from fastmi.results.result import RecoverabilityResult
 
 Q, EPS = 8, 0.2
 TRUE_MI = math.log2(Q) + EPS * math.log2(EPS) + (1 - EPS) * math.log2(1 - EPS) - EPS * math.log2(Q - 1)
@@ -90,7 +90,7 @@ def test_bound_rises_with_n_train_and_the_flag_turns_off_once_n_train_is_large(t
     assert back.curves == many.curves and back.table[0]["data_limited"] is False
     assert RecoverabilityResult.from_csv(many.to_csv(tmp_path / "r.csv")).table[0]["data_limited"] is False
     assert "data_limited" in many.format_table()
-    from fastmi.report import bounds_figure
+    from fastmi.results.plot import bounds_figure
 
     assert len(bounds_figure(many).axes) == 4  # three bounds + the curves
     assert len(bounds_figure(RecoverabilityResult(many.table, many.config)).axes) == 3

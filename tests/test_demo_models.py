@@ -13,9 +13,9 @@ import importlib.util
 import pytest
 import torch
 
-import fastmi.gguf
-from fastmi.corpus import Corpus
-from fastmi.models import DEMO_MODELS, load_model
+import fastmi.models.gguf
+from fastmi.data.corpus import Corpus
+from fastmi.models.loading import DEMO_MODELS, load_model
 
 pytestmark = pytest.mark.demo
 
@@ -63,7 +63,7 @@ def test_smollm2_second_load_reads_the_cache(monkeypatch):
     def no_conversion(*args, **kwargs):
         raise AssertionError("the GGUF was converted again")
 
-    monkeypatch.setattr(fastmi.gguf, "_convert", no_conversion)
+    monkeypatch.setattr(fastmi.models.gguf, "_convert", no_conversion)
     second = load_model("smollm2")
     assert second.revision == first.revision
     assert second.tokenizer(SENTENCES)["input_ids"] == first.tokenizer(SENTENCES)["input_ids"]

@@ -21,9 +21,9 @@ from tiny import make_tiny_model, random_sentences
 
 import fastmi
 from fastmi.cli import main
-from fastmi.result import RecoverabilityResult
-from fastmi.split import Split
-from fastmi.training import TrainConfig
+from fastmi.data.split import Split
+from fastmi.probe.training import TrainConfig
+from fastmi.results.result import RecoverabilityResult
 
 ROWS, SHARD_ROWS, BATCH = 40, 8, 4  # 5 shards, each taken by the first rank free to take it
 GROUP_MEMORY = "1KB"  # less than one layer needs: one layer per probe group, 4 groups for 2 ranks
@@ -180,7 +180,7 @@ def test_two_process_sweep_of_two_models_gives_the_one_process_results(setup, on
 # notes each file it starts in rank1-writes.txt.
 KILLING_LAUNCHER = textwrap.dedent("""
     import os, signal, sys, time
-    import fastmi.cache as cache
+    import fastmi.activations.cache as cache
     from fastmi.__main__ import main
 
     real_write, shard_writes = cache.atomic_write_bytes, []

@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-import fastmi.probe
-from fastmi.training import TrainConfig, probe_bytes
+import fastmi.probe.recoverability
+from fastmi.probe.training import TrainConfig, probe_bytes
 
 SENTENCES = random_sentences(30, seed=6, min_words=1)
 TRAIN = TrainConfig(max_epochs=2)
@@ -42,8 +42,8 @@ def _worker(rank: int, root: str, model: str) -> None:
         )
         in_memory = fastmi.recoverability(tensors, **kwargs)
         fits = []
-        real_fit = fastmi.probe.fit_heads
-        fastmi.probe.fit_heads = lambda *a, **k: fits.append(1) or real_fit(*a, **k)
+        real_fit = fastmi.probe.recoverability.fit_heads
+        fastmi.probe.recoverability.fit_heads = lambda *a, **k: fits.append(1) or real_fit(*a, **k)
         resumed = fastmi.recoverability(tensors, checkpoint_dir=Path(root) / "groups", **kwargs)
         (Path(root) / f"rank{rank}.json").write_text(
             json.dumps({"in_memory": in_memory.table, "resumed": resumed.table, "trained_groups": len(fits)})
@@ -94,7 +94,8 @@ def test_api_under_an_initialised_process_group(tmp_path, monkeypatch, one_threa
 
 
 def test_an_error_of_rank_0_opening_the_cache_reaches_every_rank(monkeypatch):
-    from fastmi import distributed, extraction
+    from fastmi.activations import extraction
+    from fastmi.runtime import distributed
 
     sent = []
     monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: sent.append(value) or value)

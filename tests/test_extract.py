@@ -14,10 +14,10 @@ import torch
 from tiny import ARCHS, make_tiny_model, random_sentences
 
 import fastmi
-from fastmi.bags import BagTargets
-from fastmi.extraction import NonFiniteActivationError, batch_plan, collate, parse_layers
-from fastmi.hooks import LayerPooler, find_layer_taps, forward_parameters
+from fastmi.activations.extraction import NonFiniteActivationError, batch_plan, collate, parse_layers
+from fastmi.data.bags import BagTargets
 from fastmi.kernels.reference import POOL_MODES, masked_pool_reference
+from fastmi.models.hooks import LayerPooler, find_layer_taps, forward_parameters
 
 SIDES = ("right", "left")
 
@@ -218,7 +218,7 @@ def test_the_progress_bar_counts_sentences_batch_by_batch_not_shard_by_shard(mod
     """One shard of a large model is minutes: a bar moved per shard sat at 0/1000 for 9.5 minutes."""
     import tqdm.auto
 
-    from fastmi.cache import CacheWriter
+    from fastmi.activations.cache import CacheWriter
 
     loaded = tiny_loaded(model_dirs["gpt2"])  # before the stand-in: transformers' loading bar iterates
     monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
@@ -240,7 +240,7 @@ def test_the_bar_of_rank_0_adds_its_batches_to_every_rank_s_listed_shards(monkey
     others' as their shards are listed; it never moves back."""
     import tqdm.auto
 
-    from fastmi.extraction import _progress
+    from fastmi.activations.extraction import _progress
 
     monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
     RecordingBar.bars = []

@@ -11,8 +11,8 @@ import torch
 
 from fastmi.cli import build_parser, main
 from fastmi.defaults import DEFAULT_MAX_LENGTH
-from fastmi.loss import MultiLayerRecoverabilityLoss
-from fastmi.trainer import RecoverabilityTrainer, TokenMarginal, load_probe, scale_gradient
+from fastmi.finetune.loss import MultiLayerRecoverabilityLoss
+from fastmi.finetune.trainer import RecoverabilityTrainer, TokenMarginal, load_probe, scale_gradient
 from tests.tiny import make_tiny_model, random_sentences
 
 
@@ -51,7 +51,7 @@ def test_scale_gradient_scales_only_the_backward():
 
 
 def test_token_marginal_entropy_is_the_plugin_entropy_of_the_bag_marginal():
-    from fastmi.bags import BagTargets
+    from fastmi.data.bags import BagTargets
 
     marginal = TokenMarginal(10)
     marginal.update(BagTargets.from_token_lists([[1, 1, 2, 3], [2]]))
@@ -141,7 +141,7 @@ def _finetune(args: list[str]) -> int:
 
 @pytest.mark.parametrize("arch,mode", [("llama", "--lora"), ("bert", "--full")])
 def test_fastmi_finetune_end_to_end_writes_a_model_extract_reads(tmp_path, monkeypatch, capsys, arch, mode):
-    from fastmi.models import load_model
+    from fastmi.models.loading import load_model
 
     monkeypatch.setenv("FASTMI_HOME", str(tmp_path / "home"))
     model_dir = make_tiny_model(arch, tmp_path / arch, hidden=16, layers=2)
@@ -203,7 +203,7 @@ def test_trainer_warns_of_frozen_hidden_states_only_when_the_model_is_frozen(tmp
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fastmi.frozen import FrozenHiddenStatesWarning
+    from fastmi.finetune.frozen import FrozenHiddenStatesWarning
 
     path = make_tiny_model("llama", tmp_path / "llama", hidden=16, layers=2)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -228,7 +228,7 @@ def test_finetune_truncates_where_sweep_and_extract_do_by_default():
     import inspect
 
     import fastmi
-    from fastmi.finetune import FinetuneConfig
+    from fastmi.finetune.run import FinetuneConfig
     from fastmi.sweep import sweep
 
     parser = build_parser()

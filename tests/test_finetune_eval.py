@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastmi.finetune_eval import bootstrap_interval, lm_token_losses, topic_probe_correct
+from fastmi.finetune.evaluation import bootstrap_interval, lm_token_losses, topic_probe_correct
 from tests.tiny import make_tiny_model, random_sentences
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from fastmi.hints import suggested_top_k, vacuous_hint
-from fastmi.result import RecoverabilityResult
+from fastmi.results.advice import suggested_top_k, vacuous_hint
+from fastmi.results.result import RecoverabilityResult
 from fastmi.sweep import print_summary
 
 ALL = "fano_bits,fano_lcb,list_fano_bits,list_fano_lcb,variational_bits,variational_lcb"
@@ -68,7 +68,7 @@ PRINTED_BY = {
 
 def printed_hints(capsys) -> list[str]:
     """Every hint the code prints after a probe: the epoch cap reached, and most layers vacuous."""
-    from fastmi.convergence import warn_unconverged
+    from fastmi.probe.convergence import warn_unconverged
 
     capsys.readouterr()
     warn_unconverged("m", [{"layer": 1, "converged": False}, {"layer": 2, "converged": True}], 40)

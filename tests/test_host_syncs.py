@@ -54,7 +54,7 @@ def test_training_step_costs_at_most_two_syncs(path, counter):
     bias = torch.zeros(3, 300, requires_grad=True)
 
     def step(rows):
-        batch = targets.select(rows)  # as fastmi.training.fit_probes does
+        batch = targets.select(rows)  # as fastmi.probe.training.fit_probes does
         with backend(path):
             losses = bag_cross_entropy(z[:, rows], weight, bias, batch, reduction="mean")
         weight.grad = bias.grad = None

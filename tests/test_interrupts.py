@@ -16,8 +16,8 @@ import pytest
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-import fastmi.cache
-from fastmi.cache import ActivationCache
+import fastmi.activations.cache
+from fastmi.activations.cache import ActivationCache
 from fastmi.cli import main
 
 SENTENCES = random_sentences(12, seed=7)
@@ -75,7 +75,7 @@ def argv(model, corpus, out) -> list[str]:
 # Ctrl-C (SIGINT) while some shards are finished and others are not, however loaded the machine.
 SLOW_CLI = textwrap.dedent("""
     import json, signal, sys, time
-    import fastmi.cache as cache
+    import fastmi.activations.cache as cache
     from fastmi.cli import main
     # Ctrl-C as a terminal delivers it: a test run started in the background (cmd &) hands its
     # children an ignored SIGINT, which Python would keep.
@@ -158,7 +158,7 @@ def test_a_full_disk_prints_one_line_naming_the_directory_and_the_space_needed(
                 return FullDisk(path, mode)
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(fastmi.cache, "open", filling_open, raising=False)
+    monkeypatch.setattr(fastmi.activations.cache, "open", filling_open, raising=False)
     assert main(argv(model, corpus, out)) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "no space left" in err[0], err
@@ -174,7 +174,7 @@ def test_a_full_disk_prints_one_line_naming_the_directory_and_the_space_needed(
 
 
 def test_other_os_errors_are_not_mistaken_for_a_full_disk():
-    from fastmi.interrupts import run_command
+    from fastmi.runtime.interrupts import run_command
 
     def fail():
         raise OSError(errno.EACCES, "Permission denied", "/somewhere")

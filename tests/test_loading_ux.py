@@ -12,9 +12,9 @@ import torch
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-import fastmi.hub
-from fastmi.frozen import FrozenHiddenStatesWarning
-from fastmi.models import ModelNotAvailableError, load_model, model_num_layers
+import fastmi.models.hub
+from fastmi.finetune.frozen import FrozenHiddenStatesWarning
+from fastmi.models.loading import ModelNotAvailableError, load_model, model_num_layers
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def online_but_no_hub(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(fastmi.hub, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(fastmi.models.hub, "hub_reachable", lambda timeout=3.0: False)
     real = transformers.AutoConfig.from_pretrained
     calls = []
 
@@ -74,9 +74,9 @@ def test_hub_reachable_tries_one_connection(monkeypatch):
         server.listen(1)
         port = server.getsockname()[1]
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-        assert fastmi.hub.hub_reachable(timeout=2.0)
+        assert fastmi.models.hub.hub_reachable(timeout=2.0)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")  # closed now
-    assert not fastmi.hub.hub_reachable(timeout=2.0)
+    assert not fastmi.models.hub.hub_reachable(timeout=2.0)
 
 
 def test_a_mistyped_relative_path_says_so_and_suggests_the_folder(llama, tmp_path, monkeypatch):
@@ -166,8 +166,8 @@ def hub_must_not_be_asked(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(fastmi.hub, "hub_reachable", asked)
-    monkeypatch.setattr(fastmi.hub, "is_cached", asked)
+    monkeypatch.setattr(fastmi.models.hub, "hub_reachable", asked)
+    monkeypatch.setattr(fastmi.models.hub, "is_cached", asked)
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", asked)
 
 

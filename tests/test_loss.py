@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastmi
-from fastmi.bags import BagTargets
+from fastmi.data.bags import BagTargets
 from fastmi.kernels.reference import bag_cross_entropy_reference, masked_pool_reference
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import fastmi
-from fastmi.bags import BagTargets
-from fastmi.input_bags import bags_from_input_ids
+from fastmi.data.bags import BagTargets
+from fastmi.data.input_bags import bags_from_input_ids
+from fastmi.finetune.loss import MultiLayerRecoverabilityLoss
 from fastmi.kernels.reference import bag_cross_entropy_reference, masked_pool_reference
-from fastmi.loss import MultiLayerRecoverabilityLoss
 
 V, D, SPECIAL = 40, 12, (1, 2)
 

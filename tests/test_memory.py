@@ -1,4 +1,4 @@
-"""The probe's memory model (fastmi.memory): its terms, the group sizing the probe and the planner share."""
+"""The probe's memory model (fastmi.probe.memory): its terms, the group sizing the probe and the planner share."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import fastmi
-from fastmi.bags import BagTargets
-from fastmi.memory import (
+from fastmi.data.bags import BagTargets
+from fastmi.probe.memory import (
     LOGIT_BLOCK_BYTES,
     ProbeMemory,
     format_bytes,
@@ -16,7 +16,7 @@ from fastmi.memory import (
     parse_bytes,
     probe_parameters_per_layer,
 )
-from fastmi.training import probe_bytes
+from fastmi.probe.training import probe_bytes
 
 
 def test_linear_fp32_layer_bytes_term_by_term():
@@ -88,7 +88,7 @@ def test_the_probe_groups_layers_with_this_model():
     embeddings = {layer: torch.randn(n, d, generator=generator) for layer in range(layers)}
     token_lists = [[int(t) for t in torch.randint(0, m, (6,), generator=generator)] for _ in range(n)]
     targets = BagTargets.from_token_lists(token_lists, vocab_size=m)
-    batch = fastmi.probe.TrainConfig().batch_size
+    batch = fastmi.probe.recoverability.TrainConfig().batch_size
     per = ProbeMemory(n, d, m, batch).layer_bytes  # the alphabet is M = 40 here ("full", nothing excluded)
     result = fastmi.recoverability(
         embeddings,
@@ -96,7 +96,7 @@ def test_the_probe_groups_layers_with_this_model():
         vocab_size=m,
         vocab="full",
         max_memory=2 * per,
-        train=fastmi.probe.TrainConfig(max_epochs=1),
+        train=fastmi.probe.recoverability.TrainConfig(max_epochs=1),
         n_bootstrap=100,
         progress=False,
     )

@@ -13,8 +13,8 @@ import pytest
 from tiny import make_tiny_model, random_sentences
 
 from fastmi.cli import main
-from fastmi.models import short_model_name
-from fastmi.result import RecoverabilityResult
+from fastmi.models.loading import short_model_name
+from fastmi.results.result import RecoverabilityResult
 from fastmi.sweep import model_names, renamed
 
 FAST = ["--max-epochs", "1", "--no-progress"]
@@ -73,7 +73,7 @@ def test_tables_files_and_plots_name_models_shortly(swept, capsys):
     assert str(root) not in (root / "out" / "results.csv").read_text()
     assert str(root) not in result.format_table()
     assert sorted(p.name for p in (root / "out" / "models").iterdir()) == ["a--model", "b--model", "tiny.F32.gguf"]
-    from fastmi.report import bounds_figure
+    from fastmi.results.plot import bounds_figure
 
     legend = [t.get_text() for t in bounds_figure(result).legends[0].get_texts()]
     assert any(t.startswith("tiny.F32 (") for t in legend) and not any(str(root) in t for t in legend)

@@ -12,9 +12,9 @@ import torch
 from tiny import SPECIALS, make_tiny_model, random_sentences
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
 
-import fastmi.gguf
-from fastmi.hashing import INDEX_NAME, file_sha256, weights_revision
-from fastmi.models import ModelNotAvailableError, load_model, model_kind
+import fastmi.models.gguf
+from fastmi.models.hashing import INDEX_NAME, file_sha256, weights_revision
+from fastmi.models.loading import ModelNotAvailableError, load_model, model_kind
 
 EXPECTED = {  # arch: (kind, model class, special tokens the tiny tokenizer declares)
     "gpt2": ("decoder", "GPT2Model", {"</s>", "[UNK]"}),
@@ -238,12 +238,12 @@ def test_gguf_round_trip_and_cached_second_load(tiny_gguf, tmp_path, monkeypatch
 
     cached = tmp_path / sha
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([sha, INDEX_NAME])  # no temporary left
-    assert (cached / "model.safetensors").is_file() and (cached / fastmi.gguf.SOURCE_RECORD).is_file()
+    assert (cached / "model.safetensors").is_file() and (cached / fastmi.models.gguf.SOURCE_RECORD).is_file()
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("the second load converted the GGUF again")
 
-    monkeypatch.setattr(fastmi.gguf, "_convert", no_conversion)
+    monkeypatch.setattr(fastmi.models.gguf, "_convert", no_conversion)
     second = load_model(path, model_cache_dir=tmp_path)
     assert second.revision == m.revision and second.special_ids == m.special_ids
     assert second.tokenizer("ab w")["input_ids"] == ids[0].tolist()
@@ -253,7 +253,7 @@ def test_gguf_round_trip_and_cached_second_load(tiny_gguf, tmp_path, monkeypatch
 def test_gguf_conversion_killed_half_way_leaves_nothing(tiny_gguf, tmp_path, monkeypatch):
     path, _ = tiny_gguf
     sha = file_sha256(path)
-    dead = tmp_path / f".{sha}.{fastmi.gguf.socket.gethostname()}.999999999"  # a crashed run's leftover
+    dead = tmp_path / f".{sha}.{fastmi.models.gguf.socket.gethostname()}.999999999"  # a crashed run's leftover
     dead.mkdir(parents=True)
     (dead / "model.safetensors").write_bytes(b"half")
 
@@ -306,11 +306,13 @@ def test_gguf_cache_of_an_older_format_is_redone(tiny_gguf, tmp_path):
     first = load_model(path, model_cache_dir=tmp_path)
     cached = tmp_path / file_sha256(path)
     assert "added_tokens_decoder" in json.loads((cached / "tokenizer_config.json").read_text())
-    (cached / fastmi.gguf.SOURCE_RECORD).write_text(json.dumps({"gguf": str(path)}))  # no "format"
+    (cached / fastmi.models.gguf.SOURCE_RECORD).write_text(json.dumps({"gguf": str(path)}))  # no "format"
     (cached / "model.safetensors").unlink()  # a new file: `first` still reads the old one (mmap)
     (cached / "model.safetensors").write_bytes(b"stale")
     again = load_model(path, model_cache_dir=tmp_path)
-    assert json.loads((cached / fastmi.gguf.SOURCE_RECORD).read_text())["format"] == fastmi.gguf.CACHE_FORMAT
+    assert (
+        json.loads((cached / fastmi.models.gguf.SOURCE_RECORD).read_text())["format"] == fastmi.models.gguf.CACHE_FORMAT
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cached.name, INDEX_NAME])
     ids = torch.tensor([[0, 5, 6, 7]])
     torch.testing.assert_close(again.model(ids).last_hidden_state, first.model(ids).last_hidden_state, rtol=0, atol=0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fastmi.notices import notice
+from fastmi.runtime.notices import notice
 
 
 @pytest.mark.parametrize("rank,said", [(None, True), ("0", True), ("1", False), ("3", False)])

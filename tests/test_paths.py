@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fastmi.cache import IDENTITY_KEYS, default_cache_dir
-from fastmi.models import default_model_cache_dir
-from fastmi.paths import fastmi_home
+from fastmi.activations.cache import IDENTITY_KEYS, default_cache_dir
+from fastmi.models.loading import default_model_cache_dir
+from fastmi.runtime.paths import fastmi_home
 
 IDENTITY = {key: "x" for key in IDENTITY_KEYS}
 

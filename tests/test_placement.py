@@ -9,8 +9,8 @@ from tiny import make_tiny_model, random_sentences
 
 import fastmi
 from fastmi.cli import main
-from fastmi.distributed import Context, my_share, parse_max_memory, replica_devices, replica_max_memory
-from fastmi.placement import accelerate_kwargs, input_device
+from fastmi.models.placement import accelerate_kwargs, input_device
+from fastmi.runtime.distributed import Context, my_share, parse_max_memory, replica_devices, replica_max_memory
 
 SENTENCES = random_sentences(14, seed=9, min_words=1)
 SETTINGS = dict(batch_size=4, shard_rows=5, progress=False)
@@ -114,7 +114,7 @@ def test_ranks_share_work_disjointly_and_completely(world):
 
 def test_ranks_taking_turns_get_each_item_once(monkeypatch):
     """take_turns: a counter in the group's store hands each item to whichever rank asks next."""
-    import fastmi.distributed as distributed
+    import fastmi.runtime.distributed as distributed
 
     store = torch.distributed.HashStore()
     monkeypatch.setattr(distributed, "_store", lambda: store)
@@ -130,7 +130,7 @@ def test_ranks_taking_turns_get_each_item_once(monkeypatch):
 
 
 def test_each_rank_gets_its_own_devices(monkeypatch):
-    from fastmi.placement import rank_devices
+    from fastmi.models.placement import rank_devices
 
     second_of_four = Context(rank=1, world=4, local_rank=1, local_world=4)
     assert rank_devices("cpu", 1, second_of_four) == ("cpu", None)

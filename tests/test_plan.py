@@ -13,10 +13,10 @@ from tiny import make_tiny_model, random_sentences
 from transformers import AutoModel, AutoTokenizer, LlamaConfig
 
 import fastmi
-import fastmi.hardware
+import fastmi.planning.hardware
 from fastmi.cli import main
-from fastmi.hooks import find_layer_taps
-from fastmi.model_shape import model_shape
+from fastmi.models.hooks import find_layer_taps
+from fastmi.models.shape import model_shape
 
 # Llama-3.1-70B (meta-llama/Llama-3.1-70B config.json, shape fields only).
 LLAMA_70B = dict(
@@ -253,18 +253,18 @@ def nothing_measured_here(monkeypatch):
     def measured(*args, **kwargs):
         raise AssertionError("a plan for GPUs elsewhere measured this machine")
 
-    for name in dir(fastmi.hardware):
+    for name in dir(fastmi.planning.hardware):
         if name.startswith("measure_") or name == "_host_memory":
-            monkeypatch.setattr(fastmi.hardware, name, measured)
+            monkeypatch.setattr(fastmi.planning.hardware, name, measured)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_gpu_preset_fills_memory_and_matmul_rate_from_published_figures(name, config_70b, nothing_measured_here):
     memory, bf16, tf32, fp32, bandwidth = PUBLISHED[name]
-    hw = fastmi.hardware.detect_hardware(gpus=8, gpu=name)
+    hw = fastmi.planning.hardware.detect_hardware(gpus=8, gpu=name)
     assert hw.memory == memory and hw.bandwidth == bandwidth
-    assert hw.matmul_flops == pytest.approx(fastmi.hardware.ACHIEVED_FRACTION * bf16 * 1e12)
-    assert fastmi.hardware.ACHIEVED_FRACTION == 0.6  # the one fraction the README and docs state
+    assert hw.matmul_flops == pytest.approx(fastmi.planning.hardware.ACHIEVED_FRACTION * bf16 * 1e12)
+    assert fastmi.planning.hardware.ACHIEVED_FRACTION == 0.6  # the one fraction the README and docs state
     # the probe's fp32 and TF32 matmuls at this GPU's own rates, not an H100's
     assert hw.probe_flops("fp32") == pytest.approx(0.6 * fp32 * 1e12)
     assert hw.probe_flops("tf32") == pytest.approx(0.6 * tf32 * 1e12)
@@ -306,8 +306,8 @@ def test_gpus_elsewhere_take_a_gpu_nodes_host_memory_and_disk_rate_not_this_mach
     config_70b, capsys, nothing_measured_here
 ):
     planned = fastmi.plan(config_70b, sentences=100_000, vocab="full", gpus=8, gpu_memory="141GB", matmul_tflops=593)
-    assert planned.host_memory == 8 * fastmi.hardware.GPU_NODE_HOST_MEMORY_PER_GPU == 2e12
-    assert planned.disk_rate == fastmi.hardware.GPU_NODE_DISK_RATE == 1e9
+    assert planned.host_memory == 8 * fastmi.planning.hardware.GPU_NODE_HOST_MEMORY_PER_GPU == 2e12
+    assert planned.disk_rate == fastmi.planning.hardware.GPU_NODE_DISK_RATE == 1e9
     assert "default for a GPU node" in planned.host_memory_source and "--disk-rate" in planned.disk_rate_source
     args = ["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8"]
     assert main([*args, "--gpu", "h200", "--disk-rate", "2GB/s", "--host-memory", "1TB"]) == 0
@@ -331,7 +331,7 @@ def test_cache_writes_cost_the_targets_disk_rate(config_70b, nothing_measured_he
 
 def test_probe_epochs_are_the_ones_recorded_sweeps_ran():
     """PROBE_EPOCHS is the range of early stopping's epochs in the 10,000-sentence sweeps it cites."""
-    from fastmi.planner import PROBE_EPOCHS
+    from fastmi.planning.planner import PROBE_EPOCHS
 
     epochs = []
     for path in sorted((REPO / "docs" / "findings").glob("*_10k/results.json")):

@@ -3,7 +3,7 @@ and for the demo models (MiniLM over 200 demo sentences, SmolLM2 over 120 at ``t
 
 The planner's rates (matmul, elementwise, per operation, file writing, fresh memory) are measured in
 this process, as a CPU plan always measures them, and the default probe is timed on its own code at
-the work's shape (fastmi.hardware.measure_probe_costs); the plan's model of the work (FLOPs,
+the work's shape (fastmi.planning.hardware.measure_probe_costs); the plan's model of the work (FLOPs,
 elementwise passes, steps, files) turns them into seconds.  What this test holds is that model.  On
 a CPU shared with other work, wall time mostly measures the neighbours (their share of the cores
 changes from one second to the next), so rates and run are both timed in this process's CPU time on
@@ -24,13 +24,13 @@ import torch
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-import fastmi.hardware
-import fastmi.probe
-from fastmi.corpus import Corpus
-from fastmi.hardware import detect_hardware
-from fastmi.model_shape import model_shape
-from fastmi.models import DEMO_MODELS, load_model
-from fastmi.training import TrainConfig
+import fastmi.planning.hardware
+import fastmi.probe.recoverability
+from fastmi.data.corpus import Corpus
+from fastmi.models.loading import DEMO_MODELS, load_model
+from fastmi.models.shape import model_shape
+from fastmi.planning.hardware import detect_hardware
+from fastmi.probe.training import TrainConfig
 
 EPOCHS = 3
 clock = time.process_time
@@ -40,7 +40,7 @@ clock = time.process_time
 def one_thread_cpu_time(monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # counting bags (numba) keeps it (fastmi.kernels._threads)
-    monkeypatch.setattr(fastmi.hardware, "_clock", clock)
+    monkeypatch.setattr(fastmi.planning.hardware, "_clock", clock)
     yield
     assert torch.get_num_threads() == 1, "something changed the thread count: CPU times are not comparable"
     torch.set_num_threads(threads)
@@ -51,7 +51,7 @@ def measure_and_plan(spec, corpus, vocab, tmp_path, monkeypatch, max_length=128,
     loaded = load_model(spec, model_cache_dir=model_cache_dir)
     shape = model_shape(spec, model_cache_dir)
     fitting = {"seconds": 0.0, "epochs": 0}
-    real_fit = fastmi.probe.fit_heads
+    real_fit = fastmi.probe.recoverability.fit_heads
 
     def timed_fit(*args, **kwargs):
         start = clock()
@@ -60,7 +60,7 @@ def measure_and_plan(spec, corpus, vocab, tmp_path, monkeypatch, max_length=128,
         fitting["epochs"] += fitted.epochs_run
         return fitted
 
-    monkeypatch.setattr(fastmi.probe, "fit_heads", timed_fit)
+    monkeypatch.setattr(fastmi.probe.recoverability, "fit_heads", timed_fit)
     machine = [detect_hardware(gpus=0)]
     start = clock()
     cache = fastmi.extract(loaded, corpus, cache_dir=tmp_path / "cache", max_length=max_length, progress=False)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_bag_cross_entropy import make_bags
 
-from fastmi.precision import loss_operands, matmul_precision, resolve_precision
-from fastmi.training import TrainConfig, fit_probes
+from fastmi.probe.precision import loss_operands, matmul_precision, resolve_precision
+from fastmi.probe.training import TrainConfig, fit_probes
 
 
 def test_bf16_operands_keep_fp32_master_gradients():

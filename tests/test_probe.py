@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import fastmi
-from fastmi.alphabet import Alphabet
-from fastmi.bags import BagTargets
-from fastmi.evaluation import bag_counts_of, score_probes
-from fastmi.split import Split
-from fastmi.training import TrainConfig, fit_probes, standardize
+from fastmi.data.alphabet import Alphabet
+from fastmi.data.bags import BagTargets
+from fastmi.data.split import Split
+from fastmi.probe.evaluation import bag_counts_of, score_probes
+from fastmi.probe.training import TrainConfig, fit_probes, standardize
 
 FAST = TrainConfig(max_epochs=3, patience=2, batch_size=64)
 
@@ -232,7 +232,7 @@ def test_tiny_model_extract_then_probe(tmp_path):
 
 
 def test_top_k_alphabet_merges_rare_ids_into_other():
-    from fastmi.alphabet import Alphabet
+    from fastmi.data.alphabet import Alphabet
 
     # id 7 carries the most mass, then 3, then 9 and 4 (rare); K=3 keeps 7 and 3, merges the rest.
     bags = BagTargets.from_token_lists([[7, 7, 3, 9], [7, 3, 4], [7, 7, 7], [3, 9, 4, 4]])
@@ -249,7 +249,7 @@ def test_top_k_alphabet_merges_rare_ids_into_other():
 
 @pytest.mark.parametrize("setting", ["top:1", "top:x", "top", "frequent"])
 def test_bad_vocab_setting_is_refused(setting):
-    from fastmi.alphabet import Alphabet
+    from fastmi.data.alphabet import Alphabet
 
     with pytest.raises(ValueError, match="vocab must be"):
         Alphabet.build(setting, BagTargets.from_token_lists([[1, 2]]), vocab_size=4)

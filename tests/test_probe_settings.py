@@ -1,5 +1,5 @@
-"""The probe settings for large vocabularies: sampled-softmax training (fastmi.sampled_softmax) and the
-probe through the model's own output embedding (fastmi.probe_heads, fastmi.unembedding), each held
+"""The probe settings for large vocabularies: sampled-softmax training (fastmi.probe.sampled_softmax) and the
+probe through the model's own output embedding (fastmi.probe.heads, fastmi.models.unembedding), each held
 against a dense torch reference."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import torch
 from test_probe import bag_features, random_bags
 
 import fastmi
-from fastmi.bags import BagTargets
-from fastmi.evaluation import score_probes
-from fastmi.probe_heads import _LinearHead, _TiedUnseen, _UnembeddingHead, batch_loss, feature_stats, fit_heads
-from fastmi.sampled_softmax import NegativeSampler, RowSparseAdam, parse_train_softmax, proposal_probabilities
-from fastmi.training import TrainConfig, _Adam, standardize
-from fastmi.unembedding import MissingUnembeddingError
+from fastmi.data.bags import BagTargets
+from fastmi.models.unembedding import MissingUnembeddingError
+from fastmi.probe.evaluation import score_probes
+from fastmi.probe.heads import _LinearHead, _TiedUnseen, _UnembeddingHead, batch_loss, feature_stats, fit_heads
+from fastmi.probe.sampled_softmax import NegativeSampler, RowSparseAdam, parse_train_softmax, proposal_probabilities
+from fastmi.probe.training import TrainConfig, _Adam, standardize
 
 FAST = TrainConfig(max_epochs=4, patience=2, batch_size=64)
 
@@ -365,7 +365,7 @@ def test_stored_output_embedding_is_the_models_own(tmp_path, arch, tied):
     assert tied == torch.equal(u, lm.get_input_embeddings().weight.detach())
     # At the start A = I, c = 0 the probe is the model's own map: for mean pooling of the final
     # normed states, its logits are the mean over positions of the model's next-token logits.
-    tokenizer_out = fastmi.models.load_model(str(model_dir)).tokenizer(
+    tokenizer_out = fastmi.models.loading.load_model(str(model_dir)).tokenizer(
         ["w1 w2 w3 w4", "w5 w6"], padding=True, return_tensors="pt"
     )
     with torch.no_grad():
@@ -416,7 +416,7 @@ def test_cache_without_output_embedding_probes_linear_and_refuses_unembedding(tm
 def test_damaged_output_embedding_is_never_read(tmp_path):
     from tiny import make_tiny_model, random_sentences
 
-    from fastmi.cache import CacheCorruptError
+    from fastmi.activations.cache import CacheCorruptError
 
     model_dir = make_tiny_model("gpt2", tmp_path / "gpt2", hidden=16, layers=1)
     cache = fastmi.extract(str(model_dir), random_sentences(10), cache_dir=tmp_path / "cache", progress=False)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastmi.bounds import layer_bounds
-from fastmi.curves import CURVE_COLUMNS, shown_layers
-from fastmi.report import bounds_figure
-from fastmi.result import RecoverabilityResult
+from fastmi.probe.curves import CURVE_COLUMNS, shown_layers
+from fastmi.results.plot import bounds_figure
+from fastmi.results.result import RecoverabilityResult
+from fastmi.stats.bounds import layer_bounds
 
 
 def rows_for(model: str, layers: int, p_error: float, M: int, seed: int) -> list[dict]:

@@ -6,9 +6,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from fastmi.bounds import layer_bounds
-from fastmi.report import bounds_figure
-from fastmi.result import COLUMNS, RecoverabilityResult
+from fastmi.results.plot import bounds_figure
+from fastmi.results.result import COLUMNS, RecoverabilityResult
+from fastmi.stats.bounds import layer_bounds
 
 
 def _result(model, layers, seed, vocab="observed", M=300):

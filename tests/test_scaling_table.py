@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import fastmi.hardware
+import fastmi.planning.hardware
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,9 +24,9 @@ def generator():
 @pytest.fixture(scope="module")
 def generated(generator) -> str:
     with pytest.MonkeyPatch.context() as patch:  # a plan that measured this machine would fail here
-        for name in dir(fastmi.hardware):
+        for name in dir(fastmi.planning.hardware):
             if name.startswith("measure_") or name == "_host_memory":
-                patch.setattr(fastmi.hardware, name, _refuse)
+                patch.setattr(fastmi.planning.hardware, name, _refuse)
         return generator.tables()
 
 
@@ -50,7 +50,7 @@ def test_the_table_holds_the_plans_figures(generator, generated):
 
     import fastmi
     from fastmi.commands.plan import duration
-    from fastmi.model_shape import shape_from_config
+    from fastmi.models.shape import shape_from_config
 
     shape = shape_from_config(LlamaConfig(**generator.MODELS["Llama-3.1-70B"]), "Llama-3.1-70B")
     eight = fastmi.plan(shape, sentences=100_000, mean_tokens=32, vocab="full", gpus=8, gpu="h200")
@@ -70,10 +70,10 @@ def test_write_replaces_only_the_block_between_the_markers(generator, tmp_path):
     )
 
 
-@pytest.mark.parametrize("name", sorted(fastmi.hardware.GPU_PRESETS))
+@pytest.mark.parametrize("name", sorted(fastmi.planning.hardware.GPU_PRESETS))
 def test_docs_cite_each_presets_figures(name):
     """docs/scaling.md's table of published figures says what the presets hold."""
-    preset = fastmi.hardware.GPU_PRESETS[name]
+    preset = fastmi.planning.hardware.GPU_PRESETS[name]
     docs = (REPO / "docs" / "scaling.md").read_text()
     row = next((line for line in docs.splitlines() if line.startswith(f"| `{name}` |")), None)
     assert row is not None, f"docs/scaling.md has no row for the {name} preset"

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from fastmi.cli import main
-from fastmi.result import RecoverabilityResult
-from fastmi.split import Split
+from fastmi.data.split import Split
+from fastmi.results.result import RecoverabilityResult
 
 FAST = ["--max-epochs", "2", "--no-progress"]
 

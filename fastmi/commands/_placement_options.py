@@ -36,7 +36,7 @@ def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_options(args: argparse.Namespace, device: str) -> dict:
     """Keyword arguments for fastmi.load_model: this rank's device(s) and accelerate's budget."""
-    from ..placement import rank_devices
+    from fastmi.models.placement import rank_devices
 
     device, gpus = rank_devices(device, args.devices_per_replica)
     return {"device": device, "gpus": gpus, "max_memory": args.max_memory, "offload_dir": args.offload_dir}

@@ -72,7 +72,7 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_softmax(text: str) -> str:
-    from ..sampled_softmax import parse_train_softmax
+    from fastmi.probe.sampled_softmax import parse_train_softmax
 
     try:
         parse_train_softmax(text)
@@ -82,8 +82,8 @@ def _train_softmax(text: str) -> str:
 
 
 def probe_settings(args: argparse.Namespace):
-    from ..sweep import ProbeSettings
-    from ..training import TrainConfig
+    from fastmi.probe.training import TrainConfig
+    from fastmi.sweep import ProbeSettings
 
     options = {"tie_unseen": True} if args.tie_unseen else {}
     if args.max_epochs is not None:
@@ -109,7 +109,7 @@ def _rank_device(device: str | None, devices_per_replica: int = 1) -> str | None
     """Under torchrun on GPUs, a rank probes on the first GPU of its replica unless told otherwise."""
     import torch
 
-    from ..distributed import context
+    from fastmi.runtime.distributed import context
 
     ctx = context()
     if ctx.distributed and torch.cuda.is_available() and device in (None, "cuda"):
@@ -118,7 +118,7 @@ def _rank_device(device: str | None, devices_per_replica: int = 1) -> str | None
 
 
 def _size(text: str | None) -> int | None:
-    from ..memory import parse_bytes
+    from fastmi.probe.memory import parse_bytes
 
     return None if text is None else parse_bytes(text)
 
@@ -126,7 +126,7 @@ def _size(text: str | None) -> int | None:
 def _fractions(text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
-    from ..curves import check_curve
+    from fastmi.probe.curves import check_curve
 
     try:
         fractions = tuple(float(f) for f in text.split(",") if f.strip())

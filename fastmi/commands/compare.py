@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..comparison import COMPARED_BOUNDS, compare
-    from ..result import RecoverabilityResult
+    from fastmi.results.result import RecoverabilityResult
+    from fastmi.stats.comparison import COMPARED_BOUNDS, compare
 
     path = Path(args.out) / "results.json"
     if not path.is_file():

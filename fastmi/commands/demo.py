@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._probe_options import add_probe_arguments, probe_settings
+from fastmi.commands._probe_options import add_probe_arguments, probe_settings
 
 HELP = "run the bundled demo (minilm and smollm2 on BBC News) and print the per-layer table"
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..sweep import print_summary, sweep
+    from fastmi.sweep import print_summary, sweep
 
     out = Path(args.out)
     result = sweep(

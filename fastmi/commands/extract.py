@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from fastmi.commands._placement_options import add_placement_arguments, load_options
 from fastmi.defaults import DEFAULT_MAX_LENGTH
-
-from ._placement_options import add_placement_arguments, load_options
 
 HELP = "pool each layer's hidden states over a corpus into an activation cache"
 
@@ -95,12 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cache import format_layers
-    from ..corpus import Corpus
-    from ..extraction import extract
-    from ..models import load_model
-    from ..paths import activations_home
-    from ..preflight import check_cache_dir, check_extraction_arguments, resolve_device
+    from fastmi.activations.cache import format_layers
+    from fastmi.activations.extraction import extract
+    from fastmi.data.corpus import Corpus
+    from fastmi.models.loading import load_model
+    from fastmi.runtime.paths import activations_home
+    from fastmi.runtime.preflight import check_cache_dir, check_extraction_arguments, resolve_device
 
     started = time.perf_counter()
     if args.out is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..defaults import DEFAULT_MAX_LENGTH
+from fastmi.defaults import DEFAULT_MAX_LENGTH
 
 HELP = "fine-tune a model with lambda * recoverability added to its own (causal or masked) LM loss"
 
@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..finetune import FinetuneConfig, finetune
+    from fastmi.finetune.run import FinetuneConfig, finetune
 
     config = FinetuneConfig(
         model=args.model,

@@ -18,8 +18,7 @@ import argparse
 import json
 
 from fastmi.defaults import DEFAULT_MAX_LENGTH
-
-from ..hardware import ACHIEVED_FRACTION, GPU_NODE_DISK_RATE, GPU_NODE_HOST_MEMORY_PER_GPU, GPU_PRESETS
+from fastmi.planning.hardware import ACHIEVED_FRACTION, GPU_NODE_DISK_RATE, GPU_NODE_HOST_MEMORY_PER_GPU, GPU_PRESETS
 
 HELP = "estimate the cost, memory and placement of a sweep from the model's config (no weights loaded)"
 
@@ -133,8 +132,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..corpus import Corpus
-    from ..planner import plan
+    from fastmi.data.corpus import Corpus
+    from fastmi.planning.planner import plan
 
     if (args.corpus is None) == (args.sentences is None):
         raise ValueError("give either --corpus or --sentences N (with --mean-tokens)")
@@ -165,8 +164,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_plan(p) -> str:
-    from ..memory import format_bytes as size
-    from ..planner import PROBE_EPOCHS_SOURCE, counted
+    from fastmi.planning.planner import PROBE_EPOCHS_SOURCE, counted
+    from fastmi.probe.memory import format_bytes as size
 
     unit = "GPU" if p.device == "cuda" else "CPU"
     lines = [
@@ -217,8 +216,8 @@ def duration(seconds: float) -> str:
 
 
 def _hardware_line(p) -> str:
-    from ..memory import format_bytes as size
-    from ..planner import counted
+    from fastmi.planning.planner import counted
+    from fastmi.probe.memory import format_bytes as size
 
     if p.device != "cuda":  # its memory is the host's, on the next line
         return f"hardware     CPU, {p.matmul_tflops:.3g} TFLOP/s ({p.hardware})"

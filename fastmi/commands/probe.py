@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._probe_options import add_probe_arguments, probe_settings
+from fastmi.commands._probe_options import add_probe_arguments, probe_settings
 
 HELP = "probe each layer of an activation cache and bound its mutual information"
 
@@ -33,10 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cache import ActivationCache
-    from ..preflight import check_output_dir, check_probe_settings
-    from ..split import Split
-    from ..sweep import load_or_make_split, print_summary, probe_cache, write_outputs
+    from fastmi.activations.cache import ActivationCache
+    from fastmi.data.split import Split
+    from fastmi.runtime.preflight import check_output_dir, check_probe_settings
+    from fastmi.sweep import load_or_make_split, print_summary, probe_cache, write_outputs
 
     settings = probe_settings(args)
     check_probe_settings(settings)
@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
 def cached_layers(cache, text: str) -> list[int]:
     """The layers ``text`` names, each of which the cache must hold ('all': every layer it holds)."""
-    from ..cache import format_layers
-    from ..extraction import parse_layers
+    from fastmi.activations.cache import format_layers
+    from fastmi.activations.extraction import parse_layers
 
     if text.strip().lower() == "all":
         return list(cache.layers)

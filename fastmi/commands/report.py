@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..result import RecoverabilityResult
+    from fastmi.results.result import RecoverabilityResult
 
     if args.run is not None and args.run_option is not None and args.run != args.run_option:
         raise ValueError(f"two inputs given ({args.run} and --from {args.run_option}); give one")
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     plot = result.plot(Path(args.plot) if args.plot else default_plot, bound=args.bound, fraction=args.fraction)
     print(f"\nwrote {plot}")
     if args.claims:
-        from ..claims import claims_to_json, evaluate_claims, format_claims
+        from fastmi.stats.claims import claims_to_json, evaluate_claims, format_claims
 
         claims = evaluate_claims(result, level=args.level)
         print("\n" + format_claims(claims) + f"wrote {claims_to_json(claims, path.parent / 'claims.json')}")

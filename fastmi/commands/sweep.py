@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 
+from fastmi.commands._placement_options import add_placement_arguments, load_options
+from fastmi.commands._probe_options import add_probe_arguments, probe_settings
 from fastmi.defaults import DEFAULT_MAX_LENGTH
-
-from ._placement_options import add_placement_arguments, load_options
-from ._probe_options import add_probe_arguments, probe_settings
 
 HELP = "extract and probe several models on one corpus, on a shared split"
 
@@ -70,8 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..preflight import resolve_device
-    from ..sweep import print_summary, sweep
+    from fastmi.runtime.preflight import resolve_device
+    from fastmi.sweep import print_summary, sweep
 
     settings = probe_settings(args)
     extract_device = resolve_device(settings.device)  # the one default of every command: cuda if available

@@ -9,10 +9,10 @@ the plain torch ground truth.  z and W of different dtypes meet in :func:`comput
 :func:`backend` forces one implementation (tests use it).
 """
 
-from ._dispatch import BACKENDS, backend, choose_backend
-from ._dtypes import compute_dtype
-from .bag_cross_entropy import bag_cross_entropy
-from .bag_topk import bag_topk
-from .masked_pool import masked_pool
+from fastmi.kernels._dispatch import BACKENDS, backend, choose_backend
+from fastmi.kernels._dtypes import compute_dtype
+from fastmi.kernels.bag_cross_entropy import bag_cross_entropy
+from fastmi.kernels.bag_topk import bag_topk
+from fastmi.kernels.masked_pool import masked_pool
 
 __all__ = ["BACKENDS", "backend", "choose_backend", "compute_dtype", "bag_cross_entropy", "bag_topk", "masked_pool"]

@@ -30,10 +30,10 @@ import sys
 
 import torch
 
-from . import bag_cross_entropy_cpu
-from ._dispatch import choose_backend
-from ._dtypes import compute_dtype
-from .reference import NORMALIZATIONS, REDUCTIONS, bag_cross_entropy_reference
+from fastmi.kernels import bag_cross_entropy_cpu
+from fastmi.kernels._dispatch import choose_backend
+from fastmi.kernels._dtypes import compute_dtype
+from fastmi.kernels.reference import NORMALIZATIONS, REDUCTIONS, bag_cross_entropy_reference
 
 __all__ = ["bag_cross_entropy", "PreparedBags"]
 
@@ -257,7 +257,7 @@ class _BagCrossEntropy(torch.autograd.Function):
                 z, weight, bias, bags, row_coef=coef, needs=needs, block_rows=block_rows, filter_eps=filter_eps
             )
         else:
-            from . import bag_cross_entropy_triton as triton_path
+            from fastmi.kernels import bag_cross_entropy_triton as triton_path
 
             if fused:
                 # The row-block sweep with the Triton logit product: 6*B*d*V flops in all.
@@ -334,7 +334,7 @@ class _BagCrossEntropy(torch.autograd.Function):
                 )
                 dz, dw, db = grads.z, grads.weight, grads.bias
             else:
-                from . import bag_cross_entropy_triton
+                from fastmi.kernels import bag_cross_entropy_triton
 
                 dz, dw, db = bag_cross_entropy_triton.backward(
                     z, weight, bias, bags, lse, coef, needs, filter_eps=filter_eps

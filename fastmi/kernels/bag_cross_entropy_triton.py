@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import interpreter_enabled
+from fastmi.kernels._dispatch import interpreter_enabled
 
 # Bytes of one backward chunk of dlogits, [B, Vc]; at B = 8192 in bf16 that is Vc = 16384 of 128k.
 CHUNK_BYTES = 256 * 2**20

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import choose_backend
-from ._dtypes import compute_dtype
-from .bag_topk_cpu import bag_topk_cpu
-from .reference import bag_topk_reference
+from fastmi.kernels._dispatch import choose_backend
+from fastmi.kernels._dtypes import compute_dtype
+from fastmi.kernels.bag_topk_cpu import bag_topk_cpu
+from fastmi.kernels.reference import bag_topk_reference
 
 
 def _check(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int) -> None:
@@ -61,7 +61,7 @@ def bag_topk(
     if which == "reference":
         return bag_topk_reference(z, weight, bias, k)
     if which == "triton":
-        from .bag_topk_triton import MAX_K, bag_topk_triton  # triton imports only where it runs
+        from fastmi.kernels.bag_topk_triton import MAX_K, bag_topk_triton  # triton imports only where it runs
 
         if k <= MAX_K:
             batched = z.dim() == 3

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import interpreter_enabled
+from fastmi.kernels._dispatch import interpreter_enabled
 
 MAX_K = 64
 MAX_ID = 0x7FFFFFFF

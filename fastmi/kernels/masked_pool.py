@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import choose_backend
-from .masked_pool_cpu import masked_pool_torch
-from .reference import POOL_MODES, masked_pool_reference
+from fastmi.kernels._dispatch import choose_backend
+from fastmi.kernels.masked_pool_cpu import masked_pool_torch
+from fastmi.kernels.reference import POOL_MODES, masked_pool_reference
 
 
 def _check(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> None:
@@ -40,7 +40,7 @@ def masked_pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") ->
         return masked_pool_reference(hidden, keep, mode)
     wants_grad = hidden.requires_grad and torch.is_grad_enabled()
     if which == "triton" and not wants_grad and hidden.numel() > 0:
-        from .masked_pool_triton import masked_pool_triton  # triton imports only where it runs
+        from fastmi.kernels.masked_pool_triton import masked_pool_triton  # triton imports only where it runs
 
         return masked_pool_triton(hidden if hidden.stride(-1) == 1 else hidden.contiguous(), keep, mode)
     return masked_pool_torch(hidden, keep, mode)

@@ -38,8 +38,8 @@ def masked_pool_torch(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> to
         numba_ok = hidden.device.type == "cpu" and not (hidden.requires_grad and torch.is_grad_enabled())
         if hidden.dtype == torch.bfloat16 and numba_ok:
             total = torch.zeros(rows, hidden.shape[2], dtype=torch.float32)
-            from ._masked_sum_numba import masked_sum_bf16  # numba: imported by the one path that uses it
-            from ._threads import torch_thread_budget
+            from fastmi.kernels._masked_sum_numba import masked_sum_bf16  # numba: imported by the one path that uses it
+            from fastmi.kernels._threads import torch_thread_budget
 
             with torch_thread_budget():
                 masked_sum_bf16(hidden.view(torch.int16).numpy().view(np.uint16), mask.numpy(), total.numpy())

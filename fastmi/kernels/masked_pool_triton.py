@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import interpreter_enabled
+from fastmi.kernels._dispatch import interpreter_enabled
 
 MODES = {"mean": 0, "max": 1, "first": 2, "last": 3}
 

@@ -1,0 +1,1 @@
+"""Extraction of every layer's pooled sentence embeddings into the resumable safetensors cache."""

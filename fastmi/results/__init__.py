@@ -1,0 +1,1 @@
+"""The result table, its plots and the advice printed with it."""
