@@ -12,13 +12,16 @@ at different speeds are still compared on the same sentences and one split.  Usa
         runs/pool_last/results.json --rename 1:minilm=minilm-first --rename 2:smollm2=smollm2-last \\
         --out runs/poolings
 
-Writes OUT/results.{csv,json,png}, OUT/claims.json, OUT/compare_*.json and OUT/timing.json.
+Writes OUT/results.{csv,json,png}, OUT/claims.json, OUT/compare_*.json and OUT/timing.json; a run that
+probes appends its settings and probe seconds as one row to bench/results/findings_run.jsonl
+(bench/history.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -161,7 +164,27 @@ def main() -> None:
     write_outputs(combined, out, split)
     print(combined.format_table())
     (out / "timing.json").write_text(json.dumps({"probe_seconds": timing}, indent=2) + "\n")
+    if timing:
+        layers = {name: sum(str(r["model"]) == name for r in combined.table) for name in heads}
+        record_timing(args, rows, layers, timing)
     analyse(combined, out, [tuple(p.split(",", 1)) for p in args.compare])
+
+
+def record_timing(args, rows: int, layers: dict[str, int], timing: dict) -> None:
+    """The probe's settings, layers per model and seconds (wall, and CPU as ``NAME_cpu``) as a history row."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import history
+
+    figures = {
+        "rows": rows,
+        "vocab": args.vocab,
+        "train_softmax": args.train_softmax,
+        "tie_unseen": args.tie_unseen,
+        "curve": args.curve,
+        "layers_probed": layers,
+        "probe_seconds": timing,
+    }
+    history.record("findings_run", figures, source="bench/findings_run.py")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Compares a base model, a control run (lambda = 0) and a treatment run (lambda > 
     held-out accuracy, at the tuned layer and the last layer, with bootstrap and paired intervals;
 (c) the model's own held-out loss (causal LM, or masked LM on fixed seeded masks).
 
-Every stage writes JSON under --work and is reused when run again.  Usage:
+Every stage writes JSON under --work and is reused when run again; each run appends its figures
+(bounds, topic accuracy, LM loss, training seconds) as one row to bench/results/finetune_claim.jsonl
+(bench/history.py).  Usage:
 
     python bench/finetune_claim.py --family minilm --base minilm --control RUNS/minilm-control \\
         --treatment RUNS/minilm-treat --tuned-layer 3 --work RUNS/eval-minilm --report docs/finetune
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +91,17 @@ def main() -> None:
     (report / f"{args.family}.json").write_text(json.dumps(summary, indent=2))
     plot(summary, report / f"{args.family}.png")
     print(json.dumps({k: summary[k] for k in ("topics", "lm_loss")}, indent=2))
+    record_history(summary)
+
+
+def record_history(summary: dict) -> None:
+    """The report's figures as a row of the bench's history (the runs' configs stay in the report)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import history
+
+    figures = {key: value for key, value in summary.items() if key != "runs"}
+    figures["train_runtime_s"] = {arm: run.get("train_runtime_s") for arm, run in summary["runs"].items()}
+    history.record("finetune_claim", figures, source="bench/finetune_claim.py")
 
 
 def stage(path: Path, make):

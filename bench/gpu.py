@@ -5,7 +5,7 @@ from the source tree; torch, triton, numba and safetensors must be there).  The 
 optional; carry their wheels and install them with the one command (see bench/README.md):
 
     python -m pip install --no-index --no-deps --find-links bench/wheels liger-kernel cut-cross-entropy
-    python bench/gpu.py --out bench/results/gpu.json --time-budget 420
+    python bench/gpu.py --out gpu.json --time-budget 420
 
 Stages, in order, each in its own try/finally (a failed stage is recorded, the next one runs), the
 JSON rewritten after every stage and every timing (a killed run keeps what it measured):
@@ -27,6 +27,9 @@ backward) and executed (what the path runs: 6 for the fused scalar loss, 8 when 
 recomputes the logits, 2 for a forward), each as a fraction of the matmul rate of its dtype.
 ``--time-budget`` bounds the whole run: a timing that would start past it is skipped and recorded
 as skipped.  ``--cpu-dry-run`` runs every stage at tiny shapes on the CPU (CI runs it).
+
+``--out`` is the run's working record, rewritten as it goes; a finished run (not a dry run) appends
+it as one row to bench/results/gpu.jsonl (bench/history.py: commit, date, machine, load, figures).
 """
 
 from __future__ import annotations
@@ -39,12 +42,12 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "bench" / "results"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=None,
-        help="JSON path, rewritten after every stage (default bench/results/gpu-<date>.json)",
+        help="the run's working JSON, rewritten after every stage (default: fastmi-gpu-<date>.json in the "
+        "temporary folder); the finished run's row goes to bench/results/gpu.jsonl",
     )
     p.add_argument(
         "--time-budget",
@@ -126,7 +130,7 @@ class Run:
             }
         else:
             device = {"name": "cpu (dry run: plumbing only, no figure means anything)"}
-        self.out = args.out or RESULTS_DIR / f"gpu-{datetime.date.today().isoformat()}.json"
+        self.out = args.out or Path(tempfile.gettempdir()) / f"fastmi-gpu-{datetime.date.today().isoformat()}.json"
         self.record = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "device": device,
@@ -261,6 +265,16 @@ class Run:
         return row
 
 
+def record_history(record: dict) -> None:
+    """The finished run as a row of bench/results/gpu.jsonl (its date and commit are the row's own)."""
+    import history
+
+    figures = {key: value for key, value in record.items() if key != "date"}
+    figures["args"] = {key: value for key, value in record["args"].items() if key != "out"}
+    row = history.record("gpu", figures, source="bench/gpu.py")
+    print(f"appended the run to gpu.jsonl (commit {row['commit']}; bench/history.py says where)")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -285,6 +299,8 @@ def main(argv=None) -> int:
     gpu_stages.summarise(run)
     run.write()
     print(f"\nwrote {run.out} ({run.record['wall_s']} s)")
+    if not args.cpu_dry_run:  # a dry run measures nothing: no row
+        record_history(run.record)
     return 0 if all(c["ok"] for c in run.record["checks"]) else 1
 
 

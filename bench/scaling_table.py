@@ -4,7 +4,7 @@
     python bench/scaling_table.py --write README.md   # replace the block between the scaling-table markers
 
 tests/test_scaling_table.py holds the README's block equal to this output.  Every plan here is for GPUs
-named by a preset (fastmi.planning.hardware.GPU_PRESETS) with a GPU node's default host memory and disk rate,
+named by a preset (fastmi.planning.gpu_presets.GPU_PRESETS) with a GPU node's default host memory and disk rate,
 so nothing is measured on the machine that runs it and the output is the same everywhere.
 """
 
@@ -53,7 +53,7 @@ def tables() -> str:
 
 
 def inputs() -> str:
-    from fastmi.planning.hardware import (
+    from fastmi.planning.gpu_presets import (
         ACHIEVED_FRACTION,
         GPU_NODE_DISK_RATE,
         GPU_NODE_HOST_MEMORY_PER_GPU,
@@ -157,7 +157,7 @@ def _alternative_rows(columns: list[dict]) -> list[tuple[str, list[str]]]:
 
 
 def _placement(p) -> str:
-    from fastmi.planning.planner import counted
+    from fastmi.planning.advice import counted
 
     if p.offload:
         where = {"cpu": "CPU RAM", "cpu+disk": "CPU RAM and disk", "disk": "disk"}[p.offload]
@@ -171,7 +171,7 @@ def _cache(column: dict) -> str:
 
 
 def _layers(n: int) -> str:
-    from fastmi.planning.planner import counted
+    from fastmi.planning.advice import counted
 
     return counted(n, "layer")
 

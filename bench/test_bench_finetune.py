@@ -65,11 +65,16 @@ def _step_with_recoverability(model, ids, mask, recover):
     return loss.detach()
 
 
+_medians: dict[str, float] = {}
+
+
 def test_model_step(benchmark, setup):
     model, ids, mask, _ = setup
     benchmark.group = "training step, SmolLM2 shapes (B=8, T=48, V=49152)"
     loss = benchmark.pedantic(_own_step, args=(model, ids, mask), rounds=3, iterations=1, warmup_rounds=1)
     assert torch.isfinite(loss)
+    if benchmark.stats:  # None under --benchmark-disable
+        _medians["model_step"] = benchmark.stats.stats.median
 
 
 def test_model_step_with_recoverability(benchmark, setup):
@@ -79,6 +84,10 @@ def test_model_step_with_recoverability(benchmark, setup):
         _step_with_recoverability, args=(model, ids, mask, recover), rounds=3, iterations=1, warmup_rounds=1
     )
     assert torch.isfinite(loss) and recover.weight.grad is not None
+    if "model_step" in _medians:  # the figure: what the term adds, as a share of the model's own step
+        added = benchmark.stats.stats.median / _medians["model_step"] - 1
+        benchmark.extra_info.update(added_cost_fraction_of_model_step=added, target=0.15)
+        print(f"\nrecoverability adds {added:.1%} to the model's step (medians; target <= 15%)")
 
 
 @pytest.mark.parametrize("part", ["whole_term", "bags", "pool", "bag_cross_entropy"])
@@ -105,4 +114,6 @@ def test_recoverability_term(benchmark, setup, part):
         "bag_cross_entropy": cross_entropy,
     }[part]
     benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
+    if "model_step" in _medians:
+        benchmark.extra_info["fraction_of_model_step"] = benchmark.stats.stats.median / _medians["model_step"]
     assert recover.weight.grad is None or torch.isfinite(recover.weight.grad).all()

@@ -58,7 +58,7 @@ KILLED_RUN = textwrap.dedent("""
     def dying_write(path, data):
         calls.append(path)
         if len(calls) == int(kill_at):
-            with open(path.parent / (cache._TMP_PREFIX + path.name + ".killed"), "wb") as f:
+            with open(path.parent / (cache.TMP_PREFIX + path.name + ".killed"), "wb") as f:
                 f.write(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
         real_write(path, data)

@@ -197,7 +197,7 @@ KILLING_LAUNCHER = textwrap.dedent("""
             with open("rank1-writes.txt", "a") as f:
                 f.write(path.parent.name + "/" + path.name + "\\n")
             if len(shard_writes) == 6:
-                with open(path.parent / (cache._TMP_PREFIX + path.name + ".killed"), "wb") as f:
+                with open(path.parent / (cache.TMP_PREFIX + path.name + ".killed"), "wb") as f:
                     f.write(data[: len(data) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
         real_write(path, data)

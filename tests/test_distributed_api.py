@@ -94,7 +94,6 @@ def test_api_under_an_initialised_process_group(tmp_path, monkeypatch, one_threa
 
 
 def test_an_error_of_rank_0_opening_the_cache_reaches_every_rank(monkeypatch):
-    from fastmi.activations import extraction
     from fastmi.runtime import distributed
 
     sent = []
@@ -103,15 +102,47 @@ def test_an_error_of_rank_0_opening_the_cache_reaches_every_rank(monkeypatch):
     def refuse():
         raise ValueError("the cache at X was built for another pooling")
 
+    def prepared(rank, attach=None):
+        return distributed.prepared_by_main(refuse, attach, "open the cache", distributed.Context(rank=rank, world=2))
+
     with pytest.raises(ValueError, match="another pooling"):  # rank 0 raises it and tells the others
-        extraction._on_main_then_share(refuse, distributed.Context(rank=0, world=2), attach=None)
+        prepared(0)
     assert sent == [("ValueError", "the cache at X was built for another pooling")]
 
     monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: sent[0])
     with pytest.raises(ValueError, match="rank 0 could not open the cache: the cache at X was built for another"):
-        extraction._on_main_then_share(refuse, distributed.Context(rank=1, world=2), attach=None)
+        prepared(1)
     monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: ("ok", [(1, [0, 2])]))
-    assert extraction._on_main_then_share(refuse, distributed.Context(rank=1, world=2), attach=lambda: "writer") == (
-        "writer",
-        [(1, [0, 2])],
-    )
+    assert prepared(1, attach=lambda: "writer") == ("writer", [(1, [0, 2])])
+
+
+def test_probe_groups_are_dealt_by_rank_0_s_list_and_gathered_on_every_rank(monkeypatch, tmp_path):
+    """GroupExchange: only rank 0 lists the unsaved groups, each rank takes its round-robin share;
+    results come back through files (a barrier) or from every rank (in memory)."""
+    from fastmi.runtime import distributed
+    from fastmi.runtime.group_exchange import GroupExchange
+
+    listed = [[0], [1], [2], [3], [4]]
+    monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: ("ok", listed))  # rank 0's list
+    first, second = (GroupExchange(distributed.Context(rank=r, world=2)) for r in (0, 1))
+    assert second.deal(lambda: pytest.fail("only rank 0 lists the saved groups")) == [[1], [3]]
+    monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: value)
+    assert first.deal(lambda: listed) == [[0], [2], [4]]
+
+    waits = []
+    monkeypatch.setattr(distributed, "barrier", lambda: waits.append(1))
+    monkeypatch.setattr(distributed, "all_gather", lambda value: [{(0,): "a", (2,): "c"}, value])
+    assert second.gather({(1,): "b"}, in_files=True) == {(1,): "b"} and waits == [1]  # the rest is read from files
+    assert second.gather({(1,): "b"}, in_files=False) == {(0,): "a", (2,): "c", (1,): "b"}
+
+    # A directory rank 0 cannot make: every rank hears why, and all fall back to memory together.
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: value)
+    reason = first.make_directory(blocker / "groups")
+    assert reason and "a file" in reason
+    monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: ("ok", reason))
+    assert second.make_directory(tmp_path / "never made") == reason
+    assert not (tmp_path / "never made").exists()
+    assert GroupExchange(distributed.Context()).make_directory(tmp_path / "made") is None
+    assert (tmp_path / "made").is_dir()

@@ -197,6 +197,37 @@ def test_bad_arguments_fail_before_anything_is_written(model_dirs, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_extract_refuses_what_the_cli_refuses_in_its_own_words_before_loading(model_dirs, tmp_path, monkeypatch):
+    """extract and `fastmi extract` share one check (fastmi.runtime.preflight): errors name the
+    keyword arguments, and a model spec is refused on its config, before any weight loads."""
+    import fastmi.models.loading
+    from fastmi.runtime import preflight
+
+    checked = []
+    real_check = preflight.check_extraction_arguments
+    monkeypatch.setattr(
+        "fastmi.activations.extraction.check_extraction_arguments",
+        lambda *a, **k: checked.append(a[0]) or real_check(*a, **k),
+    )
+    monkeypatch.setattr(fastmi.models.loading, "load_model", lambda *a, **k: pytest.fail("loaded before the checks"))
+    spec = str(model_dirs["gpt2"])
+    for kwargs, message in (
+        ({"pooling": "median"}, "^pooling must be one of"),
+        ({"batch_size": 0}, "^batch_size must be a positive integer"),
+        ({"max_length": True}, "^max_length must be a positive integer"),
+        ({"shard_rows": 0}, "^shard_rows must be a positive integer"),
+        ({"shard_bytes": -1}, "^shard_bytes must be a positive integer"),
+        ({"padding_side": "middle"}, "^padding_side must be 'left' or 'right'"),
+        ({"layers": "9"}, "out of range: this model has layers 0..3"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            fastmi.extract(spec, ["w1 w2"], cache_dir=tmp_path / "c", progress=False, **kwargs)
+    assert checked == [[spec]] * 7
+    with pytest.raises(ValueError, match="^--batch-size must be a positive integer"):  # the CLI's words
+        real_check([spec], batch_size=0)
+    assert not (tmp_path / "c").exists()
+
+
 class RecordingBar:
     """Stands in for tqdm: every update, and what was written to the cache by then."""
 
@@ -240,11 +271,11 @@ def test_the_bar_of_rank_0_adds_its_batches_to_every_rank_s_listed_shards(monkey
     others' as their shards are listed; it never moves back."""
     import tqdm.auto
 
-    from fastmi.activations.extraction import _progress
+    from fastmi.activations.progress import SentenceBar
 
     monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
     RecordingBar.bars = []
-    with _progress(40, True, "m (2 processes)") as bar:
+    with SentenceBar(40, True, "m (2 processes)") as bar:
         bar.batch_done(4)
         bar.batch_done(4)  # rank 0's shard 0 (10 rows) is 8 rows in
         assert RecordingBar.bars[0].n == 8
@@ -253,7 +284,7 @@ def test_the_bar_of_rank_0_adds_its_batches_to_every_rank_s_listed_shards(monkey
         bar.batch_done(4)
         bar.shards_done(20)  # a stale count cannot take back rows
         assert RecordingBar.bars[0].n == 24
-    with _progress(40, False, "m") as quiet:
+    with SentenceBar(40, False, "m") as quiet:
         quiet.batch_done(4)
         quiet.shards_done(10)
     assert len(RecordingBar.bars) == 1 and RecordingBar.bars[0].closed

@@ -15,6 +15,7 @@ def test_gpu_bench_dry_run_writes_every_stage(tmp_path):
     out = tmp_path / "gpu.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
+    env["FASTMI_BENCH_RESULTS"] = str(tmp_path / "history")
     done = subprocess.run(
         [
             sys.executable,
@@ -42,6 +43,26 @@ def test_gpu_bench_dry_run_writes_every_stage(tmp_path):
     recompute = [r for r in timed if "recompute" in r["impl"]]
     assert recompute and all(r["executed_tflops"] > r["useful_tflops"] for r in recompute)
     assert record["ceilings"]["matmul_bf16_tflops"] > 0 and record["ceilings"]["copy_gb_per_s"] > 0
+    assert not (tmp_path / "history").exists()  # a dry run measures nothing: it adds no row to the history
+
+
+def test_a_finished_gpu_run_appends_its_record_to_the_history(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu
+
+    monkeypatch.setenv("FASTMI_BENCH_RESULTS", str(tmp_path))
+    record = {
+        "date": "2026-12-07T00:00:00",
+        "device": {"name": "NVIDIA H200"},
+        "args": {"out": str(tmp_path / "gpu.json"), "time_budget": 420.0},
+        "ceilings": {"matmul_bf16_tflops": 700.0},
+        "timings": [{"op": "bag_cross_entropy", "impl": "fastmi", "ms": 1.5}],
+        "targets": {"speedup_vs_liger (>= 5)": 6.0},
+    }
+    gpu.record_history(record)
+    (row,) = (json.loads(line) for line in (tmp_path / "gpu.jsonl").read_text().splitlines())
+    assert row["source"] == "bench/gpu.py" and row["commit"] and row["figures"]["ceilings"] == record["ceilings"]
+    assert row["figures"]["args"] == {"time_budget": 420.0} and "date" not in row["figures"]  # no local path
 
 
 def test_gpu_bench_records_a_failed_stage_and_goes_on(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import pytest
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-import fastmi.activations.cache
+import fastmi.runtime.files
 from fastmi.activations.cache import ActivationCache
 from fastmi.cli import main
 
@@ -158,7 +158,8 @@ def test_a_full_disk_prints_one_line_naming_the_directory_and_the_space_needed(
                 return FullDisk(path, mode)
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(fastmi.activations.cache, "open", filling_open, raising=False)
+    # Every atomic write (the cache's among them) opens its temporary file in fastmi.runtime.files.
+    monkeypatch.setattr(fastmi.runtime.files, "open", filling_open, raising=False)
     assert main(argv(model, corpus, out)) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "no space left" in err[0], err

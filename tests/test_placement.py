@@ -10,7 +10,8 @@ from tiny import make_tiny_model, random_sentences
 import fastmi
 from fastmi.cli import main
 from fastmi.models.placement import accelerate_kwargs, input_device
-from fastmi.runtime.distributed import Context, my_share, parse_max_memory, replica_devices, replica_max_memory
+from fastmi.runtime.distributed import Context, my_share
+from fastmi.runtime.replicas import parse_max_memory, replica_devices, replica_max_memory
 
 SENTENCES = random_sentences(14, seed=9, min_words=1)
 SETTINGS = dict(batch_size=4, shard_rows=5, progress=False)
@@ -113,20 +114,53 @@ def test_ranks_share_work_disjointly_and_completely(world):
 
 
 def test_ranks_taking_turns_get_each_item_once(monkeypatch):
-    """take_turns: a counter in the group's store hands each item to whichever rank asks next."""
+    """ShardQueue: a counter in the group's store hands each item to whichever rank asks next."""
     import fastmi.runtime.distributed as distributed
+    from fastmi.runtime.shard_queue import ShardQueue
 
     store = torch.distributed.HashStore()
-    monkeypatch.setattr(distributed, "_store", lambda: store)
+    monkeypatch.setattr(distributed, "group_store", lambda: store)
     items = [f"shard {i}" for i in range(7)]
-    fast, slow = (distributed.take_turns(items, "queue", Context(rank=r, world=2)) for r in (0, 1))
+    fast, slow = (iter(ShardQueue(items, "queue", Context(rank=r, world=2))) for r in (0, 1))
     taken = {1: [next(slow)]}  # rank 1 asks first, then rank 0 takes three while rank 1 works
     taken[0] = [next(fast), next(fast), next(fast)]
     taken[1] += list(slow)  # rank 1 takes the rest
     taken[0] += list(fast)  # nothing is left
     assert taken == {0: items[1:4], 1: [items[0], *items[4:]]}
-    assert list(distributed.take_turns(items, "another queue", Context(rank=1, world=2))) == items  # its own counter
-    assert list(distributed.take_turns(items, "unused", Context())) == items  # one process: everything
+    assert list(ShardQueue(items, "another queue", Context(rank=1, world=2))) == items  # its own counter
+    assert list(ShardQueue(items, "unused", Context())) == items  # one process: everything
+
+
+def test_the_shard_queue_adds_up_what_every_rank_finished(monkeypatch):
+    """Rank 0's progress bar counts the whole job: each rank's finish() adds to one total."""
+    import fastmi.runtime.distributed as distributed
+    from fastmi.runtime.shard_queue import ShardQueue
+
+    store = torch.distributed.HashStore()
+    monkeypatch.setattr(distributed, "group_store", lambda: store)
+    main, other = (ShardQueue(["a", "b", "c"], "sizes", Context(rank=r, world=2)) for r in (0, 1))
+    assert main.finish(10) == 10
+    assert other.finish(7) == 17  # rank 1's shard, seen in the total
+    assert main.finish(3) == 20
+    alone = ShardQueue(["a", "b"], "sizes", Context())  # one process: its own count, no store
+    assert (alone.finish(4), alone.finish(5)) == (4, 9)
+
+
+def test_a_queue_listed_by_rank_0_reaches_every_rank_under_one_name(monkeypatch):
+    import fastmi.runtime.distributed as distributed
+    from fastmi.runtime.shard_queue import ShardQueue
+
+    sent = []
+    monkeypatch.setattr(distributed, "context", lambda: Context(rank=0, world=2))
+    monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: sent.append(value) or value)
+    resource, queue = ShardQueue.listed_by_main(lambda: ("writer", [(0, [1]), (2, [0, 1])]), None, "open it")
+    assert resource == "writer" and queue.items == [(0, [1]), (2, [0, 1])]
+    ((status, (items, name)),) = sent
+    assert status == "ok" and items == queue.items and name == queue.name
+    monkeypatch.setattr(distributed, "context", lambda: Context(rank=1, world=2))
+    monkeypatch.setattr(distributed, "broadcast", lambda value, src=0: sent[0])  # what rank 0 sent
+    opened = ShardQueue.listed_by_main(lambda: pytest.fail("only rank 0 lists the work"), lambda: "attached", "x")
+    assert opened[0] == "attached" and (opened[1].items, opened[1].name) == (items, name)
 
 
 def test_each_rank_gets_its_own_devices(monkeypatch):
@@ -145,3 +179,30 @@ def test_each_rank_gets_its_own_devices(monkeypatch):
     assert rank_devices("auto", 1, second_of_four) == ("auto", [2, 3])  # "all GPUs": this rank's share
     with pytest.raises(ValueError, match="launch 2 processes per node"):
         rank_devices("cuda", 4, second_of_four)
+
+
+def test_each_rank_probes_on_the_first_gpu_of_its_replica(monkeypatch):
+    from fastmi.runtime.replicas import probe_device
+
+    second_of_four = Context(rank=1, world=4, local_rank=1, local_world=4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert probe_device(None, 1, second_of_four) == "cuda:1"
+    assert probe_device("cuda", 2, second_of_four) == "cuda:2"  # its replica holds GPUs 2 and 3
+    assert probe_device("cuda:7", 2, second_of_four) == "cuda:7"  # asked for explicitly
+    assert probe_device("cpu", 1, second_of_four) == "cpu"
+    assert probe_device(None, 1, Context()) is None  # one process: the probe's own default
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert probe_device(None, 1, second_of_four) is None
+
+
+def test_fewer_shards_than_ranks_are_said_once(capsys):
+    from fastmi.runtime.shard_queue import ShardQueue
+
+    hint = "pass a smaller shard_rows (--shard-rows)"
+    ShardQueue([1, 2], "q", Context(rank=0, world=3)).note_idle_ranks("shard(s)", hint)
+    assert capsys.readouterr().err.strip() == (
+        "fastmi: 2 unfinished shard(s) for 3 processes: some have nothing to do; " + hint
+    )
+    for items, world in (([1, 2, 3], 3), ([], 3), ([1], 1)):  # enough work, none at all, one process
+        ShardQueue(items, "q", Context(rank=0, world=world)).note_idle_ranks("shard(s)", hint)
+    assert capsys.readouterr().err == ""

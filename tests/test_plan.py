@@ -13,7 +13,9 @@ from tiny import make_tiny_model, random_sentences
 from transformers import AutoModel, AutoTokenizer, LlamaConfig
 
 import fastmi
+import fastmi.planning.gpu_presets
 import fastmi.planning.hardware
+import fastmi.planning.rates
 from fastmi.cli import main
 from fastmi.models.hooks import find_layer_taps
 from fastmi.models.shape import model_shape
@@ -200,7 +202,9 @@ def test_plan_reads_the_config_never_the_weights(tmp_path):
     ids = [tokenizer(s, truncation=True, max_length=16)["input_ids"] for s in corpus]
     assert p.tokens == sum(map(len, ids))
     specials = set(tokenizer.all_special_ids)
-    assert p.alphabet_size == len({i for row in ids for i in row} - specials)
+    # the probe's alphabet: the ids of the default split's training sentences, plus "other"
+    train = fastmi.ProbeConfig().make_split(len(ids)).train
+    assert p.alphabet_size == len({i for r in train for i in ids[r]} - specials) + 1
     with pytest.raises(ValueError, match="observed.*needs the corpus"):
         fastmi.plan(directory, sentences=100, vocab="observed", gpus=0, matmul_tflops=0.01)
 
@@ -253,9 +257,10 @@ def nothing_measured_here(monkeypatch):
     def measured(*args, **kwargs):
         raise AssertionError("a plan for GPUs elsewhere measured this machine")
 
-    for name in dir(fastmi.planning.hardware):
-        if name.startswith("measure_") or name == "_host_memory":
-            monkeypatch.setattr(fastmi.planning.hardware, name, measured)
+    names = [name for name in dir(fastmi.planning.rates) if name.startswith("measure_")]
+    assert len(names) >= 9  # every measurement of the machine, its free RAM included
+    for name in names:
+        monkeypatch.setattr(fastmi.planning.rates, name, measured)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -263,8 +268,8 @@ def test_gpu_preset_fills_memory_and_matmul_rate_from_published_figures(name, co
     memory, bf16, tf32, fp32, bandwidth = PUBLISHED[name]
     hw = fastmi.planning.hardware.detect_hardware(gpus=8, gpu=name)
     assert hw.memory == memory and hw.bandwidth == bandwidth
-    assert hw.matmul_flops == pytest.approx(fastmi.planning.hardware.ACHIEVED_FRACTION * bf16 * 1e12)
-    assert fastmi.planning.hardware.ACHIEVED_FRACTION == 0.6  # the one fraction the README and docs state
+    assert hw.matmul_flops == pytest.approx(fastmi.planning.gpu_presets.ACHIEVED_FRACTION * bf16 * 1e12)
+    assert fastmi.planning.gpu_presets.ACHIEVED_FRACTION == 0.6  # the one fraction the README and docs state
     # the probe's fp32 and TF32 matmuls at this GPU's own rates, not an H100's
     assert hw.probe_flops("fp32") == pytest.approx(0.6 * fp32 * 1e12)
     assert hw.probe_flops("tf32") == pytest.approx(0.6 * tf32 * 1e12)
@@ -306,8 +311,8 @@ def test_gpus_elsewhere_take_a_gpu_nodes_host_memory_and_disk_rate_not_this_mach
     config_70b, capsys, nothing_measured_here
 ):
     planned = fastmi.plan(config_70b, sentences=100_000, vocab="full", gpus=8, gpu_memory="141GB", matmul_tflops=593)
-    assert planned.host_memory == 8 * fastmi.planning.hardware.GPU_NODE_HOST_MEMORY_PER_GPU == 2e12
-    assert planned.disk_rate == fastmi.planning.hardware.GPU_NODE_DISK_RATE == 1e9
+    assert planned.host_memory == 8 * fastmi.planning.gpu_presets.GPU_NODE_HOST_MEMORY_PER_GPU == 2e12
+    assert planned.disk_rate == fastmi.planning.gpu_presets.GPU_NODE_DISK_RATE == 1e9
     assert "default for a GPU node" in planned.host_memory_source and "--disk-rate" in planned.disk_rate_source
     args = ["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8"]
     assert main([*args, "--gpu", "h200", "--disk-rate", "2GB/s", "--host-memory", "1TB"]) == 0

@@ -3,7 +3,7 @@ and for the demo models (MiniLM over 200 demo sentences, SmolLM2 over 120 at ``t
 
 The planner's rates (matmul, elementwise, per operation, file writing, fresh memory) are measured in
 this process, as a CPU plan always measures them, and the default probe is timed on its own code at
-the work's shape (fastmi.planning.hardware.measure_probe_costs); the plan's model of the work (FLOPs,
+the work's shape (fastmi.planning.rates.measure_probe_costs); the plan's model of the work (FLOPs,
 elementwise passes, steps, files) turns them into seconds.  What this test holds is that model.  On
 a CPU shared with other work, wall time mostly measures the neighbours (their share of the cores
 changes from one second to the next), so rates and run are both timed in this process's CPU time on
@@ -24,7 +24,7 @@ import torch
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-import fastmi.planning.hardware
+import fastmi.planning.rates
 import fastmi.probe.recoverability
 from fastmi.data.corpus import Corpus
 from fastmi.models.loading import DEMO_MODELS, load_model
@@ -40,7 +40,7 @@ clock = time.process_time
 def one_thread_cpu_time(monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # counting bags (numba) keeps it (fastmi.kernels._threads)
-    monkeypatch.setattr(fastmi.planning.hardware, "_clock", clock)
+    monkeypatch.setattr(fastmi.planning.rates, "_clock", clock)
     yield
     assert torch.get_num_threads() == 1, "something changed the thread count: CPU times are not comparable"
     torch.set_num_threads(threads)

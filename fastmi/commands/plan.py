@@ -18,7 +18,7 @@ import argparse
 import json
 
 from fastmi.defaults import DEFAULT_MAX_LENGTH
-from fastmi.planning.hardware import ACHIEVED_FRACTION, GPU_NODE_DISK_RATE, GPU_NODE_HOST_MEMORY_PER_GPU, GPU_PRESETS
+from fastmi.planning.gpu_presets import ACHIEVED_FRACTION, GPU_NODE_DISK_RATE, GPU_NODE_HOST_MEMORY_PER_GPU, GPU_PRESETS
 
 HELP = "estimate the cost, memory and placement of a sweep from the model's config (no weights loaded)"
 
@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_plan(p) -> str:
-    from fastmi.planning.planner import PROBE_EPOCHS_SOURCE, counted
+    from fastmi.planning.advice import counted
+    from fastmi.planning.planner import PROBE_EPOCHS_SOURCE
     from fastmi.probe.memory import format_bytes as size
 
     unit = "GPU" if p.device == "cuda" else "CPU"
@@ -216,7 +217,7 @@ def duration(seconds: float) -> str:
 
 
 def _hardware_line(p) -> str:
-    from fastmi.planning.planner import counted
+    from fastmi.planning.advice import counted
     from fastmi.probe.memory import format_bytes as size
 
     if p.device != "cuda":  # its memory is the host's, on the next line

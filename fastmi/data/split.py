@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastmi.runtime.files import atomic_write_text
+
 __all__ = ["Split"]
 
 
@@ -115,9 +117,7 @@ class Split:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(self.to_dict()))
         return path
 
     @classmethod

@@ -7,19 +7,21 @@ during tuning, the model's own LM / masked-LM loss, and paired bootstrap interva
   the train rows, and whether each held-out row is classified right.
 * :func:`lm_token_losses`: per-sentence summed NLL and token count of a causal LM (next token) or
   a masked LM (a fixed, seeded 15% of positions masked, the same for every model compared).
-* :func:`bootstrap_interval`: a seeded bootstrap over held-out sentences of a statistic of one model,
-  or of the difference between two models on the same resampled sentences (paired).
+* :func:`bootstrap_interval` (from :mod:`fastmi.stats.bootstrap`): a seeded bootstrap over held-out
+  sentences of a statistic of one model, or of the difference between two models on the same
+  resampled sentences (paired).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fastmi.defaults import DEFAULT_MAX_LENGTH
+from fastmi.stats.bootstrap import bootstrap_interval
 
 __all__ = ["demo_topics", "topic_probe_correct", "lm_token_losses", "bootstrap_interval"]
 
@@ -140,15 +142,3 @@ def lm_token_losses(
         nll[start : start + len(rows)] = losses.sum(1).numpy()
         count[start : start + len(rows)] = (labels != -100).sum(1).numpy()
     return nll, count
-
-
-def bootstrap_interval(
-    statistic: Callable[[np.ndarray], float], num_rows: int, level: float = 0.95, resamples: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """``(point, low, high)``: ``statistic(rows)`` on all rows and the percentile interval of it over
-    seeded resamples of the rows (pass a difference of two models' statistics for a paired one)."""
-    rng = np.random.default_rng(seed)
-    point = float(statistic(np.arange(num_rows)))
-    draws = np.array([statistic(rng.integers(0, num_rows, num_rows)) for _ in range(resamples)])
-    tail = (1 - level) / 2
-    return point, float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))

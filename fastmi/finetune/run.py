@@ -29,6 +29,8 @@ from typing import Any
 import torch
 
 from fastmi.defaults import DEFAULT_MAX_LENGTH
+from fastmi.probe.config import ProbeConfig, default_of
+from fastmi.runtime.files import atomic_write_text
 from fastmi.runtime.notices import notice
 
 __all__ = ["FinetuneConfig", "finetune", "training_source", "load_trainable"]
@@ -53,8 +55,9 @@ class FinetuneConfig:
     lora_r: int = 16
     batch_size: int = 8
     max_length: int = DEFAULT_MAX_LENGTH  # the same as extract's and sweep's: score what was trained on
-    seed: int = 0  # split, initialisation, data order, masking
-    test_fraction: float = 0.2  # held-out share of the split (as in fastmi sweep)
+    # The split's settings are the probe's (fastmi.probe.config), so OUT's held-out sentences are a sweep's.
+    seed: int = default_of(ProbeConfig, "seed")  # split, initialisation, data order, masking
+    test_fraction: float = default_of(ProbeConfig, "test_fraction")  # held-out share of the split
     pooling: str = "mean"
     merge: bool = True  # with lora: also write merged weights to OUT
     mlm_probability: float = 0.15
@@ -126,7 +129,6 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     from transformers.trainer_utils import get_last_checkpoint
 
     from fastmi.data.corpus import Corpus
-    from fastmi.data.split import Split
     from fastmi.finetune.loss import MultiLayerRecoverabilityLoss
     from fastmi.finetune.saving import JsonlLogCallback, save_tuned_model
     from fastmi.finetune.trainer import RecoverabilityTrainer, save_probe
@@ -153,7 +155,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     layers = resolve_training_layers(config.layers, num_layers)
 
     corpus = Corpus.load(config.corpus, max_sentences=config.max_sentences)
-    split = Split.make(len(corpus), config.test_fraction, config.seed, corpus_fingerprint=corpus.fingerprint)
+    split = split_settings(config).make_split(len(corpus), corpus.fingerprint)
     split.save(out / "split.json")
     token_lists = corpus.tokenize(tokenizer, config.max_length)
     train = [{"input_ids": token_lists[i]} for i in split.train if token_lists[i]]
@@ -217,9 +219,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         "train_runtime_s": result.metrics.get("train_runtime"),
         "last_log": logs[-1] if logs else None,
     }
-    tmp = out / f".{FINISHED}.tmp"
-    tmp.write_text(json.dumps(done, indent=2))
-    os.replace(tmp, out / FINISHED)
+    atomic_write_text(out / FINISHED, json.dumps(done, indent=2))
     return done
 
 
@@ -252,7 +252,14 @@ def _checkpointing_argument(arguments_class, enabled: bool) -> dict[str, bool]:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
+def split_settings(config: FinetuneConfig) -> ProbeConfig:
+    """The probe settings of the split a sweep scores on (checked as they are made); the sweep's
+    held-out sentences depend on ``seed`` and ``test_fraction`` alone, so they are never trained on."""
+    return ProbeConfig(seed=config.seed, test_fraction=config.test_fraction)
+
+
 def _check_config(config: FinetuneConfig) -> None:
+    split_settings(config)
     for name in ("steps", "batch_size", "max_length", "lora_r", "logging_steps", "save_steps"):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

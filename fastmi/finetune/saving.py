@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors.torch import save as safetensors_bytes
 from transformers import TrainerCallback
+
+from fastmi.runtime.files import atomic_write_bytes
 
 __all__ = ["save_tuned_model", "JsonlLogCallback"]
 
@@ -47,7 +50,7 @@ def _carry_base_only_weights(out: Path, source: str, model) -> None:
     fastmi refuses.  The pooler is not trained here, so the base model's own weights are exact.
     """
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     source_dir = Path(source)
     target = out / "model.safetensors"
@@ -65,6 +68,4 @@ def _carry_base_only_weights(out: Path, source: str, model) -> None:
                     if full not in tensors:
                         added[full] = handle.get_tensor(key)
     if added:
-        tmp = out / ".model.safetensors.tmp"
-        save_file({**tensors, **added}, str(tmp), metadata={"format": "pt"})
-        tmp.replace(target)
+        atomic_write_bytes(target, safetensors_bytes({**tensors, **added}, metadata={"format": "pt"}))

@@ -37,11 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from transformers import Trainer
 
 from fastmi.finetune.frozen import FrozenHiddenStatesWarning
 from fastmi.finetune.loss import MultiLayerRecoverabilityLoss
+from fastmi.runtime.distributed import average_gradients
+from fastmi.runtime.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["RecoverabilityTrainer", "scale_gradient", "TokenMarginal", "PROBE_WEIGHTS", "PROBE_CONFIG"]
 
@@ -158,13 +161,8 @@ class RecoverabilityTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            if world > 1:
-                for p in self.recoverability.parameters():
-                    if p.grad is not None:
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad.div_(world)
+        # The probes live outside the DDP-wrapped model, so DDP does not average their gradients.
+        average_gradients(self.recoverability.parameters())
         return loss
 
     # ---- optimizer ---------------------------------------------------------------------------
@@ -228,12 +226,8 @@ def save_probe(recoverability: MultiLayerRecoverabilityLoss, directory: str | os
         "normalize": first.normalize,
         **extra,
     }
-    tmp = directory / f".{PROBE_WEIGHTS}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, directory / PROBE_WEIGHTS)
-    tmp = directory / f".{PROBE_CONFIG}.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, directory / PROBE_CONFIG)
+    atomic_write_bytes(directory / PROBE_WEIGHTS, safetensors_bytes(tensors))
+    atomic_write_text(directory / PROBE_CONFIG, json.dumps(config, indent=2))
     return directory / PROBE_WEIGHTS
 
 

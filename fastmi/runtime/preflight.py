@@ -17,7 +17,6 @@ import torch
 from fastmi.defaults import DEFAULT_MAX_LENGTH
 
 __all__ = [
-    "check_probe_settings",
     "check_extraction_arguments",
     "check_output_dir",
     "check_cache_dir",
@@ -28,11 +27,6 @@ __all__ = [
 def _positive_int(name: str, value, flag: str | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{flag or name} must be a positive integer, got {value!r}")
-
-
-def _fraction(name: str, value, flag: str | None = None) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{flag or name} must lie strictly between 0 and 1, got {value!r}")
 
 
 def resolve_device(device: str | torch.device | None) -> str:
@@ -57,23 +51,6 @@ def resolve_device(device: str | torch.device | None) -> str:
     return text
 
 
-def check_probe_settings(settings) -> None:
-    """A :class:`fastmi.sweep.ProbeSettings` that :func:`fastmi.recoverability` would accept."""
-    from fastmi.data.alphabet import parse_vocab
-
-    parse_vocab(settings.vocab)
-    _fraction("test_fraction", settings.test_fraction, "--test-fraction")
-    _fraction("level", settings.level, "--level")
-    _positive_int("k", settings.k, "--k")
-    if settings.entropy not in ("plugin", "miller_madow"):
-        raise ValueError(f"--entropy must be 'plugin' or 'miller_madow', got {settings.entropy!r}")
-    _positive_int("max_epochs", settings.train.max_epochs, "--max-epochs")
-    _positive_int("batch_size", settings.train.batch_size, "the probe's batch size")
-    if settings.train.tie_unseen and settings.probe != "linear":
-        raise ValueError("--tie-unseen applies to the linear probe only (unembedding logits of unseen ids differ by U)")
-    resolve_device(settings.device)
-
-
 def check_extraction_arguments(
     models: Sequence[str],
     layers="all",
@@ -84,19 +61,33 @@ def check_extraction_arguments(
     revision: str | None = None,
     trust_remote_code: bool = False,
     device: str | None = None,
+    *,
+    shard_bytes: int | None = None,
+    padding_side: str | None = None,
+    as_flags: bool = True,
 ) -> dict[str, int]:
     """Check what :func:`fastmi.extract` would check, and ``layers`` against each model's config;
-    return each model's number of blocks.  ``revision`` applies to the hub ids among ``models``."""
-    from fastmi.activations.extraction import parse_layers
+    return each model's number of blocks.  ``revision`` applies to the hub ids among ``models``.
+
+    :func:`fastmi.extract` itself calls this (``as_flags=False``: errors name its keyword arguments,
+    ``batch_size``, rather than the CLI's flags, ``--batch-size``), so the two never disagree.
+    """
+    from fastmi.activations.inputs import parse_layers
     from fastmi.kernels.reference import POOL_MODES
     from fastmi.models.loading import is_local_spec, model_num_layers
 
+    def named(name: str) -> str:
+        return "--" + name.replace("_", "-") if as_flags else name
+
     if pooling not in POOL_MODES:
-        raise ValueError(f"--pooling must be one of {', '.join(POOL_MODES)}, got {pooling!r}")
-    _positive_int("batch_size", batch_size, "--batch-size")
-    _positive_int("max_length", max_length, "--max-length")
-    if shard_rows is not None:
-        _positive_int("shard_rows", shard_rows, "--shard-rows")
+        raise ValueError(f"{named('pooling')} must be one of {', '.join(POOL_MODES)}, got {pooling!r}")
+    _positive_int("batch_size", batch_size, named("batch_size"))
+    _positive_int("max_length", max_length, named("max_length"))
+    for name, value in (("shard_rows", shard_rows), ("shard_bytes", shard_bytes)):
+        if value is not None:
+            _positive_int(name, value, named(name))
+    if padding_side not in (None, "left", "right"):
+        raise ValueError(f"{named('padding_side')} must be 'left' or 'right', got {padding_side!r}")
     resolve_device(device)
     blocks = {}
     for spec in models:

@@ -1,0 +1,149 @@
+"""The probe's memory, layer groups and seconds per epoch, from a model of the work (docs/scaling.md).
+
+On a CPU measured here the default probe (linear, full softmax) is timed on its own code at the
+work's shape (step, validation chunk, epoch bookkeeping; :func:`probe_seconds_timed`).  Otherwise
+it is counted: 6 B d S FLOPs per layer for training (4 B d S + 4 B d^2 through the frozen
+unembedding), S = M or K + the batch's bag ids with ``sampled:K``, plus the exact full-vocabulary
+validation pass, plus the elementwise passes over logits and Adam's over the trainable state.
+Each group's set-up (new parameters and moments, the first validation pass) is counted once per run.
+Memory comes from :mod:`fastmi.probe.memory`, the same function that sizes the probe's layer groups.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fastmi.models.shape import ModelShape
+from fastmi.planning.hardware import Hardware
+from fastmi.planning.workload import Workload
+from fastmi.probe.memory import STATE_BYTES, ProbeMemory, layer_groups
+
+__all__ = ["PROBE_BUDGET_FRACTION", "ProbeEstimate", "estimate_probe", "probe_epoch", "probe_seconds_timed"]
+
+PROBE_BUDGET_FRACTION = 0.5  # the probe's default max_memory: half of the device memory (fastmi.probe.recoverability)
+TRAIN_BATCH_SIZE = 256  # TrainConfig().batch_size
+VALIDATION_CHUNK_STEPS = 0.6  # fixed cost of a validation chunk (forward only) in probe steps
+EPOCH_FIXED_STEPS = 3  # per epoch: shuffling, the validation bookkeeping, the best-copy update
+# Elements one AdamW update moves per trainable parameter: 7 operations (lerp, mul, addcmul, sqrt, div,
+# add, addcdiv), each reading or writing ~3 of value, gradient, moments and temporaries.
+ADAM_PASSES = 20
+BEST_COPY_PASSES = 2  # per epoch: the improved layers' weights copied into the best copy
+SETUP_PASSES = 4  # per fit: W, Adam's two moments and the best copy, each written once
+# The default probe on a measured CPU is timed at the work's own shape up to this many weights
+# (64 MB per fp32 tensor: past the caches, so larger probes run at the same rate per weight).
+TIMED_PROBE_PARAMETERS = 1 << 24
+# Elementwise passes over each logit: max, subtract, exp, sum, then the gradient's scale and count terms.
+# The CPU path makes them in memory; the Triton kernels keep logits on chip and write dlogits once.
+LOGIT_PASSES = {"cpu": (10, 5), "cuda": (2, 0)}  # (training, validation)
+
+
+@dataclass(frozen=True)
+class ProbeEstimate:
+    """One probe setting over the plan's layers: its memory, its groups within the budget, its cost."""
+
+    memory: ProbeMemory
+    budget: int  # bytes a device offers the probe
+    groups: list[list[int]]
+    flops: float  # per epoch, all groups
+    seconds: float  # per epoch, the busiest device
+    setup_seconds: float  # once per run, the busiest device
+
+
+def estimate_probe(
+    work: Workload, shape: ModelShape, hw: Hardware, layers: list[int], train_softmax: str, probe: str, precision: str
+) -> ProbeEstimate:
+    memory = ProbeMemory(
+        rows=work.probe_rows,
+        dim=shape.hidden_size,
+        alphabet=work.alphabet_size,
+        batch_size=TRAIN_BATCH_SIZE,
+        precision=precision,
+        train_softmax=train_softmax,
+        probe=probe,
+        mean_bag=work.mean_bag,
+    )
+    budget = int(hw.memory * PROBE_BUDGET_FRACTION)
+    groups = layer_groups(layers, memory.layers_per_group(budget, len(layers)))
+    flops, seconds, setup_seconds = probe_epoch(memory, work, hw, [len(g) for g in groups])
+    return ProbeEstimate(memory, budget, groups, flops, seconds, setup_seconds)
+
+
+def probe_epoch(
+    memory: ProbeMemory, work: Workload, hw: Hardware, group_sizes: list[int]
+) -> tuple[float, float, float]:
+    """(FLOPs, seconds) of one epoch over all groups, and the seconds of the groups' set-up (their
+    parameters, Adam's moments, the best copy and the first validation pass, once per run); groups
+    go round-robin to the devices (one rank each).
+
+    The default probe (linear, full softmax) on a CPU whose rates are measured here is timed on its
+    own code at the work's shape (:func:`probe_seconds_timed`); every other case is counted:
+    FLOPs at the matmul rate, elementwise passes at the elementwise rate, a fixed cost per step.
+    """
+    d, m, s = memory.dim, memory.alphabet, memory.trained_columns
+    train, val = work.train_rows, work.validation_rows
+    if memory.probe == "unembedding":
+        layer_flops = train * (4.0 * d * s + 4.0 * d * d) + val * (2.0 * d * m + 2.0 * d * d)
+        validation_flops = val * (2.0 * d * m + 2.0 * d * d)
+    else:
+        layer_flops = 6.0 * train * d * s + 2.0 * val * d * m
+        validation_flops = 2.0 * val * d * m
+    flops = layer_flops * sum(group_sizes)
+    workers = [(0.0, 0.0)] * (hw.count if hw.device == "cuda" else 1)
+    # A group's parameters, gradients, moments and best copy are new memory, written first in its set-up.
+    fresh = STATE_BYTES[memory.precision] * memory.parameters_per_layer * hw.fresh_memory_seconds
+    if hw.measured and memory.probe == "linear" and memory.train_softmax == "full":
+        for i, (epoch, setup) in enumerate(probe_seconds_timed(memory, work, hw, group_sizes)):
+            done = workers[i % len(workers)]
+            workers[i % len(workers)] = (done[0] + epoch, done[1] + setup + fresh * group_sizes[i])
+        return flops, max(w[0] for w in workers), max(w[1] for w in workers)
+    steps = math.ceil(train / memory.batch_size)
+    chunks = math.ceil(val / memory.batch_size)
+    train_passes, val_passes = LOGIT_PASSES[hw.device]
+    elements = (
+        train * s * train_passes
+        + val * m * val_passes
+        + (steps * ADAM_PASSES + BEST_COPY_PASSES) * memory.parameters_per_layer
+    )
+    setup_elements = val * m * val_passes + SETUP_PASSES * memory.parameters_per_layer
+    rate = hw.probe_flops(memory.precision)
+    if hw.measured:  # the fused bag CE's row blocks of the batch against the alphabet
+        rate = hw.matmul_rate(min(memory.batch_size, train), d, s)
+    for i, size in enumerate(group_sizes):
+        fixed, per_layer = hw.probe_step_seconds
+        overhead = (steps + VALIDATION_CHUNK_STEPS * chunks + EPOCH_FIXED_STEPS) * (fixed + per_layer * size)
+        seconds = size * (layer_flops / rate + elements / hw.elementwise_rate) + overhead
+        setup = size * (validation_flops / rate + setup_elements / hw.elementwise_rate)
+        setup += VALIDATION_CHUNK_STEPS * chunks * (fixed + per_layer * size) + fresh * size
+        done = workers[i % len(workers)]
+        workers[i % len(workers)] = (done[0] + seconds, done[1] + setup)
+    return flops, max(w[0] for w in workers), max(w[1] for w in workers)
+
+
+def probe_seconds_timed(
+    memory: ProbeMemory, work: Workload, hw: Hardware, group_sizes: list[int]
+) -> list[tuple[float, float]]:
+    """(seconds per epoch, set-up seconds) of each group, from the probe's step, validation chunk,
+    epoch bookkeeping and set-up timed on this CPU (:meth:`Hardware.probe_costs`).
+
+    They are timed at the work's shape: the largest group's layers, the alphabet, the step's and
+    the validation chunk's rows.  Where that holds more than :data:`TIMED_PROBE_PARAMETERS` weights,
+    fewer layers (then fewer ids) are timed and the costs scaled by the weights, but for the fixed
+    cost of a step (:attr:`Hardware.probe_step_seconds`).  An epoch has ceil(train / batch) steps and
+    ceil(validation / batch) validation chunks, as :func:`fastmi.probe.training.fit_probes` runs them.
+    """
+    d, m = memory.dim, memory.alphabet
+    train, val, batch = work.train_rows, work.validation_rows, memory.batch_size
+    steps, chunks = math.ceil(train / batch), math.ceil(val / batch)
+    layers = min(max(group_sizes), max(1, TIMED_PROBE_PARAMETERS // (m * d)))
+    columns = min(m, max(1, TIMED_PROBE_PARAMETERS // (layers * d)))
+    costs = hw.probe_costs(layers, min(batch, train), d, columns, min(batch, val), work.mean_bag)
+    fixed, per_layer = hw.probe_step_seconds
+    out = []
+    for size in group_sizes:
+        scale = size * m / (layers * columns)
+        step = fixed + per_layer * size + max(0.0, costs.step - fixed - per_layer * layers) * scale
+        validation = costs.validation_chunk * scale
+        epoch = steps * step + chunks * validation + costs.epoch * scale
+        out.append((epoch, costs.setup * scale + chunks * validation))
+    return out
