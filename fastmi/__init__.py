@@ -17,6 +17,8 @@ _LAZY = {
     "extract": "fastmi.activations.extraction",  # not fastmi.extract: a submodule would shadow the function
     "ActivationCache": "fastmi.activations.cache",
     "recoverability": "fastmi.probe.recoverability",
+    "ProbeConfig": "fastmi.probe.config",
+    "TrainConfig": "fastmi.probe.config",
     "RecoverabilityResult": "fastmi.results.result",
     "RecoverabilityLoss": "fastmi.finetune.loss",
     "MultiLayerRecoverabilityLoss": "fastmi.finetune.loss",

@@ -15,14 +15,10 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from fastmi.cli import main as cli_main
-    from fastmi.runtime import distributed
+    from fastmi.runtime.distributed import launched
 
-    ctx = distributed.init_from_env()
-    try:
-        with distributed.quiet_unless_main(ctx):
-            return cli_main(argv)
-    finally:
-        distributed.shutdown()
+    with launched():  # joined to torchrun's process group, if any; stdout of rank 0 only
+        return cli_main(argv)
 
 
 def exit_now(code: int | None) -> None:

@@ -11,8 +11,9 @@ An output directory holds everything a sweep makes and is its checkpoint::
 
 Rerunning a finished sweep reads its caches and results and redoes nothing.  Under torchrun every
 rank extracts its shards and probes its layer groups of each model in turn; rank 0 alone writes
-split.json and the results (docs/distributed.md).  Every argument is
-checked (:mod:`fastmi.runtime.preflight`) before a model loads or a file is written.
+split.json and the results (docs/distributed.md).  Every argument is checked before a model loads
+or a file is written: the probe settings by :class:`fastmi.probe.config.ProbeConfig` as they are
+made, the rest by :mod:`fastmi.runtime.preflight`.
 """
 
 from __future__ import annotations
@@ -20,22 +21,23 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastmi.data.corpus import Corpus
 from fastmi.data.split import Split
 from fastmi.defaults import DEFAULT_MAX_LENGTH
-from fastmi.probe.training import TrainConfig
+from fastmi.probe.config import ProbeConfig
 from fastmi.results.result import RecoverabilityResult
 from fastmi.runtime import distributed
+from fastmi.runtime.files import content_hash
 from fastmi.runtime.interrupts import note_kept
 from fastmi.runtime.notices import notice
 
 __all__ = [
-    "ProbeSettings",
+    "ProbeConfig",
     "sweep",
+    "result_stem",
     "probe_cache",
     "model_names",
     "model_slug",
@@ -45,44 +47,15 @@ __all__ = [
 ]
 
 
-@dataclass
-class ProbeSettings:
-    """Everything :func:`fastmi.recoverability` is called with in a sweep (a finished result is
-    reused only if it was made with equal settings)."""
+# ProbeConfig's name before it declared the settings for the API, sweeps and the CLI at once; scripts
+# written then (bench/finetune_claim.py) still use it.
+ProbeSettings = ProbeConfig
 
-    vocab: str = "observed"
-    test_fraction: float = 0.2
-    seed: int = 0
-    k: int = 5
-    level: float = 0.95
-    entropy: str = "plugin"
-    device: str | None = None
-    train: TrainConfig = field(default_factory=TrainConfig)
-    probe: str = "linear"
-    train_softmax: str = "full"
-    max_memory: int | None = None  # bytes for the layer groups of the probe (None: half the free memory)
-    curve: tuple[float, ...] | None = None  # fractions of n_train, see fastmi.probe.curves
 
-    def key(self) -> dict:
-        """The settings that change the numbers (not the device, nor the memory budget)."""
-        key = asdict(self)
-        key.pop("device")
-        # Default probe settings stay out of the key, so results stored before they existed are reused.
-        for name, default in (("probe", "linear"), ("train_softmax", "full")):
-            if key[name] == default:
-                key.pop(name)
-        key.pop("max_memory")
-        if key["curve"] is None:
-            key.pop("curve")  # results made before curves existed stay reusable
-        return key
-
-    def file_stem(self) -> str:
-        """A file name for results of these settings: readable alphabet, then a hash of all settings."""
-        import hashlib
-        import json
-
-        digest = hashlib.sha256(json.dumps(_jsonable(self.key()), sort_keys=True).encode()).hexdigest()[:8]
-        return f"vocab-{re.sub(r'[^A-Za-z0-9]+', '', self.vocab)}-{digest}"
+def result_stem(settings: ProbeConfig) -> str:
+    """A file name for a model's results with these settings: the alphabet, readable, then a digest
+    of every setting that changes the numbers (:meth:`ProbeConfig.key`)."""
+    return f"vocab-{re.sub(r'[^A-Za-z0-9]+', '', settings.vocab)}-{content_hash(settings.key())[:8]}"
 
 
 def model_names(specs: Sequence[str]) -> list[str]:
@@ -133,31 +106,30 @@ def _slug_of(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "--")) or "model"
 
 
-def load_or_make_split(out: Path, num_rows: int, fingerprint: str | None, settings: ProbeSettings) -> Split:
-    """OUT/split.json if it exists (and fits this corpus), else a new split (saved with the results by
-    :func:`write_outputs`, so a failed run leaves no split.json behind; a split is a pure function of
-    the corpus size and the seed, so a rerun after an interrupt, and every rank of a multi-process
-    run, makes the same one)."""
+def load_or_make_split(out: Path, num_rows: int, fingerprint: str | None, settings: ProbeConfig) -> Split:
+    """OUT/split.json if it exists (and fits this corpus and these settings), else a new split (saved
+    with the results by :func:`write_outputs`, so a failed run leaves no split.json behind; a split is
+    a pure function of the corpus size and the settings, so a rerun after an interrupt, and every rank
+    of a multi-process run, makes the same one)."""
     path = out / "split.json"
-    if path.exists():
-        split = Split.load(path)
-        try:
-            split.check(num_rows, fingerprint)
-        except ValueError as err:
-            raise ValueError(f"{path} belongs to another corpus ({err}); use a new --out directory") from None
-        if (split.seed, split.test_fraction) != (settings.seed, settings.test_fraction):
-            raise ValueError(
-                f"{path} was made with seed={split.seed}, test_fraction={split.test_fraction}; "
-                f"use those or a new --out directory"
-            )
-        return split
-    return Split.make(num_rows, settings.test_fraction, settings.seed, corpus_fingerprint=fingerprint)
+    if not path.exists():
+        return settings.make_split(num_rows, fingerprint)
+    split = Split.load(path)
+    try:
+        split.check(num_rows, fingerprint)
+    except ValueError as err:
+        raise ValueError(f"{path} belongs to another corpus ({err}); use a new --out directory") from None
+    made = {name: getattr(split, name) for name in ("seed", "test_fraction", "validation_fraction")}
+    if made != {name: getattr(settings, name) for name in made}:
+        stated = ", ".join(f"{name}={value}" for name, value in made.items())
+        raise ValueError(f"{path} was made with {stated}; use those or a new --out directory")
+    return split
 
 
 def probe_cache(
     cache: Any,
     split: Split,
-    settings: ProbeSettings,
+    settings: ProbeConfig,
     done_path: Path | None = None,
     progress: bool = True,
     layers: Sequence[int] | None = None,
@@ -165,6 +137,7 @@ def probe_cache(
 ) -> RecoverabilityResult:
     """Probe ``layers`` (default: all) of one cache on ``split``; reuse ``done_path`` if it holds a
     result of the same settings.  ``name``: the model's name in the result (default: its short name)."""
+    from fastmi.data.alphabet import alphabet_rule
     from fastmi.models.loading import short_model_name
     from fastmi.probe.recoverability import recoverability
 
@@ -184,6 +157,9 @@ def probe_cache(
         )
     }
     wanted = {"settings": settings.key(), "split": split.to_dict(), "cache": identity}
+    # The alphabet rule (docs/theory.md §7) is part of a result's identity: one made when the alphabet
+    # was built from every sentence, held-out ones included, has no "alphabet_rule" and is redone.
+    wanted["alphabet_rule"] = alphabet_rule(settings.vocab)
     probed = sorted(int(layer) for layer in (cache.layers if layers is None else layers))
     # Every layer of the model leaves the key as results have always had it, so those stay reusable.
     if _layers_suffix(probed, int(cache.metadata.get("num_layers") or max(cache.layers))):
@@ -193,27 +169,13 @@ def probe_cache(
         if previous.config.get("sweep_key") == _jsonable(wanted) and previous.held_out:  # held_out: for comparisons
             notice(f"{name}: reusing the finished results in {done_path}")
             return renamed(previous, name)
-    result = recoverability(
-        cache,
-        vocab=settings.vocab,
-        seed=settings.seed,
-        k=settings.k,
-        level=settings.level,
-        device=settings.device,
-        split=split,
-        entropy=settings.entropy,
-        train=settings.train,
-        progress=progress,
-        probe=settings.probe,
-        train_softmax=settings.train_softmax,
-        max_memory=settings.max_memory,
-        curve=settings.curve,
-        layers=layers,
-        model=name,
-    )
+        older = {key: value for key, value in wanted.items() if key != "alphabet_rule"}
+        if previous.config.get("sweep_key") == _jsonable(older):
+            notice(f"{name}: {done_path} was made under the older alphabet rule (held-out ids included); recomputing")
+    result = recoverability(cache, settings, split=split, progress=progress, layers=layers, model=name)
     result.config["sweep_key"] = _jsonable(wanted)
-    if done_path is not None and distributed.context().is_main:
-        result.to_json(done_path)
+    if done_path is not None:
+        distributed.on_main(result.to_json, done_path)
     return result
 
 
@@ -242,7 +204,7 @@ def sweep(
     models: Sequence[str],
     corpus: Corpus | str,
     out: str | Path,
-    settings: ProbeSettings | None = None,
+    settings: ProbeConfig | None = None,
     max_sentences: int | None = None,
     pooling: str = "mean",
     layers: str | Sequence[int] = "all",
@@ -270,7 +232,6 @@ def sweep(
     from fastmi.runtime.preflight import (
         check_extraction_arguments,
         check_output_dir,
-        check_probe_settings,
         resolve_device,
     )
 
@@ -279,8 +240,10 @@ def sweep(
     _refuse_duplicates(models)
     names = model_names(models)
     slugs = _slugs(models, names)
-    settings = settings or ProbeSettings()
-    check_probe_settings(settings)  # before any extraction: a bad --vocab must not cost minutes
+    settings = settings or ProbeConfig()
+    # The config checked its settings as it was made; the device must also exist here, before any
+    # extraction: a bad setting must not cost minutes.
+    resolve_device(settings.device)
     out = Path(out)
     check_output_dir(out)
     blocks = check_extraction_arguments(
@@ -325,7 +288,7 @@ def sweep(
         else:
             notice(f"{spec}: the activation cache in {cache_dir} is complete; not loading the model")
         wanted = parse_layers(layers, blocks[spec])
-        done_path = out / "models" / slug / f"{settings.file_stem()}{_layers_suffix(wanted, blocks[spec])}.json"
+        done_path = out / "models" / slug / f"{result_stem(settings)}{_layers_suffix(wanted, blocks[spec])}.json"
         results.append(probe_cache(cache, split, settings, done_path, progress=progress, layers=wanted, name=name))
         note_kept(out / "models", f"the results of {len(results)} of {len(models)} models")
     combined = RecoverabilityResult.concat(results)
@@ -406,15 +369,18 @@ def write_outputs(result: RecoverabilityResult, out: Path, split: Split | None =
     paths = {name: out / f"results.{name}" for name in ("csv", "json", "png")}
     if split is not None:
         paths["split"] = out / "split.json"
-    with distributed.main_first() as main:
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-            result.to_csv(paths["csv"])
-            result.to_json(paths["json"])
-            result.plot(paths["png"])
-            if split is not None:
-                split.save(paths["split"])
+    distributed.on_main(_write_files, result, split, paths)
+    distributed.barrier()  # nobody reads the results before rank 0 has written them
     return paths
+
+
+def _write_files(result: RecoverabilityResult, split: Split | None, paths: dict[str, Path]) -> None:
+    paths["csv"].parent.mkdir(parents=True, exist_ok=True)
+    result.to_csv(paths["csv"])
+    result.to_json(paths["json"])
+    result.plot(paths["png"])
+    if split is not None:
+        split.save(paths["split"])
 
 
 def print_summary(result: RecoverabilityResult, paths: dict[str, Path], stream=None) -> None:

@@ -79,7 +79,8 @@ def test_observed_and_full_alphabets():
     bags = BagTargets.from_token_lists([[5, 7, 7], [9, 5], [30]], vocab_size=40)
     observed = Alphabet.build("observed", bags, 40, excluded_ids=[0, 1])
     full = Alphabet.build("full", bags, 40, excluded_ids=[0, 1])
-    assert observed.size == 4 and full.size == 38
+    # the training ids plus "other" for every other id of the vocabulary
+    assert observed.size == 5 and observed.other and full.size == 38
     compact = observed.compact(bags)
     assert compact.ids.tolist() == [0, 1, 0, 2, 3] and compact.counts.tolist() == [1, 2, 1, 1, 1]
     assert full.compact(bags).ids.tolist() == [3, 5, 3, 7, 28]
@@ -91,7 +92,8 @@ def test_result_rows_state_alphabet_and_size():
     z = {0: bag_features(bags, 10)}
     observed = probe(z, bags, vocab, vocab="observed").table[0]
     full = probe(z, bags, vocab, vocab="full", excluded_ids=[28, 29]).table[0]
-    assert (observed["vocab"], observed["M"]) == ("observed", len(set(bags.ids.tolist())))
+    # every id < 10 occurs in a training bag; "other" stands for ids 10..29
+    assert (observed["vocab"], observed["M"]) == ("observed", len(set(bags.ids.tolist())) + 1)
     assert (full["vocab"], full["M"]) == ("full", 28)
 
 
@@ -243,8 +245,11 @@ def test_top_k_alphabet_merges_rare_ids_into_other():
     rows = [dict(zip(compact.select([r]).ids.tolist(), compact.select([r]).counts.tolist())) for r in range(4)]
     assert rows == [{0: 1, 1: 2, 2: 1}, {0: 1, 1: 1, 2: 1}, {1: 3}, {0: 1, 2: 3}]
     assert torch.equal(compact.lengths, bags.lengths)  # merging never loses a token
-    # A K that covers every observed id merges nothing.
-    assert not Alphabet.build("top:10", bags, vocab_size=12).other
+    # A K that covers every observed id merges none of them; "other" stands for the unseen ids.
+    wide = Alphabet.build("top:10", bags, vocab_size=12)
+    assert wide.vocab_ids.tolist() == [3, 4, 7, 9] and wide.other and wide.size == 5
+    # ... and is not needed when the vocabulary holds no other id.
+    assert not Alphabet.build("top:10", bags, vocab_size=12, excluded_ids=[0, 1, 2, 5, 6, 8, 10, 11]).other
 
 
 @pytest.mark.parametrize("setting", ["top:1", "top:x", "top", "frequent"])

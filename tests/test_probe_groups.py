@@ -34,8 +34,12 @@ def caches(tmp_path_factory):
 
 
 def group_memory(cache, layers_per_group: int) -> int:
-    """A max_memory that fits exactly ``layers_per_group`` layers (the observed alphabet)."""
-    size = len(torch.unique(cache.targets.ids))
+    """A max_memory that fits exactly ``layers_per_group`` layers (the observed alphabet: the training
+    ids plus "other")."""
+    from fastmi.probe.config import ProbeConfig
+    from fastmi.probe.recoverability import prepare
+
+    size = prepare(cache, ProbeConfig(train=TRAIN), progress=False).alphabet.size
     return layers_per_group * probe_bytes(cache.num_rows, cache.hidden_size, size, TRAIN.batch_size)
 
 
@@ -145,3 +149,13 @@ def test_half_precision_caches_probe_close_to_fp32(caches, tmp_path):
         for a, b in zip(results["fp32"].table, results[dtype].table):
             assert b["ce_bits"] == pytest.approx(a["ce_bits"], abs=0.05)
             assert b["H_T"] == a["H_T"]
+
+
+def test_a_checkpoint_directory_that_cannot_be_made_leaves_the_groups_in_memory(caches, tmp_path):
+    cache = caches["fp32"]
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    with pytest.warns(UserWarning, match="cannot save probe groups under .*an interrupted run will start over"):
+        unsaved = probe(cache, blocker / "groups")
+    assert unsaved.table == probe(cache, tmp_path / "saved").table
+    assert blocker.is_file() and not list(tmp_path.rglob("a file/*"))

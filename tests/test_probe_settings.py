@@ -14,10 +14,12 @@ from test_probe import bag_features, random_bags
 import fastmi
 from fastmi.data.bags import BagTargets
 from fastmi.models.unembedding import MissingUnembeddingError
+from fastmi.probe.adamw import AdamW
 from fastmi.probe.evaluation import score_probes
-from fastmi.probe.heads import _LinearHead, _TiedUnseen, _UnembeddingHead, batch_loss, feature_stats, fit_heads
-from fastmi.probe.sampled_softmax import NegativeSampler, RowSparseAdam, parse_train_softmax, proposal_probabilities
-from fastmi.probe.training import TrainConfig, _Adam, standardize
+from fastmi.probe.heads import _LinearHead, _UnembeddingHead, batch_loss, feature_stats, fit_heads
+from fastmi.probe.sampled_softmax import NegativeSampler, parse_train_softmax, proposal_probabilities
+from fastmi.probe.tied_unseen import TiedUnseen
+from fastmi.probe.training import TrainConfig, standardize
 
 FAST = TrainConfig(max_epochs=4, patience=2, batch_size=64)
 
@@ -68,12 +70,32 @@ def test_corrected_sub_vocabulary_estimates_the_partition_function(proposal):
     assert abs(estimates.mean() - truth) < 4 * stderr + 1e-9 * truth
 
 
+def torch_adamw(p: torch.Tensor, weight_decay: float) -> torch.optim.AdamW:
+    """The reference: torch's own AdamW, single-tensor path (the one whose arithmetic ours follows)."""
+    return torch.optim.AdamW([p], lr=0.1, weight_decay=weight_decay, foreach=False, fused=False)
+
+
+def test_adamw_over_every_row_is_torch_adamw_bit_for_bit():
+    """The full-softmax probe's optimiser (no rows named: every row) is AdamW itself."""
+    g = torch.Generator().manual_seed(1)
+    p = torch.randn(2, 9, 4, generator=g)
+    ours = p.clone().requires_grad_(True)
+    theirs = p.clone().requires_grad_(True)
+    optimizer, reference = AdamW([ours], lr=0.1, weight_decay=[0.01]), torch_adamw(theirs, 0.01)
+    for _ in range(5):
+        grad = torch.randn(2, 9, 4, generator=g)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        optimizer.step()
+        reference.step()
+    assert torch.equal(ours.detach(), theirs.detach())
+
+
 def test_row_sparse_adam_is_adam_on_the_rows_it_touches():
     g = torch.Generator().manual_seed(2)
     p = torch.randn(2, 9, 4, generator=g)
     dense = p.clone().requires_grad_(True)
-    reference = _Adam([dense], lr=0.1, weight_decay=(0.01,))
-    sparse = RowSparseAdam([p.clone()], lr=0.1, weight_decay=[0.01])
+    reference = torch_adamw(dense, 0.01)
+    sparse = AdamW([p.clone()], lr=0.1, weight_decay=[0.01])
     rows = torch.tensor([1, 4, 5])
     for _ in range(3):
         grad = torch.randn(2, 3, 4, generator=g)
@@ -86,9 +108,9 @@ def test_row_sparse_adam_is_adam_on_the_rows_it_touches():
     assert torch.equal(sparse.params[0][:, untouched], p[:, untouched])
     # Touched every step, so lazy and dense Adam agree on them exactly.
     assert torch.allclose(sparse.params[0][:, rows], dense.detach()[:, rows], atol=1e-6)
-    dense_adam = RowSparseAdam([p.clone()], lr=0.1, weight_decay=[0.0])
+    dense_adam = AdamW([p.clone()], lr=0.1, weight_decay=[0.0])
     ref = p.clone().requires_grad_(True)
-    ref_opt = _Adam([ref], lr=0.1, weight_decay=(0.0,))
+    ref_opt = torch_adamw(ref, 0.0)
     grad = torch.randn(2, 9, 4, generator=g)
     dense_adam.step([(grad, None)])
     ref.grad = grad
@@ -100,8 +122,8 @@ def test_row_sparse_adam_with_dense_moments_is_adam_with_zeros_elsewhere():
     g = torch.Generator().manual_seed(4)
     p = torch.randn(2, 9, 4, generator=g)
     ref = p.clone().requires_grad_(True)
-    reference = _Adam([ref], lr=0.1, weight_decay=(0.01,))
-    dense_moments = RowSparseAdam([p.clone()], lr=0.1, weight_decay=[0.01], lazy=False)
+    reference = torch_adamw(ref, 0.01)
+    dense_moments = AdamW([p.clone()], lr=0.1, weight_decay=[0.01], lazy=False)
     for rows in (torch.tensor([1, 4, 5]), torch.tensor([0, 4]), torch.tensor([8])):
         grad = torch.randn(2, rows.numel(), 4, generator=g)
         dense_moments.step([(grad, rows)])
@@ -120,8 +142,8 @@ def test_row_sparse_adam_updates_a_gathered_copy_as_it_would_its_own_gather():
     rows = torch.tensor([0, 3, 7])
     grad = torch.randn(3, 3, 2, generator=g)
     own, given = (
-        RowSparseAdam([p.clone()], lr=0.1, weight_decay=[0.0]),
-        RowSparseAdam([p.clone()], lr=0.1, weight_decay=[0.0]),
+        AdamW([p.clone()], lr=0.1, weight_decay=[0.0]),
+        AdamW([p.clone()], lr=0.1, weight_decay=[0.0]),
     )
     own.step([(grad, rows)])
     given.step([(grad, rows, given.params[0].index_select(1, rows))])
@@ -144,7 +166,7 @@ def test_tied_validation_ce_is_the_exact_full_vocabulary_ce():
     bags = _bags_with_unseen_ids(M, seen, n, seed=1)
     marginal = torch.zeros(M, dtype=torch.float64)
     marginal[:seen] = 1.0 / seen
-    tied = _TiedUnseen.build(marginal)
+    tied = TiedUnseen.build(marginal)
     assert tied.size == M - seen and tied.width == seen + 1
     g = torch.Generator().manual_seed(2)
     z = torch.randn(1, n, d, generator=g)
@@ -183,7 +205,7 @@ def test_sampled_training_always_holds_the_tied_row_and_never_draws_it():
     M, seen = 30, 10
     marginal = torch.zeros(M, dtype=torch.float64)
     marginal[:seen] = torch.rand(seen, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    tied = _TiedUnseen.build(marginal)
+    tied = TiedUnseen.build(marginal)
     q = proposal_probabilities("unigram", tied.collapse(marginal), 0.05)
     q[-1] = 0.0
     sampler = NegativeSampler(q / q.sum(), 50, torch.Generator().manual_seed(1), always=torch.tensor([seen]))

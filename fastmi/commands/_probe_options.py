@@ -1,135 +1,108 @@
-"""Options shared by the commands that probe (probe, sweep, demo): one definition, one --help text."""
+"""Options of the commands that probe (probe, sweep, demo), generated from the fields of
+:class:`fastmi.probe.config.ProbeConfig` and :class:`fastmi.probe.config.TrainConfig`: one option per
+setting, with the setting's own default, help text and check, so the three commands, the Python API
+and a sweep's stored results cannot drift apart.
+
+A setting's option is ``--field-name`` unless its declaration names another (``--probe-memory``,
+``--probe-batch-size``, ``--probe-lr``); its argparse destination is the option's name.  Values are
+parsed by argparse; they are checked when :func:`probe_config` makes the config, with errors that
+name the option.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fastmi.probe.config import ProbeConfig, TrainConfig, check_together, check_values, default_of
 
 
-def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("probe")
-    group.add_argument(
-        "--vocab",
-        default="observed",
-        metavar="{observed,full,top:K}",
-        help="alphabet of T: token ids seen in the corpus, the whole vocabulary minus special "
-        "tokens, or the K-1 most frequent ids plus one 'other' symbol (a bound on I(f(T); z) "
-        "<= I(T; z), far tighter on small corpora)",
-    )
-    group.add_argument("--test-fraction", type=float, default=0.2, help="share of sentences held out for the bounds")
-    group.add_argument("--seed", type=int, default=0, help="seed of the split, the training order and the bootstrap")
-    group.add_argument("--k", type=int, default=5, help="list size of the top-k (list-decoding Fano) bound")
-    group.add_argument("--level", type=float, default=0.95, help="confidence level of the lower bounds")
-    group.add_argument(
-        "--entropy",
-        default="plugin",
-        choices=("plugin", "miller_madow"),
-        help="estimator of H(T) over all sentences (plug-in is biased low: conservative)",
-    )
-    group.add_argument("--max-epochs", type=int, default=None, help="upper bound on training epochs per layer")
-    group.add_argument(
-        "--probe",
-        default="linear",
-        choices=("linear", "unembedding"),
-        help="probe form: 'linear' (logits W z + b, W trained) or 'unembedding' (logits U (A z + c) + b "
-        "through the model's frozen output embedding U, stored in the cache by fastmi extract; "
-        "no V x d parameters per layer, about 2/3 of the work per step)",
-    )
-    group.add_argument(
-        "--train-softmax",
-        default="full",
-        metavar="{full,sampled:K}",
-        type=_train_softmax,
-        help="softmax used while training: the whole alphabet, or K shared sampled negatives plus "
-        "the batch's own ids per step (log-Q corrected; far cheaper for 100k+ vocabularies; proposal "
-        "unigram by default, or sampled:K:loguniform, sampled:K:uniform). "
-        "Validation and the held-out bounds are always exact over the whole alphabet",
-    )
-    group.add_argument(
-        "--tie-unseen",
-        action="store_true",
-        help="train the ids that no training bag holds as one tied row: the same problem as the full "
-        "softmax (exact), and several times cheaper when most of the alphabet never occurs in training; "
-        "always on with sampled:K",
-    )
-    group.add_argument(
-        "--curve",
-        nargs="?",
-        const="0.125,0.25,0.5,1",
-        default=None,
-        metavar="FRACTIONS",
-        help="also fit each layer on nested subsets of the training rows (default fractions "
-        "0.125,0.25,0.5,1), all scored on the same held-out rows; adds a data_limited column",
-    )
-    group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    group.add_argument(
-        "--probe-memory",
-        default=None,
-        metavar="SIZE",
-        help="memory the probe may use for one group of layers trained together, e.g. '2GiB' "
-        "(default: half the free memory); under torchrun each rank trains whole groups",
-    )
-    group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+def flag(f: dataclasses.Field) -> str:
+    """The command-line option of a setting."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def _train_softmax(text: str) -> str:
-    from fastmi.probe.sampled_softmax import parse_train_softmax
-
-    try:
-        parse_train_softmax(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
+def dest(f: dataclasses.Field) -> str:
+    return flag(f)[2:].replace("-", "_")
 
 
-def probe_settings(args: argparse.Namespace):
-    from fastmi.probe.training import TrainConfig
-    from fastmi.sweep import ProbeSettings
-
-    options = {"tie_unseen": True} if args.tie_unseen else {}
-    if args.max_epochs is not None:
-        options["max_epochs"] = args.max_epochs
-    train = TrainConfig(**options)
-    return ProbeSettings(
-        vocab=args.vocab,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        k=args.k,
-        level=args.level,
-        entropy=args.entropy,
-        train=train,
-        max_memory=_size(args.probe_memory),
-        probe=args.probe,
-        train_softmax=args.train_softmax,
-        curve=_fractions(args.curve),
-        device=_rank_device(args.device, getattr(args, "devices_per_replica", 1)),
-    )
+def settings_fields() -> Iterable[tuple[type, dataclasses.Field]]:
+    """Every setting: ProbeConfig's own, then TrainConfig's (``train`` itself has no option)."""
+    for f in dataclasses.fields(ProbeConfig):
+        if f.name != "train":
+            yield ProbeConfig, f
+    for f in dataclasses.fields(TrainConfig):
+        yield TrainConfig, f
 
 
-def _rank_device(device: str | None, devices_per_replica: int = 1) -> str | None:
-    """Under torchrun on GPUs, a rank probes on the first GPU of its replica unless told otherwise."""
-    import torch
-
-    from fastmi.runtime.distributed import context
-
-    ctx = context()
-    if ctx.distributed and torch.cuda.is_available() and device in (None, "cuda"):
-        return f"cuda:{ctx.local_rank * max(devices_per_replica, 1)}"
-    return device
-
-
-def _size(text: str | None) -> int | None:
-    from fastmi.probe.memory import parse_bytes
-
-    return None if text is None else parse_bytes(text)
+def add_probe_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None) -> None:
+    """Every probe setting as an option, and --no-progress.  ``defaults``: field names whose default
+    differs in this command (the demo's alphabet, top:512)."""
+    groups = {
+        ProbeConfig: parser.add_argument_group("probe"),
+        TrainConfig: parser.add_argument_group("probe training", "How each layer's probe is optimised."),
+    }
+    for cls, f in settings_fields():
+        add_setting_option(groups[cls], cls, f.name, (defaults or {}).get(f.name, dataclasses.MISSING))
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def _fractions(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    from fastmi.probe.curves import check_curve
+def add_setting_option(
+    group: Any, cls: type, name: str, default: Any = dataclasses.MISSING, help: str | None = None
+) -> None:
+    """The option of one setting (field ``name`` of ``cls``) in ``group``, with this command's
+    ``default`` and ``help`` if given."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    meta = f.metadata
+    default = default_of(cls, name) if default is dataclasses.MISSING else default
+    options: dict[str, Any] = dict(dest=dest(f), default=default, help=help or meta["help"])
+    parse = meta.get("parse") or (type(default) if isinstance(default, (int, float)) else None)
+    if parse is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    elif parse is not None:
+        options["type"] = parse if parse in (int, float) else _argparse_type(parse)
+    if meta.get("const") is not None:
+        options.update(nargs="?", const=meta["const"])
+    for key in ("metavar", "choices"):
+        if meta.get(key) is not None:
+            options[key] = meta[key]
+    group.add_argument(flag(f), **options)
 
-    try:
-        fractions = tuple(float(f) for f in text.split(",") if f.strip())
-    except ValueError:
-        raise ValueError(f"--curve takes comma-separated fractions such as 0.125,0.25,0.5,1, got {text!r}") from None
-    return check_curve(fractions)  # checked here, before any extraction or training
+
+def check_options(args: argparse.Namespace, cls: type, names: Iterable[str]) -> None:
+    """Check the options of settings ``names`` (fields of ``cls``) a command added one by one, with
+    errors that name the option."""
+    wanted = [f for f in dataclasses.fields(cls) if f.name in set(names)]
+    check_values(cls, {f.name: getattr(args, dest(f)) for f in wanted}, flag)
+
+
+def _argparse_type(parse):
+    """``parse`` as an argparse type: its ValueError becomes argparse's usage error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def probe_config(args: argparse.Namespace) -> ProbeConfig:
+    """The ProbeConfig the options in ``args`` state; a value the probe would refuse is a ValueError
+    naming its option (one line, before any model loads or any file is written).  Under torchrun on
+    GPUs each rank probes on the first GPU of its replica unless --device says otherwise."""
+    from fastmi.runtime.replicas import probe_device
+
+    values = {cls: {} for cls in (ProbeConfig, TrainConfig)}
+    for cls, f in settings_fields():
+        values[cls][f.name] = getattr(args, dest(f))
+    probe_values, train_values = values[ProbeConfig], values[TrainConfig]
+    probe_values["device"] = probe_device(probe_values["device"], getattr(args, "devices_per_replica", 1))
+    check_values(TrainConfig, train_values, flag)
+    check_values(ProbeConfig, probe_values, flag)
+    check_together(probe_values["probe"], train_values["tie_unseen"], "--tie-unseen")
+    return ProbeConfig(train=TrainConfig(**train_values), **probe_values)

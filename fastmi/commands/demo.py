@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from fastmi.commands._probe_options import add_probe_arguments, probe_settings
+from fastmi.commands._probe_options import add_probe_arguments, probe_config
 
 HELP = "run the bundled demo (minilm and smollm2 on BBC News) and print the per-layer table"
 
@@ -31,8 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace caches in OUT built with other settings")
     # Every probe option, as probe and sweep have them: the hints a run prints (--max-epochs N,
     # --vocab top:K) must work when given to the command that printed them.
-    add_probe_arguments(parser)
-    parser.set_defaults(vocab=DEMO_VOCAB)
+    add_probe_arguments(parser, defaults={"vocab": DEMO_VOCAB})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         DEMO_MODELS,
         "demo",
         out,
-        settings=probe_settings(args),
+        settings=probe_config(args),
         max_sentences=args.max_sentences,
         max_length=args.max_length,
         overwrite=args.overwrite,

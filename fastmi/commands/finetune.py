@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 
+from fastmi.commands._probe_options import add_setting_option, check_options
 from fastmi.defaults import DEFAULT_MAX_LENGTH
+from fastmi.probe.config import ProbeConfig
 
 HELP = "fine-tune a model with lambda * recoverability added to its own (causal or masked) LM loss"
 
@@ -68,10 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens per sentence, longer ones truncated (default: %(default)s, as in sweep and extract, so that a "
         "sweep of OUT scores the text it was trained on; recorded in OUT/finetune.json)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, data order and masking")
-    parser.add_argument(
-        "--test-fraction", type=float, default=0.2, help="held-out share of the split, never trained on"
-    )
+    # The split's settings, declared with the probe's (fastmi.probe.config): the split a sweep scores on.
+    add_setting_option(parser, ProbeConfig, "seed", help="seed of the split, initialisation, data order and masking")
+    add_setting_option(parser, ProbeConfig, "test_fraction", help="held-out share of the split, never trained on")
     parser.add_argument(
         "--pooling",
         default="mean",
@@ -88,6 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fastmi.finetune.run import FinetuneConfig, finetune
 
+    check_options(args, ProbeConfig, ("seed", "test_fraction"))
     config = FinetuneConfig(
         model=args.model,
         out=args.out,

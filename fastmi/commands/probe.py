@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fastmi.commands._probe_options import add_probe_arguments, probe_settings
+from fastmi.commands._probe_options import add_probe_arguments, probe_config
 
 HELP = "probe each layer of an activation cache and bound its mutual information"
 
@@ -35,11 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fastmi.activations.cache import ActivationCache
     from fastmi.data.split import Split
-    from fastmi.runtime.preflight import check_output_dir, check_probe_settings
+    from fastmi.runtime.preflight import check_output_dir, resolve_device
     from fastmi.sweep import load_or_make_split, print_summary, probe_cache, write_outputs
 
-    settings = probe_settings(args)
-    check_probe_settings(settings)
+    settings = probe_config(args)
+    resolve_device(settings.device)  # the config checked every other setting as it was made
     out = Path(args.out)
     check_output_dir(out)  # before the probe trains: its results must have somewhere to go
     cache = ActivationCache.open(args.cache)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from fastmi.commands._placement_options import add_placement_arguments, load_options
-from fastmi.commands._probe_options import add_probe_arguments, probe_settings
+from fastmi.commands._probe_options import add_probe_arguments, probe_config
 from fastmi.defaults import DEFAULT_MAX_LENGTH
 
 HELP = "extract and probe several models on one corpus, on a shared split"
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from fastmi.runtime.preflight import resolve_device
     from fastmi.sweep import print_summary, sweep
 
-    settings = probe_settings(args)
+    settings = probe_config(args)
     extract_device = resolve_device(settings.device)  # the one default of every command: cuda if available
     result = sweep(
         args.models,

@@ -1,9 +1,16 @@
 """The alphabet of T, the token drawn from a sentence, and the compaction of ids onto it.
 
-``"observed"``: the ids that occur in the corpus's bags (M = their count).  ``"full"``: every id of
-the tokenizer's vocabulary except the excluded special tokens.  ``"top:K"``: the K-1 most frequent
-observed ids plus one "other" symbol standing for every rarer id (M = K).  Every setting trains
-the probe on compact ids 0..M-1, so its weight matrix has M rows, never more.
+Every setting is fixed before any held-out sentence is read: it is built from the training bags
+(and, for ``"top:K"``, the validation bags), never from the held-out ones.
+
+``"observed"``: the ids that occur in the training bags plus one "other" symbol standing for every
+other id of the vocabulary (ids seen only in validation or held-out sentences, or never), M = their
+count + 1.  The probe never trains on "other" (no training token is one), so its logit bias is then
+calibrated on the validation sentences (:mod:`fastmi.probe.other_bias`).  ``"full"``: every id of
+the tokenizer's vocabulary except the excluded special tokens.  ``"top:K"``: the K-1 ids most
+frequent in the training and validation bags plus one "other" symbol standing for every other id
+(M = K).  Every setting trains the probe on compact ids 0..M-1, so its weight matrix has M rows,
+never more.
 
 Why "top:K" is still a bound on the same quantity: it probes f(T), a function of T fixed before any
 embedding is seen, and I(T; z) >= I(f(T); z) by data processing.  With a few hundred sentences the
@@ -20,9 +27,36 @@ import torch
 
 from fastmi.data.bags import BagTargets
 
-__all__ = ["Alphabet", "VOCAB_SETTINGS"]
+__all__ = ["Alphabet", "VOCAB_SETTINGS", "alphabet_rule", "check_targets"]
 
 VOCAB_SETTINGS = ("observed", "full", "top:K")
+
+
+def alphabet_rule(setting: str) -> dict[str, str | None]:
+    """Which sentences fix the alphabet of ``setting`` and where "other" is calibrated: part of a
+    result's identity (results and saved probe groups made under an older rule are not reused)."""
+    kind, _ = parse_vocab(setting)
+    if kind == "observed":
+        return {"alphabet_from": "train", "other_calibrated_on": "validation"}
+    if kind == "top":
+        return {"alphabet_from": "train+validation", "other_calibrated_on": None}
+    return {"alphabet_from": "vocabulary", "other_calibrated_on": None}
+
+
+def check_targets(targets: BagTargets, vocab_size: int, excluded_ids: Sequence[int] = ()) -> None:
+    """Every id of ``targets`` lies in the vocabulary and none is an excluded special token."""
+    targets.check_vocab(vocab_size)
+    excluded = _mask(vocab_size, excluded_ids)
+    hit = excluded[targets.ids.cpu()]
+    if bool(hit.any()):
+        bad = int(targets.ids.cpu()[hit][0])
+        raise ValueError(f"target id {bad} is an excluded special token; rebuild the bags without it")
+
+
+def _mask(vocab_size: int, ids: Sequence[int]) -> torch.Tensor:
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[torch.as_tensor([i for i in ids if 0 <= i < vocab_size], dtype=torch.long)] = True
+    return mask
 
 
 def parse_vocab(setting: str) -> tuple[str, int | None]:
@@ -42,7 +76,7 @@ def parse_vocab(setting: str) -> tuple[str, int | None]:
 @dataclass(frozen=True)
 class Alphabet:
     """Compact id i stands for vocabulary id ``vocab_ids[i]`` (sorted ascending); with ``other``,
-    compact id ``len(vocab_ids)`` stands for every other observed id."""
+    compact id ``len(vocab_ids)`` stands for every other id of the vocabulary."""
 
     setting: str
     vocab_ids: torch.Tensor
@@ -55,45 +89,62 @@ class Alphabet:
         return int(self.vocab_ids.numel()) + int(self.other)
 
     @classmethod
-    def build(cls, setting: str, targets: BagTargets, vocab_size: int, excluded_ids: Sequence[int] = ()) -> Alphabet:
+    def build(
+        cls,
+        setting: str,
+        targets: BagTargets,
+        vocab_size: int,
+        excluded_ids: Sequence[int] = (),
+        validation: BagTargets | None = None,
+    ) -> Alphabet:
+        """The alphabet of ``setting`` fixed by ``targets``, the TRAINING bags (and ``validation``, the
+        validation bags, which "top:K" also ranks on).  Never pass held-out bags: the decoder scored on
+        them must be fixed without them (docs/theory.md §7)."""
         kind, top = parse_vocab(setting)
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-        targets.check_vocab(vocab_size)
-        excluded = torch.zeros(vocab_size, dtype=torch.bool)
-        excluded_list = [i for i in excluded_ids if 0 <= i < vocab_size]
-        excluded[torch.as_tensor(excluded_list, dtype=torch.long)] = True
+        parts = [targets] + ([validation] if validation is not None else [])
+        for part in parts:
+            check_targets(part, vocab_size, excluded_ids)
+        allowed = ~_mask(vocab_size, excluded_ids)
+        if kind == "full":
+            return cls(setting=setting, vocab_ids=torch.nonzero(allowed).flatten(), vocab_size=vocab_size)
+        if kind == "top":
+            return cls._most_frequent(setting, parts, vocab_size, top, allowed)
         present = torch.zeros(vocab_size, dtype=torch.bool)
         present[targets.ids.cpu()] = True
-        if bool((present & excluded).any()):
-            bad = int(torch.nonzero(present & excluded)[0])
-            raise ValueError(f"target id {bad} is an excluded special token; rebuild the bags without it")
-        if kind == "top":
-            return cls._most_frequent(setting, targets, vocab_size, top)
-        keep = present if kind == "observed" else ~excluded
-        vocab_ids = torch.nonzero(keep).flatten()
+        vocab_ids = torch.nonzero(present).flatten()
         if vocab_ids.numel() == 0:
-            raise ValueError("the alphabet is empty: no target ids were observed")
-        return cls(setting=setting, vocab_ids=vocab_ids, vocab_size=vocab_size)
+            raise ValueError("the alphabet is empty: no target ids were observed in the training sentences")
+        return cls(setting=setting, vocab_ids=vocab_ids, vocab_size=vocab_size, other=bool((allowed & ~present).any()))
 
     @classmethod
-    def _most_frequent(cls, setting: str, targets: BagTargets, vocab_size: int, size: int) -> Alphabet:
-        # Ranked by the weight each id has in p(t) = E_S[count_S(t) / n_S], ties to the smaller id.
-        # The ranking reads tokens only, never embeddings, so f(T) is fixed before the probe sees z.
-        lengths = targets.lengths.double().cpu()
-        weights = targets.counts.double().cpu() / lengths[targets.row_index.cpu()]
-        mass = torch.zeros(vocab_size, dtype=torch.float64).index_add_(0, targets.ids.cpu(), weights)
-        observed = int((mass > 0).sum())
+    def _most_frequent(
+        cls, setting: str, parts: Sequence[BagTargets], vocab_size: int, size: int, allowed: torch.Tensor
+    ) -> Alphabet:
+        # Ranked by the weight each id has in p(t) = E_S[count_S(t) / n_S] over the training and
+        # validation sentences, ties to the smaller id.  The ranking reads tokens only, never
+        # embeddings, and no held-out sentence, so f(T) is fixed before the probe is scored.
+        mass = torch.zeros(vocab_size, dtype=torch.float64)
+        for targets in parts:
+            lengths = targets.lengths.double().cpu()
+            weights = targets.counts.double().cpu() / lengths[targets.row_index.cpu()]
+            mass.index_add_(0, targets.ids.cpu(), weights)
+        seen = mass > 0
+        observed = int(seen.sum())
         if observed == 0:
             raise ValueError("the alphabet is empty: no target ids were observed")
-        if observed <= size:  # nothing to merge: the observed alphabet already has at most K ids
-            return cls(setting=setting, vocab_ids=torch.nonzero(mass > 0).flatten(), vocab_size=vocab_size)
+        if observed <= size and not bool((allowed & ~seen).any()):  # nothing to merge
+            return cls(setting=setting, vocab_ids=torch.nonzero(seen).flatten(), vocab_size=vocab_size)
+        if observed < size:  # every seen id kept, "other" for the ids no training/validation bag holds
+            return cls(setting=setting, vocab_ids=torch.nonzero(seen).flatten(), vocab_size=vocab_size, other=True)
         order = torch.sort(mass, descending=True, stable=True).indices
         kept = torch.sort(order[: size - 1]).values
         return cls(setting=setting, vocab_ids=kept, vocab_size=vocab_size, other=True)
 
     def compact(self, targets: BagTargets) -> BagTargets:
-        """``targets`` with vocabulary ids replaced by compact ids (rarer ids merged into "other")."""
+        """``targets`` with vocabulary ids replaced by compact ids (every id outside ``vocab_ids``
+        merged into "other", when there is one)."""
         targets.check_vocab(self.vocab_size)
         lookup = torch.full((self.vocab_size,), self.size - 1 if self.other else -1, dtype=torch.long)
         lookup[self.vocab_ids] = torch.arange(self.vocab_ids.numel())

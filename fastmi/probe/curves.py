@@ -27,9 +27,11 @@ import numpy as np
 import torch
 
 from fastmi.data.bags import BagTargets
+from fastmi.probe.checks import DEFAULT_CURVE, check_curve
+from fastmi.probe.config import ProbeConfig
 from fastmi.probe.evaluation import score_probes
 from fastmi.probe.heads import fit_heads
-from fastmi.probe.training import TrainConfig
+from fastmi.results.columns import CURVE_COLUMNS
 from fastmi.stats import bounds
 
 __all__ = [
@@ -43,39 +45,6 @@ __all__ = [
     "shown_layers",
     "CURVE_COLUMNS",
 ]
-
-DEFAULT_CURVE = (0.125, 0.25, 0.5, 1.0)
-#: The columns of a curve point, besides model, layer, fraction and n_train.
-CURVE_COLUMNS = (
-    "H_T",
-    "ce_bits",
-    "ce_bits_ucb",
-    "fano_bits",
-    "fano_lcb",
-    "list_fano_bits",
-    "list_fano_lcb",
-    "variational_bits",
-    "variational_lcb",
-    "variational_frac",
-    "variational_lcb_frac",
-)
-
-
-def check_curve(curve: Sequence[float] | None) -> tuple[float, ...] | None:
-    """Fractions of the training rows, sorted and distinct, in (0, 1], ending with 1 (added if absent)."""
-    if curve is None:
-        return None
-    try:
-        fractions = sorted({float(f) for f in curve})
-    except (TypeError, ValueError):
-        raise ValueError(f"curve must be a sequence of fractions in (0, 1], got {curve!r}") from None
-    if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
-        raise ValueError(f"curve fractions must lie in (0, 1], got {list(curve)}")
-    if fractions[-1] != 1.0:
-        fractions.append(1.0)
-    if len(fractions) < 2:
-        raise ValueError("a curve needs at least one fraction below 1, e.g. (0.125, 0.25, 0.5, 1.0)")
-    return tuple(fractions)
 
 
 def nested_subsets(n_train: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
@@ -107,23 +76,19 @@ def fit_curve_points(
     index: dict[str, torch.Tensor],
     bags: dict[str, BagTargets],
     alphabet_size: int,
-    fractions: Sequence[float],
     layers: Sequence[int],
     model: str,
-    entropy_bits: float,
-    train: TrainConfig,
-    seed: int,
-    k: int,
-    level: float,
-    n_bootstrap: int,
+    entropy_bits: Any,
+    config: ProbeConfig,
     progress: bool = True,
     fit: Callable[..., Any] = fit_heads,
 ) -> list[dict]:
     """Refit the probes of one layer group (``z`` [L, N, d], standardised) on each fraction below 1
-    of the training rows; score each on all held-out rows.  ``index``/``bags``: rows and bags of the
-    "train", "validation" and "test" parts, as in :func:`fastmi.recoverability`.  ``fit``: the probe's
-    own fitting function (:func:`fastmi.probe.heads.fit_heads` with its settings bound), so every point
-    of a curve is the same kind of probe as the full fit."""
+    of the training rows (``config.curve``); score each on all held-out rows.  ``index``/``bags``:
+    rows and bags of the "train", "validation" and "test" parts, as in :func:`fastmi.recoverability`.
+    ``fit``: the probe's own fitting function (:func:`fastmi.probe.heads.fit_heads` with its settings
+    bound), so every point of a curve is the same kind of probe as the full fit."""
+    fractions, seed = config.curve or (), config.seed
     points: list[dict] = []
     n_train = int(index["train"].numel())
     z_val, z_test = z[:, index["validation"]], z[:, index["test"]]
@@ -136,23 +101,26 @@ def fit_curve_points(
             z_val,
             bags["validation"],
             alphabet_size,
-            train,
+            config.train,
             seed=seed,
             progress=progress,
             description=f"{model} layers {layers[0]}-{layers[-1]}, n_train={positions.size}",
         )
-        scores = score_probes(fitted.features(z_test), fitted.weight, fitted.bias, bags["test"], alphabet_size, k)
+        scores = score_probes(
+            fitted.features(z_test), fitted.weight, fitted.bias, bags["test"], alphabet_size, config.k
+        )
         for i, layer in enumerate(layers):
             values = bounds.layer_bounds(
                 scores.errors[i].numpy(),
                 scores.errors_k[i].numpy(),
                 scores.ce_bits[i].numpy(),
-                entropy_bits,
+                getattr(entropy_bits, "point", entropy_bits),
                 alphabet_size,
-                k,
-                level=level,
+                config.k,
+                level=config.level,
                 seed=seed,
-                n_bootstrap=n_bootstrap,
+                n_bootstrap=config.n_bootstrap,
+                entropy=entropy_bits if hasattr(entropy_bits, "draws") else None,
             )
             points.append(_point(model, layer, fraction, positions.size, values))
     return points

@@ -27,6 +27,8 @@ class HeldOutScores:
     ce_bits: torch.Tensor  # (1/n) sum_i -log2 q(x_i | z)
     bag_recall: torch.Tensor  # share of the bag's distinct ids among the top-|bag| predictions
 
+    FIELDS = ("errors", "errors_k", "ce_bits", "bag_recall")
+
 
 def bag_counts_of(predicted: torch.Tensor, targets: BagTargets, alphabet_size: int) -> torch.Tensor:
     """Count in row b's bag of each id ``predicted[..., b, j]`` (0 when absent), without a [B, M] table.

@@ -9,15 +9,15 @@
   interrupted probe loses at most the group it was training.  A group is reused only for exactly
   its layers and only if those layers' data are unchanged (the cache's unit checksums, or a hash
   of the tensors).
-* **Distributed.** Under torch.distributed, rank r trains unsaved groups r, r + world, ... (whole
-  groups, as EleutherAI's sparsify deals modules out to ranks), saves each, waits for the others, and
-  then every rank reads all groups back, so every rank returns the same result; rank 0 alone
-  writes tables and plots (the callers do that).  The groups themselves do not depend on the
-  number of processes, so N processes give the numbers one process gives.
+* **Distributed.** Under torch.distributed the unsaved groups are dealt out to the ranks, each
+  saves its own, and every rank then reads all groups back, so every rank returns the same result
+  (:class:`fastmi.runtime.group_exchange.GroupExchange` does the dealing and the exchange); the
+  callers write tables and plots once.  The groups themselves do not depend on the number of
+  processes, so N processes give the numbers one process gives.
 
 ``<dir>`` is ``checkpoint_dir`` if given, else ``<cache>/probes`` for an activation cache.  Raw
 tensors have no home: their groups stay in memory unless ``checkpoint_dir`` is passed (with
-several processes they are then exchanged through torch.distributed).
+several processes they are then exchanged in memory).
 """
 
 from __future__ import annotations
@@ -32,16 +32,20 @@ from typing import Any
 
 import torch
 
-from fastmi.activations.cache import atomic_write_bytes
 from fastmi.runtime import distributed
+from fastmi.runtime.files import atomic_write_bytes, content_hash
+from fastmi.runtime.group_exchange import GroupExchange
+from fastmi.runtime.notices import notice
 
 __all__ = ["GroupStore"]
 
-FORMAT = "fastmi-probe-group/2"  # 2: groups carry per-sentence held-out scores and curve points
+# 2: groups carry per-sentence held-out scores and curve points.  3: the alphabet is fixed by the
+# training (and validation) sentences only, never the held-out ones; older groups are recomputed.
+FORMAT = "fastmi-probe-group/3"
 
 
 def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=_plain).encode()).hexdigest()
+    return content_hash(value, default=_plain)
 
 
 def _plain(value: Any) -> Any:
@@ -56,10 +60,10 @@ def _plain(value: Any) -> Any:
 class GroupStore:
     """Saved groups of one probe run (see the module docstring)."""
 
-    def __init__(self, directory: Path | None, data_digests: Mapping[int, str], ctx: distributed.Context) -> None:
+    def __init__(self, directory: Path | None, data_digests: Mapping[int, str], exchange: GroupExchange) -> None:
         self.directory = directory
         self.data_digests = dict(data_digests)
-        self.ctx = ctx
+        self.exchange = exchange
         self._mine: dict[tuple[int, ...], tuple[list[dict], dict, dict]] = {}
 
     @classmethod
@@ -74,7 +78,7 @@ class GroupStore:
         with ``settings`` (everything that changes the numbers)."""
         from fastmi.activations.cache import ActivationCache
 
-        ctx = distributed.context()
+        exchange = GroupExchange()
         is_cache = isinstance(source, ActivationCache)
         if checkpoint_dir is None and is_cache:
             checkpoint_dir = Path(source.directory) / "probes"
@@ -88,19 +92,16 @@ class GroupStore:
         directory = None
         if checkpoint_dir is not None:
             directory = Path(checkpoint_dir) / _digest(dict(settings))[:16]
-            try:
-                with distributed.main_first(ctx) as main:
-                    if main:
-                        directory.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                if ctx.distributed:
-                    raise
-                warnings.warn(
-                    f"cannot save probe groups under {checkpoint_dir} ({err}); an interrupted run will start over",
-                    stacklevel=3,
+            _say_if_outdated(Path(checkpoint_dir), directory)
+            failure = exchange.make_directory(directory)
+            if failure is not None:  # every rank keeps its groups in memory and they are exchanged there
+                distributed.on_main(
+                    warnings.warn,
+                    f"cannot save probe groups under {checkpoint_dir} ({failure}); an interrupted run will start over",
+                    stacklevel=4,
                 )
                 directory = None
-        return cls(directory, digests, ctx)
+        return cls(directory, digests, exchange)
 
     # ---- files --------------------------------------------------------------------------------
     def _path(self, group: Sequence[int]) -> Path:
@@ -128,13 +129,10 @@ class GroupStore:
     def pending(self, groups: Sequence[Sequence[int]]) -> list[list[int]]:
         """This rank's share of the ``groups`` that no earlier run has saved.
 
-        Rank 0 decides which are unsaved (before anyone trains) and tells the others, so that all
-        ranks deal out the same list, and a resumed run spreads what is left over every rank.
+        Which are unsaved is decided once, before anyone trains, and the same list is dealt out on
+        every rank, so a resumed run spreads what is left over every rank.
         """
-        unsaved = distributed.broadcast(
-            [list(g) for g in groups if self._load(g) is None] if self.ctx.is_main else None
-        )
-        return distributed.my_share(unsaved, self.ctx)
+        return self.exchange.deal(lambda: [list(g) for g in groups if self._load(g) is None])
 
     def save(
         self,
@@ -161,12 +159,7 @@ class GroupStore:
     def collect(self, groups: Sequence[Sequence[int]]) -> tuple[list[dict], dict, list[dict]]:
         """Rows (in group order), training logs and the extras (one per group) of every group, once all
         ranks are done."""
-        found: dict[tuple[int, ...], tuple[list[dict], dict, dict]] = dict(self._mine)
-        if self.directory is None and self.ctx.distributed:
-            for theirs in distributed.all_gather(self._mine):
-                found.update(theirs)
-        else:
-            distributed.barrier()
+        found = self.exchange.gather(self._mine, in_files=self.directory is not None)
         rows: list[dict] = []
         training: dict = {}
         extras: list[dict] = []
@@ -181,6 +174,25 @@ class GroupStore:
             training.update(saved[1])
             extras.append(saved[2])
         return rows, training, extras
+
+
+def _say_if_outdated(checkpoint_dir: Path, directory: Path) -> None:
+    """One notice when ``checkpoint_dir`` holds groups of an older format and this run has none saved:
+    they were made under another rule (e.g. an alphabet built from the held-out sentences too)."""
+    if directory.is_dir() and any(directory.glob("group_*.json")):
+        return
+    for path in checkpoint_dir.glob("*/group_*.json"):
+        try:
+            made = json.loads(path.read_text()).get("format")
+        except (OSError, ValueError):
+            continue
+        if made != FORMAT:
+            distributed.on_main(
+                notice,
+                f"probe groups in {checkpoint_dir} were made under an older rule ({made}; now {FORMAT}: "
+                "the alphabet is fixed by the training and validation sentences only); recomputing them",
+            )
+            return
 
 
 def _tensor_digest(tensor: torch.Tensor) -> str:

@@ -20,9 +20,10 @@ Start (epoch 0), per layer, whichever has the lower validation cross-entropy: th
 own map (A = I, c = 0, b = the model's output bias, or 0).  At the last layer of a decoder the
 latter is the model's own next-token map applied to the pooled state.
 
-Training is the loop of :func:`fastmi.probe.training.fit_probes` (Adam on minibatches, early stopping on
-the exact full-vocabulary validation cross-entropy, each layer keeps its best epoch), with the
-vocabulary-sized parameters updated row-sparsely under sampled softmax.
+Training is the epoch loop every probe shares, :func:`fastmi.probe.training.train_epochs` (AdamW on
+minibatches, early stopping on the exact full-vocabulary validation cross-entropy, each layer keeps
+its best epoch), with the vocabulary-sized parameters updated row-sparsely under sampled softmax
+(:class:`fastmi.probe.adamw.AdamW`).
 """
 
 from __future__ import annotations
@@ -32,28 +33,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from fastmi import kernels
 from fastmi.data.bags import BagTargets
-from fastmi.probe.sampled_softmax import (
-    Candidates,
-    NegativeSampler,
-    RowSparseAdam,
-    parse_train_softmax,
-    proposal_probabilities,
-)
-from fastmi.probe.training import EarlyStopping, TrainConfig, fit_probes, token_marginal
+from fastmi.probe.adamw import AdamW
+from fastmi.probe.checks import PROBE_FORMS, check_probe_form, parse_train_softmax
+from fastmi.probe.config import TrainConfig
+from fastmi.probe.sampled_softmax import Candidates, NegativeSampler, proposal_probabilities
+from fastmi.probe.tied_unseen import TiedUnseen
+from fastmi.probe.training import EarlyStopping, fit_probes, perturb_start, token_marginal, train_epochs
 
 __all__ = ["PROBE_FORMS", "TrainedHeads", "fit_heads", "feature_stats", "check_probe_form", "batch_loss"]
-
-PROBE_FORMS = ("linear", "unembedding")
-
-
-def check_probe_form(probe: str) -> str:
-    if probe not in PROBE_FORMS:
-        raise ValueError(f"probe must be one of {PROBE_FORMS}, got {probe!r}")
-    return probe
 
 
 @dataclass
@@ -68,6 +58,7 @@ class TrainedHeads:
     epochs_run: int = 0
     start: list[str] = field(default_factory=list)  # per layer, "prior" or "model map" (unembedding)
     converged: list[bool] = field(default_factory=list)  # stopped by patience, not by max_epochs
+    other_bias: list[dict] = field(default_factory=list)  # per layer, the calibration of "other" (observed)
 
 
 def feature_stats(z: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +88,7 @@ class _Head:
 
 class _LinearHead(_Head):
     """logits = W z + b; ``offset`` [M] (or None), fixed, is added to b in every loss: log of the
-    number of ids a row stands for (:class:`_TiedUnseen`)."""
+    number of ids a row stands for (:class:`fastmi.probe.tied_unseen.TiedUnseen`)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, offset: torch.Tensor | None = None) -> None:
         self.dense, self.rowwise, self.offset = [], [weight, bias], offset
@@ -109,70 +100,6 @@ class _LinearHead(_Head):
         if self.offset is None:
             return rowwise[0], rowwise[1]
         return rowwise[0], rowwise[1] + (self.offset if rows is None else self.offset.index_select(0, rows))
-
-
-@dataclass
-class _TiedUnseen:
-    """The ids that no training bag holds, trained as one tied row of the linear probe.
-
-    Under the full softmax these ids are interchangeable: they start equal (W row 0, b = the smoothed
-    prior's floor), and every step gives each of them the same gradient (-p_v(z) (z, 1) per row,
-    with the same p_v), so Adam keeps them equal to the end.  Training over the "seen" ids plus one
-    row that stands for all ``size`` unseen ones, with log(size) added to its logit in the softmax, is
-    therefore the same problem, and its gradient divided by ``size`` is the one each unseen row gets.
-    Nothing is approximated: held-out scoring expands the tied row back to every unseen id.
-
-    Under sampled softmax the tied row is always in the sub-vocabulary (exactly, not sampled), so the
-    unseen ids' probability mass is trained as under the full softmax, and the negatives are drawn
-    among the seen ids only.  On a small corpus that is most of the alphabet (demo, MiniLM with
-    vocab="full": 3,927 of 30,517 ids occur in the 720 training bags, and 11% of the held-out tokens
-    are unseen ones); sampling them one by one left their mass near its starting value.
-    """
-
-    seen: torch.Tensor  # [S] sorted alphabet ids that occur in a training bag; row i of the tied probe
-    size: int  # number of unseen ids, all on row S
-    rows: torch.Tensor  # [M] row of the tied probe of each alphabet id
-
-    @classmethod
-    def build(cls, marginal: torch.Tensor) -> _TiedUnseen | None:
-        """From the training marginal [M]; None when fewer than two ids are unseen (nothing to tie)."""
-        seen_mask = marginal > 0
-        size = int((~seen_mask).sum())
-        if size < 2:
-            return None
-        seen = torch.nonzero(seen_mask).flatten()
-        rows = torch.full_like(marginal, seen.numel(), dtype=torch.long)
-        rows[seen] = torch.arange(seen.numel(), device=marginal.device)
-        return cls(seen=seen, size=size, rows=rows)
-
-    @property
-    def width(self) -> int:
-        return self.seen.numel() + 1
-
-    def collapse(self, values: torch.Tensor) -> torch.Tensor:
-        """Per-id values [..., M] -> per-row [..., S + 1] (the tied row takes the first unseen id's)."""
-        first_unseen = torch.nonzero(self.rows == self.seen.numel())[0]
-        return values.index_select(-1, torch.cat([self.seen, first_unseen]))
-
-    def offset(self) -> torch.Tensor:
-        offset = torch.zeros(self.width, device=self.rows.device)
-        offset[-1] = math.log(self.size)
-        return offset
-
-    def targets(self, bags: BagTargets) -> tuple[BagTargets, float]:
-        """Bags over the tied rows, and the mean per-row CE (nats) that the offset takes off them.
-
-        A bag's unseen tokens all land on the tied row, whose logit carries log(size) in the loss
-        while each unseen id's own logit does not: the exact CE is the tied CE plus
-        (tokens on the tied row / n_S) log(size) per row, a constant of the bags.
-        """
-        tied = bags.remap(self.rows)
-        on_tied = torch.where(tied.ids == self.seen.numel(), tied.counts, torch.zeros_like(tied.counts)).double()
-        per_row = torch.zeros(tied.num_rows, dtype=torch.float64, device=on_tied.device)
-        per_row.index_add_(0, tied.row_index, on_tied)
-        lengths = tied.lengths
-        share = per_row / lengths.clamp(min=1).double()
-        return tied, float(share.sum()) * math.log(self.size) / max(int((lengths > 0).sum()), 1)
 
 
 class _UnembeddingHead(_Head):
@@ -213,26 +140,24 @@ def fit_heads(
     progress: bool = True,
     description: str = "probe",
     tie_unseen: bool | None = None,
+    init_seed: int | None = None,
 ) -> TrainedHeads:
     """Fit one probe per layer of ``z_train`` [L, N, d] in the given setting; early-stop on ``z_val``.
 
     ``probe="linear"`` expects standardised features; ``"unembedding"`` the raw ones, and
     ``unembedding=(U [M, d], b_model [M] or None)`` restricted to the alphabet's ids.  The default
-    setting (linear, full) is :func:`fastmi.probe.training.fit_probes` itself.
+    setting (linear, full) is :func:`fastmi.probe.training.fit_probes` itself; every setting runs its
+    epoch loop (:func:`fastmi.probe.training.train_epochs`).
 
     ``tie_unseen``: train the linear probe's ids that no training bag holds as one tied row
-    (:class:`_TiedUnseen`; exact under the full softmax).  Default: ``config.tie_unseen``, and when
-    that is None, with sampled softmax only, so the full-softmax default stays
-    :func:`fastmi.probe.training.fit_probes`.
+    (:class:`fastmi.probe.tied_unseen.TiedUnseen`; exact under the full softmax).  Default:
+    ``config.tie_unseen``, and when that is None, with sampled softmax only, so the full-softmax
+    default stays :func:`fastmi.probe.training.fit_probes`.  ``init_seed``: the linear probe starts
+    from a random W near 0 (:func:`fastmi.probe.training.perturb_start`; ``probe_seeds``).
     """
     check_probe_form(probe)
     num_samples, proposal = parse_train_softmax(train_softmax)
-    if tie_unseen is None:
-        tie_unseen = config.tie_unseen
-    if tie_unseen is None:
-        tie_unseen = probe == "linear" and num_samples is not None
-    if tie_unseen and probe != "linear":
-        raise ValueError("tie_unseen applies to the linear probe only (the unembedding probe's unseen ids differ by U)")
+    tie_unseen = _resolve_tie_unseen(tie_unseen, config, probe, num_samples)
     if probe == "linear" and num_samples is None and not tie_unseen:
         fitted = fit_probes(
             z_train,
@@ -244,6 +169,7 @@ def fit_heads(
             seed=seed,
             progress=progress,
             description=description,
+            init_seed=init_seed,
         )
         return TrainedHeads(
             fitted.weight,
@@ -255,13 +181,56 @@ def fit_heads(
             ["prior"] * len(fitted.best_epoch),
             fitted.converged,
         )
-    num_layers, num_rows, dim = z_train.shape
-    device = z_train.device
+    setup = _setup(z_train, targets_train, z_val, targets_val, alphabet_size, config, probe, unembedding, tie_unseen)
+    if probe == "linear":
+        perturb_start(setup.head.rowwise[0], init_seed)
+    head, chunk = setup.head, max(config.batch_size, 1)
+    optimizer = _optimizer(head, probe, config, z_train.shape[2])
+    sampler = None if num_samples is None else _sampler(setup, proposal, num_samples, config, seed)
+    # Each unseen id's share of the tied row's gradient (see TiedUnseen); the row is last in any S.
+    tied_scale = None if setup.tied is None else 1.0 / setup.tied.size
+
+    def step(rows: torch.Tensor) -> None:
+        _step(head, optimizer, sampler, z_train[:, rows], setup.targets_train.select(rows), tied_scale)
+
+    def validation_ce() -> torch.Tensor:
+        return _validation_ce(head, z_val, setup.targets_val, chunk) + setup.validation_shift
+
+    stopping, epochs_run = train_epochs(
+        step, validation_ce, head.dense + head.rowwise, z_train.shape[1], config, seed, progress, description
+    )
+    return _trained(setup, stopping, epochs_run)
+
+
+def _resolve_tie_unseen(tie_unseen: bool | None, config: TrainConfig, probe: str, num_samples: int | None) -> bool:
+    if tie_unseen is None:
+        tie_unseen = config.tie_unseen
+    if tie_unseen is None:
+        tie_unseen = probe == "linear" and num_samples is not None
+    if tie_unseen and probe != "linear":
+        raise ValueError("tie_unseen applies to the linear probe only (the unembedding probe's unseen ids differ by U)")
+    return tie_unseen
+
+
+@dataclass
+class _Setup:
+    """One fit at epoch 0: the head, and the bags and training marginal over the head's rows."""
+
+    head: _Head
+    start: list[str]  # per layer, "prior" or "model map"
+    tied: TiedUnseen | None
+    marginal: torch.Tensor  # training marginal over the head's rows (the tied row's is 0: never drawn)
+    targets_train: BagTargets
+    targets_val: BagTargets
+    validation_shift: float  # nats that the tied row's offset takes off the validation CE
+
+
+def _setup(z_train, targets_train, z_val, targets_val, alphabet_size, config, probe, unembedding, tie_unseen) -> _Setup:
+    num_layers, _, dim = z_train.shape
     marginal = token_marginal(targets_train, alphabet_size)
     prior = (1 - config.prior_smoothing) * marginal + config.prior_smoothing / alphabet_size
     log_prior = prior.log().float().expand(num_layers, -1).clone()
-    chunk = max(config.batch_size, 1)
-    tied = _TiedUnseen.build(marginal) if tie_unseen else None
+    tied = TiedUnseen.build(marginal) if tie_unseen else None
     validation_shift = 0.0
     if tied is not None:
         marginal, log_prior = tied.collapse(marginal), tied.collapse(log_prior).contiguous()
@@ -270,66 +239,48 @@ def fit_heads(
         targets_val, validation_shift = tied.targets(targets_val)
     if probe == "linear":
         width = alphabet_size if tied is None else tied.width
-        head: _Head = _LinearHead(
-            torch.zeros(num_layers, width, dim, device=device), log_prior, None if tied is None else tied.offset()
-        )
+        weight = torch.zeros(num_layers, width, dim, device=z_train.device)
+        head: _Head = _LinearHead(weight, log_prior, None if tied is None else tied.offset())
         start = ["prior"] * num_layers
     else:
+        chunk = max(config.batch_size, 1)
         head, start = _unembedding_start(z_train, z_val, targets_val, unembedding, log_prior, chunk)
-    params = head.dense + head.rowwise
+    return _Setup(head, start, tied, marginal, targets_train, targets_val, validation_shift)
+
+
+def _optimizer(head: _Head, probe: str, config: TrainConfig, dim: int) -> AdamW:
     # W carries the weight decay (as in fit_probes); A', c' and b do not.
-    decay = (
-        [0.0] * len(head.dense) + [config.weight_decay if probe == "linear" else 0.0] + [0.0] * (len(head.rowwise) - 1)
-    )
+    decay = [0.0] * len(head.dense) + [config.weight_decay if probe == "linear" else 0.0]
+    decay += [0.0] * (len(head.rowwise) - 1)
     # A' and c' move every logit through U: their steps are divided by the typical row norm of U, so
     # a step moves logits as much as a linear probe's step does, whatever the model's embedding scale.
     dense_scale = 1.0 if probe == "linear" else 1.0 / float(head.unembedding.norm(dim=1).median().clamp(min=1e-6))
-    lr_scale = [dense_scale] * len(head.dense) + [1.0] * len(head.rowwise)
-    if config.sampled_adam not in ("dense", "lazy"):
-        raise ValueError(f"sampled_adam must be 'dense' or 'lazy', got {config.sampled_adam!r}")
-    optimizer = RowSparseAdam(
-        params,
+    return AdamW(
+        head.dense + head.rowwise,
         lr=config.lr / math.sqrt(max(dim, 1)),
         weight_decay=decay,
-        lr_scale=lr_scale,
+        lr_scale=[dense_scale] * len(head.dense) + [1.0] * len(head.rowwise),
         lazy=config.sampled_adam == "lazy",
     )
-    generator = torch.Generator().manual_seed(seed)
-    sampler = None
-    if num_samples is not None:
-        q = proposal_probabilities(proposal, marginal, config.prior_smoothing)
-        if tied is not None:
-            q[-1] = 0.0
-            q = q / q.sum()
-        sampler = NegativeSampler(
-            q,
-            num_samples,
-            torch.Generator().manual_seed(seed + 1),
-            always=None if tied is None else torch.tensor([tied.width - 1], device=device),
-        )
-    # Each unseen id's share of the tied row's gradient (see _TiedUnseen); the row is last in any S.
-    tied_scale = None if tied is None else 1.0 / tied.size
 
-    def validation_ce() -> torch.Tensor:
-        return _validation_ce(head, z_val, targets_val, chunk) + validation_shift
 
-    stopping = EarlyStopping(params, validation_ce(), config)
-    epochs = tqdm(range(1, config.max_epochs + 1), desc=description, leave=False, disable=not progress)
-    epoch = 0
-    for epoch in epochs:
-        order = torch.randperm(num_rows, generator=generator).to(device)
-        for begin in range(0, num_rows, chunk):
-            rows = order[begin : begin + chunk]
-            _step(head, optimizer, sampler, z_train[:, rows], targets_train.select(rows), tied_scale)
-        done = stopping.update(epoch, params, validation_ce())
-        epochs.set_postfix(val_ce=f"{float(stopping.best_ce.mean()):.3f}", stale=int(stopping.stale.min()))
-        if done:
-            break
-    epochs.close()
-    for p, saved in zip(params, stopping.best):
-        p.data.copy_(saved)
+def _sampler(setup: _Setup, proposal: str, num_samples: int, config: TrainConfig, seed: int) -> NegativeSampler:
+    q = proposal_probabilities(proposal, setup.marginal, config.prior_smoothing)
+    tied = setup.tied
     if tied is not None:
-        weight, bias = (p.index_select(1, tied.rows) for p in head.rowwise)
+        q[-1] = 0.0
+        q = q / q.sum()
+    always = None if tied is None else torch.tensor([tied.width - 1], device=setup.marginal.device)
+    return NegativeSampler(q, num_samples, torch.Generator().manual_seed(seed + 1), always=always)
+
+
+def _trained(setup: _Setup, stopping: EarlyStopping, epochs_run: int) -> TrainedHeads:
+    """Each layer's best epoch, as scoring takes it (the tied row expanded back to every unseen id)."""
+    head = setup.head
+    for p, saved in zip(head.dense + head.rowwise, stopping.best):
+        p.data.copy_(saved)
+    if setup.tied is not None:
+        weight, bias = (p.index_select(1, setup.tied.rows) for p in head.rowwise)
     else:
         weight, bias = head.output(None, head.rowwise)
     return TrainedHeads(
@@ -338,8 +289,8 @@ def fit_heads(
         features=_frozen_features(head),
         best_epoch=stopping.best_epoch.tolist(),
         validation_ce_nats=stopping.best_ce.tolist(),
-        epochs_run=epoch,
-        start=start,
+        epochs_run=epochs_run,
+        start=setup.start,
         converged=stopping.converged,
     )
 
@@ -364,7 +315,7 @@ def batch_loss(
 
 def _step(
     head: _Head,
-    optimizer: RowSparseAdam,
+    optimizer: AdamW,
     sampler: NegativeSampler | None,
     z: torch.Tensor,
     targets: BagTargets,

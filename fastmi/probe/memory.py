@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fastmi.probe.sampled_softmax import parse_train_softmax
+from fastmi.probe.checks import parse_train_softmax
 
 __all__ = [
     "CACHE_DTYPE_BYTES",

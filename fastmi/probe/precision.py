@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+from fastmi.probe.checks import PRECISIONS
 
 
 def check_precision(precision: str) -> None:

@@ -12,416 +12,356 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastmi.data.alphabet import Alphabet
+from fastmi.data.alphabet import Alphabet, check_targets
 from fastmi.data.bags import BagTargets
 from fastmi.data.split import Split
-from fastmi.models.loading import short_model_name
 from fastmi.models.unembedding import unembedding_for_alphabet
+from fastmi.probe.config import ProbeConfig, TrainConfig
 from fastmi.probe.convergence import warn_unconverged
-from fastmi.probe.curves import check_curve, finish_curves, fit_curve_points
+from fastmi.probe.curves import finish_curves, fit_curve_points
 from fastmi.probe.evaluation import score_probes
-from fastmi.probe.heads import check_probe_form, fit_heads
+from fastmi.probe.heads import fit_heads
+from fastmi.probe.identity import open_store, result_config
 from fastmi.probe.memory import layer_groups, layers_per_group
+from fastmi.probe.other_bias import with_calibrated_other
 from fastmi.probe.precision import resolve_precision
-from fastmi.probe.sampled_softmax import parse_train_softmax
-from fastmi.probe.training import TrainConfig, standardize
+from fastmi.probe.seeds import seed_log, seed_mean, seed_statistics_of
+from fastmi.probe.source import ProbeSource, default_max_memory, load_layer
+from fastmi.probe.training import standardize
 from fastmi.runtime import distributed
 from fastmi.stats import bounds
+from fastmi.stats.bootstrap import check_resamples, resample_counts
 from fastmi.stats.heldout import HeldOut
+from fastmi.stats.heldout_entropy import Frequencies, HeldOutEntropy
 
-__all__ = ["recoverability", "ProbeSource", "TrainConfig"]
+__all__ = [
+    "recoverability",
+    "prepare",
+    "probe_group",
+    "assemble",
+    "ProbeRun",
+    "ProbeConfig",
+    "ProbeSource",
+    "TrainConfig",
+]
 
-
-@dataclass
-class ProbeSource:
-    """What the probe needs from a cache or from raw tensors, in one shape."""
-
-    layers: list[int]
-    load: Callable[[int], torch.Tensor]  # layer -> [N, d]
-    targets: BagTargets  # vocabulary ids, one row per sentence
-    vocab_size: int
-    num_layers: int  # depth used for rel_depth = layer / num_layers
-    excluded_ids: list[int] = field(default_factory=list)
-    model: str = "embeddings"
-    revision: str | None = None
-    pooling: str | None = None
-    corpus_fingerprint: str | None = None
-    metadata: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_cache(cls, cache: Any, layers: Sequence[int] | None = None) -> ProbeSource:
-        meta = dict(cache.metadata)
-        available = list(cache.layers)
-        chosen = _choose_layers(available, layers)
-        return cls(
-            layers=chosen,
-            load=cache.embeddings,
-            targets=cache.targets,
-            vocab_size=int(meta["vocab_size"]),
-            num_layers=int(meta.get("num_layers") or max(available) or 1),
-            excluded_ids=[int(i) for i in meta.get("excluded_ids", [])],
-            # the short name, as a sweep gives it: the path says where the model lies, not which it is
-            model=short_model_name(meta.get("model", "model")),
-            revision=meta.get("revision"),
-            pooling=meta.get("pooling"),
-            corpus_fingerprint=meta.get("corpus_fingerprint"),
-            metadata=meta,
-        )
-
-    @classmethod
-    def from_tensors(
-        cls,
-        embeddings: Mapping[Any, torch.Tensor],
-        targets: BagTargets | None,
-        vocab_size: int | None,
-        model: str = "embeddings",
-        excluded_ids: Sequence[int] = (),
-        layers: Sequence[int] | None = None,
-    ) -> ProbeSource:
-        if targets is None or vocab_size is None:
-            raise ValueError("raw embeddings need targets=BagTargets and vocab_size=M")
-        if not embeddings:
-            raise ValueError("no layers given: the embeddings dict is empty")
-        tensors = {int(layer): torch.as_tensor(x) for layer, x in embeddings.items()}
-        for layer, x in tensors.items():
-            if x.dim() != 2:
-                raise ValueError(f"layer {layer}: embeddings must be [N, d], got shape {tuple(x.shape)}")
-        chosen = _choose_layers(sorted(tensors), layers)
-        return cls(
-            layers=chosen,
-            load=tensors.__getitem__,
-            targets=targets,
-            vocab_size=int(vocab_size),
-            num_layers=max(max(tensors), 1),
-            excluded_ids=list(excluded_ids),
-            model=model,
-        )
-
-
-def _choose_layers(available: Sequence[int], wanted: Sequence[int] | None) -> list[int]:
-    if wanted is None:
-        return list(available)
-    missing = sorted(set(wanted) - set(available))
-    if missing:
-        raise ValueError(f"layers {missing} are not available; the source has layers {list(available)}")
-    return list(wanted)
-
-
-def _default_max_memory(device: torch.device) -> int:
-    """Half of what is free now: the probe shares the machine with the extraction and the OS."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free // 2
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
-
-
-def _load_layer(source: ProbeSource, layer: int, rows: int) -> torch.Tensor:
-    x = torch.as_tensor(source.load(layer))
-    if x.dim() != 2 or x.shape[0] != rows:
-        raise ValueError(
-            f"layer {layer} has {tuple(x.shape)} embeddings but there are {rows} target rows; "
-            "every layer needs one row per sentence"
-        )
-    x = x.float()
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        row = int(torch.nonzero(~finite.all(dim=1))[0])
-        raise ValueError(f"layer {layer} has NaN or infinite embeddings (first at row {row})")
-    return x
+PARTS = ("train", "validation", "test")
 
 
 def recoverability(
     source: Any,
+    config: ProbeConfig | None = None,
+    *,
     targets: BagTargets | None = None,
     vocab_size: int | None = None,
-    vocab: str = "observed",
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    k: int = 5,
-    level: float = 0.95,
-    device: str | torch.device | None = None,
     split: Split | None = None,
     layers: Sequence[int] | None = None,
-    entropy: str = "plugin",
-    validation_fraction: float = 0.1,
-    train: TrainConfig | None = None,
-    max_memory: int | None = None,
-    n_bootstrap: int = 2000,
     model: str | None = None,
     excluded_ids: Sequence[int] = (),
     progress: bool = True,
-    probe: str = "linear",
-    train_softmax: str = "full",
     unembedding: Any = None,
     checkpoint_dir: str | os.PathLike | None = None,
-    curve: Sequence[float] | None = None,
+    **overrides: Any,
 ):
     """Probe every layer of ``source`` and bound I(T; z) per layer; returns a RecoverabilityResult.
 
     ``source``: an ActivationCache, or ``{layer: Tensor[N, d]}`` with ``targets`` (BagTargets of
-    vocabulary ids, N rows) and ``vocab_size``.  ``vocab``: "observed" (M = ids seen in the corpus)
-    "full" (M = vocab_size minus ``excluded_ids``), or "top:K" (the K-1 most frequent ids and
-    one "other" symbol: a bound on I(f(T); z) <= I(T; z), see :mod:`fastmi.data.alphabet`).
-    ``split``: reuse a Split (same corpus) so that
-    several models are scored on the same held-out sentences; otherwise one is made from
-    ``test_fraction``, ``validation_fraction`` and ``seed``.  ``entropy``: H(T) estimator over all non-empty
-    bags, "plugin" (biased low, hence conservative for lower bounds) or "miller_madow".
-    ``max_memory``: bytes the layer-batched training may use (default: half the free memory).
-    ``probe``: "linear" (logits W z + b) or "unembedding" (logits U (A z + c) + b through the model's
-    frozen output embedding U, stored in the cache; raw embeddings pass ``unembedding=U`` or (U, bias)).
-    ``train_softmax``: "full" or "sampled:K" (K shared negatives per step); validation and held-out
-    scoring are always exact over the whole alphabet (:mod:`fastmi.probe.heads`).
+    vocabulary ids, N rows) and ``vocab_size``.  ``config``: the probe's settings
+    (:class:`fastmi.probe.config.ProbeConfig`, default: its defaults); any of its fields may also be
+    passed by name and overrides it, ``recoverability(cache, vocab="top:512", seed=0)``.  Among them:
+    ``vocab``: "observed" (the ids of the training sentences and one "other" symbol, its bias calibrated
+    on the validation sentences), "full" (M = vocab_size minus ``excluded_ids``), or "top:K" (the K-1
+    ids most frequent in the training and validation sentences and "other"); each a bound on
+    I(f(T); z) <= I(T; z), the alphabet never built from held-out sentences (:mod:`fastmi.data.alphabet`);
+    ``entropy``: H(f(T)) estimator on the held-out sentences (recomputed in each bootstrap resample, so
+    every lcb includes its error), "plugin" (biased
+    low, hence conservative for lower bounds) or "miller_madow"; ``max_memory``: bytes the
+    layer-batched training may use (default: half the free memory); ``probe``: "linear" (logits
+    W z + b) or "unembedding" (logits U (A z + c) + b through the model's frozen output embedding U,
+    stored in the cache; raw embeddings pass ``unembedding=U`` or (U, bias)); ``train_softmax``:
+    "full" or "sampled:K" (K shared negatives per step; validation and held-out scoring are always
+    exact over the whole alphabet, :mod:`fastmi.probe.heads`); ``curve``: fractions of the training
+    rows, e.g. (0.125, 0.25, 0.5, 1.0): each layer is also fitted on nested subsets of that size,
+    scored on the same held-out rows (``result.curves``, and a ``data_limited`` column; see
+    :mod:`fastmi.probe.curves`).
+
+    ``split``: reuse a Split (same corpus) so that several models are scored on the same held-out
+    sentences; otherwise one is made from ``test_fraction``, ``validation_fraction`` and ``seed``.
     Each finished layer group is saved (``checkpoint_dir``, default ``<cache>/probes``) and a rerun
     with the same settings resumes; under torch.distributed ranks train disjoint groups and all
-    return the whole result (:mod:`fastmi.probe.groups`).
-    ``curve``: fractions of the training rows, e.g. (0.125, 0.25, 0.5, 1.0): each layer is also fitted
-    on nested subsets of that size, scored on the same held-out rows (``result.curves``, and a
-    ``data_limited`` column; see :mod:`fastmi.probe.curves`).  The per-sentence held-out scores are kept in
-    ``result.held_out`` for paired comparisons (:func:`fastmi.compare`).
+    return the whole result (:mod:`fastmi.probe.groups`).  The per-sentence held-out scores are kept
+    in ``result.held_out`` for paired comparisons (:func:`fastmi.compare`).
     """
-    from fastmi.probe.groups import GroupStore
-    from fastmi.results.result import RecoverabilityResult
+    config = ProbeConfig.resolve(config, overrides, "recoverability")
+    run = prepare(
+        source,
+        config,
+        targets=targets,
+        vocab_size=vocab_size,
+        split=split,
+        layers=layers,
+        model=model,
+        excluded_ids=excluded_ids,
+        progress=progress,
+        unembedding=unembedding,
+        checkpoint_dir=checkpoint_dir,
+    )
+    mine = run.store.pending(run.groups)  # this rank's groups not saved by an earlier run
+    one_bar = not run.progress or len(run.groups) == 1  # a single group: its epoch bar is enough
+    for group in tqdm(mine, desc=f"{run.source.model}: layer groups", disable=one_bar):
+        probe_group(run, group)
+    return assemble(run)
 
-    if isinstance(source, Mapping):
-        probe_source = ProbeSource.from_tensors(
-            source, targets, vocab_size, model=model or "embeddings", excluded_ids=excluded_ids, layers=layers
-        )
-    else:
-        if targets is not None or vocab_size is not None:
-            raise ValueError("targets and vocab_size are read from the cache; pass them only with raw embeddings")
-        probe_source = ProbeSource.from_cache(source, layers=layers)
-        if model:
-            probe_source.model = model
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    train = train or TrainConfig()
-    check_probe_form(probe)
-    parse_train_softmax(train_softmax)
-    progress = progress and distributed.context().is_main
-    fractions = check_curve(curve)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    src = probe_source
+
+@dataclass
+class ProbeRun:
+    """What every layer group of one probe shares, made once before any training (:func:`prepare`)."""
+
+    config: ProbeConfig
+    source: ProbeSource
+    device: torch.device
+    alphabet: Alphabet
+    split: Split
+    rows: dict[str, np.ndarray]  # per part ("train", "validation", "test"): its sentences with a non-empty bag
+    bags: dict[str, BagTargets]  # their bags over the alphabet, on the device
+    index: dict[str, torch.Tensor]  # ``rows`` on the device
+    skipped: int  # sentences with an empty bag
+    entropy: HeldOutEntropy  # H(f(T)) on the held-out sentences, and in each bootstrap resample
+    frequencies: Frequencies  # the held-out bags, kept in the result for comparisons
+    width: int  # d, the width every layer must have
+    head: tuple[torch.Tensor | None, torch.Tensor | None]  # (U, b_model) of the unembedding probe
+    head_source: str | None
+    groups: list[list[int]]
+    store: Any  # fastmi.probe.groups.GroupStore
+    progress: bool
+
+
+def prepare(
+    source: Any,
+    config: ProbeConfig,
+    *,
+    targets: BagTargets | None = None,
+    vocab_size: int | None = None,
+    split: Split | None = None,
+    layers: Sequence[int] | None = None,
+    model: str | None = None,
+    excluded_ids: Sequence[int] = (),
+    progress: bool = True,
+    unembedding: Any = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> ProbeRun:
+    """Everything before training: the source, the alphabet, the split and its parts, H(T), the
+    unembedding of the alphabet (probe="unembedding"), the layer groups and their store."""
+    src = ProbeSource.of(source, targets, vocab_size, model=model, excluded_ids=excluded_ids, layers=layers)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num_rows = src.targets.num_rows
-
-    alphabet = Alphabet.build(vocab, src.targets, src.vocab_size, src.excluded_ids)
+    if split is None:
+        split = config.make_split(num_rows, src.corpus_fingerprint)
+    split.check(num_rows, src.corpus_fingerprint)
+    nonempty = (src.targets.lengths > 0).numpy()
+    rows = _part_rows(split, nonempty)
+    # The alphabet is fixed by the training (and, for top:K, validation) sentences only: the decoder
+    # scored on the held-out sentences never depends on them (docs/theory.md §7).
+    check_targets(src.targets, src.vocab_size, src.excluded_ids)
+    alphabet = Alphabet.build(
+        config.vocab,
+        src.targets.select(rows["train"]),
+        src.vocab_size,
+        src.excluded_ids,
+        validation=src.targets.select(rows["validation"]),
+    )
     bags = alphabet.compact(src.targets)
     head_weight, head_bias, head_source = (
-        unembedding_for_alphabet(source, alphabet.vocab_ids, alphabet.other, unembedding)
-        if probe == "unembedding"
-        else (None, None, None)
+        _unembedding_rows(source, alphabet, unembedding) if config.probe == "unembedding" else (None, None, None)
     )
-    if split is None:
-        split = Split.make(num_rows, test_fraction, seed, validation_fraction, src.corpus_fingerprint)
-    split.check(num_rows, src.corpus_fingerprint)
-
-    nonempty = (bags.lengths > 0).numpy()
-    part_rows = {
-        name: rows[nonempty[rows]]
-        for name, rows in (("train", split.train), ("validation", split.validation), ("test", split.test))
-    }
-    for name, rows in part_rows.items():
-        if rows.size == 0:
-            raise ValueError(f"the {name} part of the split has no sentence with a non-empty bag")
-    part_bags = {name: bags.select(rows).to(device) for name, rows in part_rows.items()}
-    # H(T) is a property of the corpus, not of the probe: every non-empty sentence estimates it.
-    # The plug-in estimate is biased low, more so on fewer sentences, so this is still conservative.
-    entropy_bits = bounds.token_entropy_bits(bags, method=entropy)
-
+    # H(f(T)) is estimated on the held-out sentences, in each bootstrap resample together with the
+    # error terms (the same resamples), so every lcb includes its sampling error (docs/theory.md §6).
+    frequencies = Frequencies.of(bags.select(rows["test"]))
+    counts = resample_counts(frequencies.n, check_resamples(config.n_bootstrap), config.seed, "draws")
+    entropy = HeldOutEntropy.estimate(frequencies, counts, config.entropy)
     # Layers are checked before any training so a bad layer fails fast and nothing is half-done.
-    first = _load_layer(src, src.layers[0], num_rows)
-    dim = first.shape[1]
-    del first  # only one group of layers is ever in memory
-    budget = max_memory if max_memory is not None else _default_max_memory(device)
+    width = load_layer(src, src.layers[0], num_rows).shape[1]  # only one group of layers is ever in memory
+    # free memory differs between ranks: all train rank 0's groups
+    groups = distributed.broadcast(_groups(config, src, num_rows, width, alphabet.size, device))
+    return ProbeRun(
+        config=config,
+        source=src,
+        device=device,
+        alphabet=alphabet,
+        split=split,
+        rows=rows,
+        bags={name: bags.select(part).to(device) for name, part in rows.items()},
+        index={name: torch.as_tensor(part, device=device) for name, part in rows.items()},
+        skipped=int((~nonempty).sum()),
+        entropy=entropy,
+        frequencies=frequencies,
+        width=width,
+        head=(head_weight, head_bias),
+        head_source=head_source,
+        groups=groups,
+        store=open_store(source, src, config, alphabet.size, split, checkpoint_dir),
+        progress=distributed.main_only(progress),
+    )
+
+
+def _unembedding_rows(source: Any, alphabet: Alphabet, given: Any):
+    """U's rows (and bias) for the alphabet; the observed alphabet's "other" gets a zero row, so its
+    logit is its bias alone (calibrated on validation like the linear probe's)."""
+    if alphabet.setting != "observed" or not alphabet.other:
+        return unembedding_for_alphabet(source, alphabet.vocab_ids, alphabet.other, given)
+    weight, bias, where = unembedding_for_alphabet(source, alphabet.vocab_ids, False, given)
+    weight = torch.cat([weight, weight.new_zeros(1, weight.shape[1])])
+    return weight, None if bias is None else torch.cat([bias, bias.new_zeros(1)]), where
+
+
+def _part_rows(split: Split, nonempty: np.ndarray) -> dict[str, np.ndarray]:
+    rows = {}
+    for name, part in zip(PARTS, (split.train, split.validation, split.test)):
+        rows[name] = part[nonempty[part]]
+        if rows[name].size == 0:
+            raise ValueError(f"the {name} part of the split has no sentence with a non-empty bag")
+    return rows
+
+
+def _groups(
+    config: ProbeConfig, src: ProbeSource, num_rows: int, width: int, alphabet_size: int, device: torch.device
+) -> list[list[int]]:
+    """The layers in groups that fit ``config.max_memory`` (default: half the free memory)."""
+    budget = config.max_memory if config.max_memory is not None else default_max_memory(device)
     # The planner sizes groups with this same memory model (fastmi.probe.memory), so a plan is what runs.
     group_size = layers_per_group(
         budget,
         len(src.layers),
         num_rows,
-        dim,
-        alphabet.size,
-        train.batch_size,
-        precision=resolve_precision(train.precision, device),
-        train_softmax=train_softmax,
-        probe=probe,
+        width,
+        alphabet_size,
+        config.train.batch_size,
+        precision=resolve_precision(config.train.precision, device),
+        train_softmax=config.train_softmax,
+        probe=config.probe,
     )
-    groups = layer_groups(src.layers, group_size)
+    return layer_groups(src.layers, group_size)
 
-    rows_out: list[dict] = []
-    training_log: dict[str, Any] = {}
-    index = {name: torch.as_tensor(rows, device=device) for name, rows in part_rows.items()}
-    groups = distributed.broadcast(groups)  # free memory differs between ranks: all train rank 0's groups
-    # Everything that changes the numbers of a group (the groups themselves are matched layer by layer).
-    store = GroupStore.open(
-        source,
-        src.layers,
-        checkpoint_dir=checkpoint_dir,
-        settings=dict(
-            model=src.model,
-            vocab=vocab,
-            alphabet_size=alphabet.size,
-            k=k,
-            level=level,
-            seed=seed,
-            entropy=entropy,
-            n_bootstrap=n_bootstrap,
-            train=asdict(train),
-            split=split.to_dict(),
-            excluded_ids=list(src.excluded_ids),
-            probe=probe,
-            train_softmax=train_softmax,
-            curve=list(fractions or ()),
-        ),
-    )
-    mine = store.pending(groups)  # this rank's groups not saved by an earlier run
-    test_rows = part_rows["test"].astype(np.int64)
-    for group in tqdm(mine, desc=f"{src.model}: layer groups", disable=not progress or len(groups) == 1):
-        z = torch.stack([_load_layer(src, layer, num_rows) for layer in group]).to(device)
-        if z.shape[-1] != dim:
-            raise ValueError(f"layers {group} have width {z.shape[-1]}, layer {src.layers[0]} has {dim}")
-        if probe == "linear":  # the unembedding probe folds the standardisation into A and c itself
-            z = standardize(z, index["train"])
-        fitted = fit_heads(
+
+def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
+    """Fit, score and bound one group of layers, and save it in the run's store."""
+    config, src = run.config, run.source
+    z = torch.stack([load_layer(src, layer, src.targets.num_rows) for layer in group]).to(run.device)
+    if z.shape[-1] != run.width:
+        raise ValueError(f"layers {group} have width {z.shape[-1]}, layer {src.layers[0]} has {run.width}")
+    if config.probe == "linear":  # the unembedding probe folds the standardisation into A and c itself
+        z = standardize(z, run.index["train"])
+    # Looked up here, in this module, so that a test can stand in for it.
+    fit = functools.partial(fit_heads, probe=config.probe, train_softmax=config.train_softmax, unembedding=run.head)
+    if run.alphabet.setting == "observed" and run.alphabet.other:
+        fit = with_calibrated_other(fit)  # "other" never occurs in training: its bias is set on validation
+    index, bags, size = run.index, run.bags, run.alphabet.size
+    fits, seeds = [], config.probe_seeds
+    for j in range(seeds):  # probe_seeds > 1: probes differing in training order, all on one split
+        fitted = fit(
             z[:, index["train"]],
-            part_bags["train"],
+            bags["train"],
             z[:, index["validation"]],
-            part_bags["validation"],
-            alphabet.size,
-            train,
-            probe=probe,
-            train_softmax=train_softmax,
-            unembedding=(head_weight, head_bias),
-            seed=seed,
-            progress=progress,
-            description=f"{src.model} layers {group[0]}-{group[-1]}",
+            bags["validation"],
+            size,
+            config.train,
+            seed=config.seed + j,
+            progress=run.progress,
+            **({"init_seed": config.seed + j} if j else {}),
+            description=f"{src.model} layers {group[0]}-{group[-1]}"
+            + (f", probe {j + 1}/{seeds}" if seeds > 1 else ""),
         )
-        scores = score_probes(
-            fitted.features(z[:, index["test"]]), fitted.weight, fitted.bias, part_bags["test"], alphabet.size, k
-        )
-        group_held, group_points = HeldOut(rows=test_rows), []
-        if fractions:
-            fit = functools.partial(
-                fit_heads, probe=probe, train_softmax=train_softmax, unembedding=(head_weight, head_bias)
-            )
-            group_points = fit_curve_points(
-                z,
-                index,
-                part_bags,
-                alphabet.size,
-                fractions,
-                group,
-                src.model,
-                entropy_bits,
-                train,
-                seed,
-                k,
-                level,
-                n_bootstrap,
-                progress,
-                fit=fit,
-            )
-        del z
-        for i, layer in enumerate(group):
-            row = {
-                "model": src.model,
-                "revision": src.revision,
-                "layer": layer,
-                "rel_depth": layer / src.num_layers,
-                "pooling": src.pooling,
-                "vocab": vocab,
-                "M": alphabet.size,
-                "n_train": int(part_rows["train"].size),
-                "n_test": int(part_rows["test"].size),
-                "n_skipped": int((~nonempty).sum()),
-                "bag_recall": float(scores.bag_recall[i].mean()),
-                "probe": probe,
-                "train_softmax": train_softmax,
-                "converged": bool(fitted.converged[i]),
-            }
-            row.update(
-                bounds.layer_bounds(
-                    scores.errors[i].numpy(),
-                    scores.errors_k[i].numpy(),
-                    scores.ce_bits[i].numpy(),
-                    entropy_bits,
-                    alphabet.size,
-                    k,
-                    level=level,
-                    seed=seed,
-                    n_bootstrap=n_bootstrap,
-                )
-            )
-            rows_out.append(row)
-            group_held.add(
-                layer,
-                errors=scores.errors[i].numpy(),
-                errors_k=scores.errors_k[i].numpy(),
-                ce_bits=scores.ce_bits[i].numpy(),
-            )
-            training_log[str(layer)] = {
-                "best_epoch": fitted.best_epoch[i],
-                "validation_ce_bits": float(fitted.validation_ce_nats[i] / np.log(2)),
-                "epochs_run": fitted.epochs_run,
-                "start": fitted.start[i],
-            }
-        # Per-sentence scores and curve points travel with the group, so a resumed or multi-process
-        # run keeps what compare() and the curves need.
-        store.save(
-            group,
-            rows_out[-len(group) :],
-            {str(layer): training_log[str(layer)] for layer in group},
-            extra={"held_out": group_held.to_dict()["layers"], "curve_points": group_points},
-        )
-    rows_out, training_log, extras = store.collect(groups)
-    held = HeldOut(rows=test_rows).to_dict()
-    for extra in extras:
-        held["layers"].update(extra["held_out"])
-    held_out = HeldOut.from_dict(held)
-    curve_points = [point for extra in extras for point in extra["curve_points"]]
-    warn_unconverged(src.model, rows_out, train.max_epochs)
+        z_test = fitted.features(z[:, index["test"]])
+        fits.append((fitted, score_probes(z_test, fitted.weight, fitted.bias, bags["test"], size, config.k)))
+    fitted, scores, per_seed = fits[0][0], seed_mean(fits), seed_statistics_of(fits)
+    points = []
+    if config.curve:  # the curves refit the first seed's probe only
+        points = fit_curve_points(z, index, bags, size, group, src.model, run.entropy, config, run.progress, fit=fit)
+    del z
+    held = HeldOut(rows=run.rows["test"].astype(np.int64))
+    rows, training = [], {}
+    for i, layer in enumerate(group):
+        converged = all(bool(f.converged[i]) for f, _ in fits)
+        rows.append(_layer_row(run, layer, converged, scores, i, per_seed[i] if seeds > 1 else None))
+        errors, errors_k, ce_bits = (scores.errors[i].numpy(), scores.errors_k[i].numpy(), scores.ce_bits[i].numpy())
+        held.add(layer, errors=errors, errors_k=errors_k, ce_bits=ce_bits)
+        if seeds > 1:
+            held.seeds[layer] = per_seed[i]
+        training[str(layer)] = {
+            "best_epoch": fitted.best_epoch[i],
+            "validation_ce_bits": float(fitted.validation_ce_nats[i] / np.log(2)),
+            "epochs_run": fitted.epochs_run,
+            "start": fitted.start[i],
+        }
+        if fitted.other_bias:
+            training[str(layer)]["other_bias"] = fitted.other_bias[i]
+        if seeds > 1:
+            training[str(layer)]["seeds"] = [seed_log(f, i, config.seed + j) for j, (f, _) in enumerate(fits)]
+    # Per-sentence scores and curve points travel with the group, so a resumed or multi-process
+    # run keeps what compare() and the curves need.
+    saved = held.to_dict()
+    extra = {"held_out": saved["layers"], "curve_points": points, "seeds": saved.get("seeds", {})}
+    run.store.save(group, rows, training, extra=extra)
 
-    config = {
+
+def _layer_row(run: ProbeRun, layer: int, converged: bool, scores: Any, i: int, per_seed=None) -> dict:
+    """One layer's row of the result table: what was probed, how, and its bounds."""
+    config, src = run.config, run.source
+    row = {
         "model": src.model,
         "revision": src.revision,
+        "layer": layer,
+        "rel_depth": layer / src.num_layers,
         "pooling": src.pooling,
-        "vocab": vocab,
-        "alphabet_size": alphabet.size,
-        "vocab_size": src.vocab_size,
-        "k": k,
-        "level": level,
-        "seed": seed,
-        "entropy_method": entropy,
-        "n_bootstrap": n_bootstrap,
-        "layers": list(src.layers),
-        "layer_groups": [list(g) for g in groups],
-        "device": str(device),
-        "train": asdict(train),
-        "probe": probe,
-        "train_softmax": train_softmax,
-        "unembedding_source": head_source,
-        "training": training_log,
-        "split": split.to_dict(),
-        "source": {key: value for key, value in src.metadata.items() if _is_json_scalar(value)},
+        "vocab": config.vocab,
+        "M": run.alphabet.size,
+        "n_train": int(run.rows["train"].size),
+        "n_test": int(run.rows["test"].size),
+        "n_skipped": run.skipped,
+        "bag_recall": float(scores.bag_recall[i].mean()),
+        "probe": config.probe,
+        "train_softmax": config.train_softmax,
+        "converged": converged,
     }
-    if fractions:
-        config["curve"] = list(fractions)
-    curves = finish_curves(rows_out, curve_points) if fractions else []
-    return RecoverabilityResult(rows_out, config, {src.model: held_out}, curves)
-
-
-def _is_json_scalar(value: Any) -> bool:
-    return (
-        value is None
-        or isinstance(value, (str, int, float, bool))
-        or (isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value))
+    row.update(
+        bounds.layer_bounds(
+            scores.errors[i].numpy(),
+            scores.errors_k[i].numpy(),
+            scores.ce_bits[i].numpy(),
+            run.entropy.point,
+            run.alphabet.size,
+            config.k,
+            level=config.level,
+            seed=config.seed,
+            n_bootstrap=config.n_bootstrap,
+            seed_statistics=per_seed,
+            entropy=run.entropy,
+        )
     )
+    return row
+
+
+def assemble(run: ProbeRun):
+    """Every group of every rank, once all are done, as one RecoverabilityResult."""
+    from fastmi.results.result import RecoverabilityResult
+
+    config, src = run.config, run.source
+    rows, training, extras = run.store.collect(run.groups)
+    held = HeldOut(rows=run.rows["test"].astype(np.int64), frequencies=run.frequencies).to_dict()
+    held["seeds"] = {}
+    for extra in extras:
+        held["layers"].update(extra["held_out"])
+        held["seeds"].update(extra.get("seeds", {}))
+    points = [point for extra in extras for point in extra["curve_points"]]
+    warn_unconverged(src.model, rows, config.train.max_epochs)
+    stored = result_config(run, training)
+    curves = finish_curves(rows, points) if config.curve else []
+    return RecoverabilityResult(rows, stored, {src.model: HeldOut.from_dict(held)}, curves)

@@ -30,54 +30,33 @@ settings for large vocabularies"): on the 5,000-symbol Zipf channel of the tests
 0.03 bit of each other (unigram and log-uniform), and unigram is the cheaper, since its draws repeat
 the batch's frequent ids and leave a smaller sub-vocabulary.
 
-The optimiser is :class:`RowSparseAdam`: by default with dense moments (every row's moments decay and
-every row moves by its momentum each step, as under the full softmax), or lazily (only the rows in S
-move, O(|S| d) per step).  Dense moments end closest to full-softmax training (docs/performance.md).
+The optimiser is :class:`fastmi.probe.adamw.AdamW` with row-sparse steps: by default with dense
+moments (every row's moments decay and every row moves by its momentum each step, as under the full
+softmax), or lazily (only the rows in S move, O(|S| d) per step).  Dense moments end closest to
+full-softmax training (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from fastmi.data.bags import BagTargets
+from fastmi.probe.checks import DEFAULT_PROPOSAL, PROPOSALS, parse_train_softmax
 
 __all__ = [
     "parse_train_softmax",
     "proposal_probabilities",
     "NegativeSampler",
     "Candidates",
-    "RowSparseAdam",
     "TRAIN_SOFTMAX_SETTINGS",
     "PROPOSALS",
     "DEFAULT_PROPOSAL",
 ]
 
 TRAIN_SOFTMAX_SETTINGS = ("full", "sampled:K", "sampled:K:unigram", "sampled:K:loguniform", "sampled:K:uniform")
-PROPOSALS = ("unigram", "loguniform", "uniform")
-DEFAULT_PROPOSAL = "unigram"
-
-
-def parse_train_softmax(setting: str) -> tuple[int | None, str | None]:
-    """``"full"`` -> (None, None); ``"sampled:K[:proposal]"`` -> (K, proposal); a clear error otherwise."""
-    if setting == "full":
-        return None, None
-    parts = setting.split(":") if isinstance(setting, str) else []
-    if len(parts) in (2, 3) and parts[0] == "sampled":
-        proposal = parts[2] if len(parts) == 3 else DEFAULT_PROPOSAL
-        try:
-            k = int(parts[1])
-        except ValueError:
-            k = 0
-        if k >= 1 and proposal in PROPOSALS:
-            return k, proposal
-    raise ValueError(
-        f"train_softmax must be 'full' or 'sampled:K' with an integer K >= 1, optionally "
-        f"'sampled:K:unigram', 'sampled:K:loguniform' or 'sampled:K:uniform'; got {setting!r}"
-    )
 
 
 def proposal_probabilities(kind: str, train_marginal: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -151,68 +130,3 @@ class NegativeSampler:
         # Positions in the sorted S: a monotone map, so every row's ids stay sorted and distinct.
         targets = BagTargets(batch.offsets, torch.searchsorted(ids, batch.ids), batch.counts)
         return Candidates(ids=ids, correction=correction, targets=targets)
-
-
-class RowSparseAdam:
-    """AdamW (Loshchilov & Hutter) whose gradient may cover only some rows of a parameter.
-
-    Parameters are [L, R, ...] tensors; :meth:`step` takes, per parameter, its gradient and either
-    None (the gradient covers every row) or the indices along dim 1 that it covers, optionally with
-    a third item: a copy of the parameter's values at those rows, which the step then updates in
-    place instead of gathering them again (the sampled loss has gathered them already).  Rows not
-    covered keep their value and their moments, as in TensorFlow's LazyAdam, so a sampled step
-    costs O(|S|) rows, not O(M) (``lazy=True``).  With ``lazy=False`` ("dense moments") the step is
-    plain AdamW with a zero gradient on the rows not covered: every row's moments decay and every
-    row moves by its momentum, as every row does under the full softmax, where each step pushes
-    down all the ids a batch lacks; it costs a few elementwise passes over all M rows (what a
-    full-softmax step's optimiser costs too), but no [L, M, d] gradient.  The bias corrections use
-    the global step count.
-    """
-
-    def __init__(
-        self,
-        params: Sequence[torch.Tensor],
-        lr: float,
-        weight_decay: Sequence[float],
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        lr_scale: Sequence[float] | None = None,
-        lazy: bool = True,
-    ) -> None:
-        self.params, self.lr, self.weight_decay, self.lazy = list(params), lr, list(weight_decay), lazy
-        self.lr_scale = list(lr_scale) if lr_scale is not None else [1.0] * len(self.params)
-        self.betas, self.eps, self.steps = betas, eps, 0
-        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
-
-    @torch.no_grad()
-    def step(self, grads: Sequence[tuple]) -> None:
-        self.steps += 1
-        beta1, beta2 = self.betas
-        step_size = self.lr / (1 - beta1**self.steps)
-        correction2 = math.sqrt(1 - beta2**self.steps)
-        for p, (m, v), decay, scale, (grad, rows, *gathered) in zip(
-            self.params, self.moments, self.weight_decay, self.lr_scale, grads
-        ):
-            if grad is None:
-                continue
-            if rows is not None and not self.lazy:
-                if decay:
-                    p.mul_(1 - self.lr * decay)
-                m.mul_(beta1).index_add_(1, rows, grad, alpha=1 - beta1)
-                v.mul_(beta2).index_add_(1, rows, grad * grad, alpha=1 - beta2)
-                p.addcdiv_(m, v.sqrt().div_(correction2).add_(self.eps), value=-step_size * scale)
-                continue
-            if rows is None:
-                p_rows, m_rows, v_rows = p, m, v
-            else:
-                p_rows = gathered[0] if gathered else p.index_select(1, rows)
-                m_rows, v_rows = m.index_select(1, rows), v.index_select(1, rows)
-            if decay:
-                p_rows.mul_(1 - self.lr * decay)
-            m_rows.lerp_(grad, 1 - beta1)
-            v_rows.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            p_rows.addcdiv_(m_rows, v_rows.sqrt().div_(correction2).add_(self.eps), value=-step_size * scale)
-            if rows is not None:
-                p.index_copy_(1, rows, p_rows)
-                m.index_copy_(1, rows, m_rows)
-                v.index_copy_(1, rows, v_rows)

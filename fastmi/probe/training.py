@@ -15,6 +15,7 @@ T, so epoch 0 already scores the "ignore z" probe and no layer can end worse tha
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,8 @@ from tqdm.auto import tqdm
 
 from fastmi import kernels
 from fastmi.data.bags import BagTargets
+from fastmi.probe.adamw import AdamW
+from fastmi.probe.config import TrainConfig
 from fastmi.probe.precision import loss_operands, matmul_precision
 
 __all__ = [
@@ -29,45 +32,13 @@ __all__ = [
     "FittedProbes",
     "EarlyStopping",
     "fit_probes",
+    "train_epochs",
     "new_probes",
     "train_step",
     "standardize",
     "token_marginal",
     "probe_bytes",
 ]
-
-
-@dataclass
-class TrainConfig:
-    """Optimiser settings of the probe; the defaults are what converged fastest on the demo caches."""
-
-    max_epochs: int = 40
-    """Upper bound on passes over the training rows."""
-    patience: int = 3
-    """Stop once no layer's validation cross-entropy has improved for this many epochs."""
-    batch_size: int = 256
-    """Sentences per Adam step."""
-    lr: float = 0.05
-    """Adam step size, divided by sqrt(d) so that logits move by O(lr) per step whatever d is."""
-    weight_decay: float = 0.0
-    """Decoupled (AdamW) weight decay on W; early stopping already regularises."""
-    min_improvement: float = 1e-4
-    """Validation gains (nats) below this do not reset the patience counter."""
-    prior_smoothing: float = 0.05
-    """Share of uniform mass mixed into the training marginal that initialises the bias."""
-    precision: str = "auto"
-    """Products of the training loss: "fp32", "tf32", "bf16" (bf16 operands, fp32 accumulation,
-    fp32 master weights) or "auto" (bf16 on a GPU, fp32 on a CPU); validation and held-out scoring
-    are always fp32 (fastmi/probe/precision.py)."""
-    sampled_adam: str = "dense"
-    """Adam's moments under sampled softmax: "dense" (every row's moments decay and every row moves
-    by its momentum each step, as under the full softmax; ends closest to full-softmax training) or
-    "lazy" (only the sampled rows move: O(S d) per step instead of O(M d); see
-    :class:`fastmi.probe.sampled_softmax.RowSparseAdam`)."""
-    tie_unseen: bool | None = None
-    """Train the linear probe's ids that occur in no training bag as one tied row (exact under the
-    full softmax: they stay equal anyway; :class:`fastmi.probe.heads._TiedUnseen`).  None: only under
-    sampled softmax, so the full-softmax default runs :func:`fit_probes` unchanged."""
 
 
 @dataclass
@@ -110,32 +81,8 @@ def probe_bytes(num_rows: int, dim: int, alphabet_size: int, batch_size: int) ->
     return probe_layer_bytes(num_rows, dim, alphabet_size, batch_size)
 
 
-class _Adam:
-    """AdamW (Loshchilov & Hutter) on a few tensors.
-
-    Written out because ``torch.optim`` imports torch._dynamo on first use, which costs seconds of a
-    cold start on a small CPU, more than the whole probe of a small model.
-    """
-
-    def __init__(self, params, lr: float, weight_decay, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params, self.lr, self.weight_decay, self.betas, self.eps = list(params), lr, weight_decay, betas, eps
-        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
-        self.steps = 0
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.steps += 1
-        beta1, beta2 = self.betas
-        step_size = self.lr / (1 - beta1**self.steps)
-        correction2 = math.sqrt(1 - beta2**self.steps)
-        for p, (m, v), decay in zip(self.params, self.moments, self.weight_decay):
-            if p.grad is None:
-                continue
-            if decay:
-                p.mul_(1 - self.lr * decay)
-            m.lerp_(p.grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            p.addcdiv_(m, v.sqrt().div_(correction2).add_(self.eps), value=-step_size)
+# The optimiser under the name the planner times it by (fastmi.planning.rates).
+_Adam = AdamW
 
 
 class EarlyStopping:
@@ -180,13 +127,24 @@ def mean_ce(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: 
     return total / max(int((targets.lengths > 0).sum()), 1)
 
 
-def new_probes(log_prior: torch.Tensor, dim: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, _Adam]:
+def new_probes(log_prior: torch.Tensor, dim: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, AdamW]:
     """W [L, M, d] = 0, b [L, M] = ``log_prior`` (the "ignore z" probe) and their AdamW."""
     num_layers, alphabet_size = log_prior.shape
     weight = torch.zeros(num_layers, alphabet_size, dim, device=log_prior.device, requires_grad=True)
     bias = log_prior.clone().requires_grad_(True)
-    optimizer = _Adam([weight, bias], lr=config.lr / math.sqrt(max(dim, 1)), weight_decay=(config.weight_decay, 0.0))
+    optimizer = AdamW([weight, bias], lr=config.lr / math.sqrt(max(dim, 1)), weight_decay=(config.weight_decay, 0.0))
     return weight, bias, optimizer
+
+
+@torch.no_grad()
+def perturb_start(weight: torch.Tensor, init_seed: int | None) -> None:
+    """With a seed, W [L, M, d] drawn from N(0, (0.1 / sqrt(d))^2): on standardised features the
+    start's logits differ from the prior-only probe's by about 0.1 nat.  None leaves W as it is."""
+    if init_seed is None:
+        return
+    generator = torch.Generator().manual_seed(int(init_seed))
+    noise = torch.randn(weight.shape, generator=generator) * (0.1 / math.sqrt(max(weight.shape[-1], 1)))
+    weight.add_(noise.to(weight.device, weight.dtype))
 
 
 def train_step(
@@ -195,7 +153,7 @@ def train_step(
     targets_train: BagTargets,
     weight: torch.Tensor,
     bias: torch.Tensor,
-    optimizer: _Adam,
+    optimizer: AdamW,
     precision: str,
 ) -> None:
     """One AdamW step of every layer's probe on the training ``rows`` (the planner times this too)."""
@@ -205,6 +163,37 @@ def train_step(
     weight.grad = bias.grad = None
     losses.sum().backward()
     optimizer.step()
+
+
+def train_epochs(
+    step: Callable[[torch.Tensor], None],
+    validation_ce: Callable[[], torch.Tensor],
+    params: list[torch.Tensor],
+    num_rows: int,
+    config: TrainConfig,
+    seed: int,
+    progress: bool,
+    description: str,
+) -> tuple[EarlyStopping, int]:
+    """The epoch loop of every probe: ``step(rows)`` trains on one minibatch of training rows (a
+    seeded shuffle each epoch), ``validation_ce()`` scores ``params`` per layer [L] after each epoch,
+    until every layer has stopped improving or ``max_epochs`` ran out.  Returns the stopping record
+    (each layer's best parameters) and the number of epochs run."""
+    stopping = EarlyStopping(params, validation_ce(), config)
+    generator = torch.Generator().manual_seed(seed)
+    chunk = max(config.batch_size, 1)
+    epochs = tqdm(range(1, config.max_epochs + 1), desc=description, leave=False, disable=not progress)
+    epoch = 0
+    for epoch in epochs:
+        order = torch.randperm(num_rows, generator=generator).to(params[0].device)
+        for start in range(0, num_rows, chunk):
+            step(order[start : start + chunk])
+        done = stopping.update(epoch, params, validation_ce())
+        epochs.set_postfix(val_ce=f"{float(stopping.best_ce.mean()):.3f}", stale=int(stopping.stale.min()))
+        if done:
+            break
+    epochs.close()
+    return stopping, epoch
 
 
 def fit_probes(
@@ -217,37 +206,35 @@ def fit_probes(
     seed: int = 0,
     progress: bool = True,
     description: str = "probe",
+    init_seed: int | None = None,
 ) -> FittedProbes:
     """Fit one linear probe per layer of ``z_train`` [L, N, d]; early-stop on ``z_val`` [L, Nv, d].
 
-    Rows must be non-empty bags with compact ids < ``alphabet_size``.
+    Rows must be non-empty bags with compact ids < ``alphabet_size``.  ``init_seed``: start from a
+    random W near 0 (:func:`perturb_start`) instead of W = 0 (further probes of ``probe_seeds``).
     """
     num_layers, num_rows, dim = z_train.shape
     prior = token_marginal(targets_train, alphabet_size)
     prior = (1 - config.prior_smoothing) * prior + config.prior_smoothing / alphabet_size
     weight, bias, optimizer = new_probes(prior.log().float().expand(num_layers, -1), dim, config)
+    perturb_start(weight, init_seed)
     chunk = max(config.batch_size, 1)
-    stopping = EarlyStopping([weight, bias], mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk), config)
-    generator = torch.Generator().manual_seed(seed)
-    epochs = tqdm(range(1, config.max_epochs + 1), desc=description, leave=False, disable=not progress)
-    epoch = 0
-    for epoch in epochs:
-        order = torch.randperm(num_rows, generator=generator).to(z_train.device)
-        for start in range(0, num_rows, chunk):
-            train_step(z_train, order[start : start + chunk], targets_train, weight, bias, optimizer, config.precision)
-        done = stopping.update(
-            epoch, [weight, bias], mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk)
-        )
-        epochs.set_postfix(val_ce=f"{float(stopping.best_ce.mean()):.3f}", stale=int(stopping.stale.min()))
-        if done:
-            break
-    epochs.close()
+
+    def step(rows: torch.Tensor) -> None:
+        train_step(z_train, rows, targets_train, weight, bias, optimizer, config.precision)
+
+    def validation_ce() -> torch.Tensor:
+        return mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk)
+
+    stopping, epochs_run = train_epochs(
+        step, validation_ce, [weight, bias], num_rows, config, seed, progress, description
+    )
     best_weight, best_bias = stopping.best
     return FittedProbes(
         weight=best_weight,
         bias=best_bias,
         best_epoch=stopping.best_epoch.tolist(),
         validation_ce_nats=stopping.best_ce.tolist(),
-        epochs_run=epoch,
+        epochs_run=epochs_run,
         converged=stopping.converged,
     )

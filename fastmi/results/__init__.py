@@ -1,1 +1,1 @@
-"""The result table, its plots and the advice printed with it."""
+"""The result table (its column names in :mod:`fastmi.results.columns`), its plots and the advice printed with it."""

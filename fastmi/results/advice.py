@@ -9,9 +9,9 @@ can bound (see :mod:`fastmi.data.alphabet`).
 
 from __future__ import annotations
 
-__all__ = ["vacuous_hint", "suggested_top_k"]
+from fastmi.results.columns import LOWER_BOUND_COLUMNS
 
-_LOWER_BOUNDS = ("fano_lcb", "list_fano_lcb", "variational_lcb")
+__all__ = ["vacuous_hint", "suggested_top_k"]
 
 
 def suggested_top_k(n_train: int) -> int:
@@ -33,7 +33,7 @@ def vacuous_hint(result) -> str | None:
         rows = [r for r in result.table if r["model"] == model]
         if not rows or any(r.get("clamped") is None for r in rows):
             continue
-        empty = [r for r in rows if set(_LOWER_BOUNDS) <= set((r.get("clamped") or "").split(","))]
+        empty = [r for r in rows if set(LOWER_BOUND_COLUMNS) <= set((r.get("clamped") or "").split(","))]
         if 2 * len(empty) <= len(rows):
             continue
         n_train = max(int(r.get("n_train") or 0) for r in rows)

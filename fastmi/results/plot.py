@@ -9,6 +9,7 @@ row of small panels, one per model.  matplotlib runs on the Agg backend: no disp
 
 from __future__ import annotations
 
+import io
 import os
 import textwrap
 from pathlib import Path
@@ -21,7 +22,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from fastmi.stats.bounds import BOUNDS  # noqa: E402
+from fastmi.results.columns import BOUNDS, fraction_column  # noqa: E402
+from fastmi.runtime.files import atomic_write_bytes  # noqa: E402
 
 __all__ = ["bounds_figure", "plot_bounds", "PLOT_BOUNDS"]
 
@@ -35,9 +37,7 @@ _TITLES = {
 
 def _columns(bound: str, fraction: bool) -> tuple[str, str]:
     point, lcb = BOUNDS[bound]
-    if fraction:
-        return point.removesuffix("_bits") + "_frac", lcb + "_frac"
-    return point, lcb
+    return (fraction_column(point), fraction_column(lcb)) if fraction else (point, lcb)
 
 
 def _distinct(rows: list[dict], column: str) -> str:
@@ -246,10 +246,9 @@ def plot_bounds(result, path: str | os.PathLike, bound: str = "all", fraction: b
     path = Path(path)
     fig = bounds_figure(result, bound=bound, fraction=fraction)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-        fig.savefig(tmp, dpi=130)
-        os.replace(tmp, path)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=130)
     finally:
         plt.close(fig)
+    atomic_write_bytes(path, png.getvalue())
     return path

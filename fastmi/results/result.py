@@ -1,17 +1,19 @@
 """RecoverabilityResult: the per-(model, layer) table of bounds, saved as CSV and JSON, plotted.
 
-One row per (model, layer), columns in :data:`COLUMNS` order (rows may carry extra columns; they
-follow).  ``config`` is the resolved configuration of the run (seed, split, probe settings).  A
-result of several models keeps the settings they share at the top of ``config`` and the rest under
-``config["per_model"][model]``, so :meth:`RecoverabilityResult.for_model` gives each model's
-own configuration back.  ``held_out`` (per model, the per-sentence held-out scores behind the
-bounds: :mod:`fastmi.stats.heldout`) and ``curves`` (bounds against n_train: :mod:`fastmi.probe.curves`) are
-kept when present, and travel through JSON, :meth:`~RecoverabilityResult.for_model` and ``concat``.
+One row per (model, layer), columns in :data:`~fastmi.results.columns.COLUMNS` order (rows may
+carry extra columns; they follow).  ``config`` is the resolved configuration of the run (seed,
+split, probe settings).  A result of several models keeps the settings they share at the top of
+``config`` and the rest under ``config["per_model"][model]``, so
+:meth:`RecoverabilityResult.for_model` gives each model's own configuration back.  ``held_out``
+(per model, the per-sentence held-out scores behind the bounds: :mod:`fastmi.stats.heldout`) and
+``curves`` (bounds against n_train: :mod:`fastmi.probe.curves`) are kept when present, and travel
+through JSON, :meth:`~RecoverabilityResult.for_model` and ``concat``.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -19,34 +21,21 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RecoverabilityResult", "COLUMNS", "TERMINAL_COLUMNS"]
+from fastmi.results.columns import BOOL_COLUMNS, COLUMNS, INT_COLUMNS, STR_COLUMNS, TERMINAL_COLUMNS, bound_column
+from fastmi.runtime.files import atomic_write_text
 
-_STR_COLUMNS = ("model", "revision", "pooling", "vocab", "clamped", "probe", "train_softmax")
-_BOOL_COLUMNS = ("data_limited", "converged")
-_INT_COLUMNS = ("layer", "M", "n_train", "n_test", "n_skipped", "k")
-COLUMNS = [
-    "model", "revision", "layer", "rel_depth", "pooling", "vocab", "M", "n_train", "n_test", "n_skipped",
-    "H_T", "p_error", "p_error_ucb", "k", "p_error_k", "p_error_k_ucb", "ce_bits", "ce_bits_ucb", "bag_recall",
-    "fano_bits", "fano_lcb", "list_fano_bits", "list_fano_lcb", "variational_bits", "variational_lcb",
-    "fano_frac", "fano_lcb_frac", "list_fano_frac", "list_fano_lcb_frac", "variational_frac",
-    "variational_lcb_frac", "level", "clamped",
-]  # fmt: skip
-#: What :meth:`RecoverabilityResult.format_table` shows by default: fits a terminal, says the most.
-TERMINAL_COLUMNS = [
-    "model", "layer", "rel_depth", "H_T", "p_error", "p_error_k", "ce_bits", "bag_recall",
-    "fano_lcb", "list_fano_lcb", "variational_lcb", "variational_lcb_frac", "data_limited", "converged",
-]  # fmt: skip
+__all__ = ["RecoverabilityResult", "COLUMNS", "TERMINAL_COLUMNS"]
 
 
 def _clean(name: str, value: Any) -> Any:
     """Plain Python values (no numpy/torch scalars), typed by column; NaN becomes None."""
     if hasattr(value, "item"):
         value = value.item()
-    if name in _STR_COLUMNS:
+    if name in STR_COLUMNS:
         return "" if value is None else str(value)
     if value is None or isinstance(value, (str, bool)):
         return value
-    if name in _INT_COLUMNS:
+    if name in INT_COLUMNS:
         if float(value) != int(value):
             raise ValueError(f"column {name!r} must hold integers, got {value!r}")
         return int(value)
@@ -123,15 +112,13 @@ class RecoverabilityResult:
 
         def cell(row: dict, column: str) -> str:
             # A bound clamped at 0 reads "vacuous", so 0.000 is never mistaken for a measured zero.
-            stem = column.removesuffix("_frac")
-            source = stem if stem.endswith(("_bits", "_lcb")) else f"{stem}_bits"
-            if source in (row.get("clamped") or "").split(","):
+            if bound_column(column) in (row.get("clamped") or "").split(","):
                 return "vacuous"
             return text(row.get(column))
 
         cells = [[cell(row, c) for c in columns] for row in self._rows]
         widths = [max([len(c)] + [len(r[j]) for r in cells]) for j, c in enumerate(columns)]
-        left = [c in _STR_COLUMNS for c in columns]
+        left = [c in STR_COLUMNS for c in columns]
 
         def line(values: Iterable[str]) -> str:
             return "  ".join(v.ljust(w) if l else v.rjust(w) for v, w, l in zip(values, widths, left)).rstrip()
@@ -141,14 +128,12 @@ class RecoverabilityResult:
     # ---- files -------------------------------------------------------------------------------
     def to_csv(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        columns = self.columns
-        with _atomic_write(path) as f:
-            writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-            writer.writeheader()
-            for row in self.table:
-                writer.writerow(
-                    {c: "" if v is None else (repr(v) if isinstance(v, float) else v) for c, v in row.items()}
-                )
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        for row in self.table:
+            writer.writerow({c: "" if v is None else (repr(v) if isinstance(v, float) else v) for c, v in row.items()})
+        atomic_write_text(path, text.getvalue())
         return path
 
     @classmethod
@@ -174,9 +159,7 @@ class RecoverabilityResult:
             document["curves"] = self.curves
         if self.held_out:
             document["held_out"] = {model: held.to_dict() for model, held in self.held_out.items()}
-        text = json.dumps(document, indent=2, allow_nan=False, default=_json_default)
-        with _atomic_write(path) as f:
-            f.write(text + "\n")
+        atomic_write_text(path, json.dumps(document, indent=2, allow_nan=False, default=_json_default) + "\n")
         return path
 
     @classmethod
@@ -238,15 +221,15 @@ class RecoverabilityResult:
 
 
 def _parse_csv_cell(name: str, cell: str | None) -> Any:
-    if name in _STR_COLUMNS:
+    if name in STR_COLUMNS:
         return cell or ""
-    if name in _BOOL_COLUMNS and cell in ("True", "False"):
+    if name in BOOL_COLUMNS and cell in ("True", "False"):
         return cell == "True"
     if cell is None or cell == "":
         return None
-    if name in _BOOL_COLUMNS:
+    if name in BOOL_COLUMNS:
         return cell == "True"
-    if name in _INT_COLUMNS:
+    if name in INT_COLUMNS:
         return int(cell)
     try:
         return float(cell)
@@ -262,24 +245,3 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy / torch arrays and scalars in a config
         return value.tolist()
     raise TypeError(f"config value {value!r} of type {type(value).__name__} cannot be written to JSON")
-
-
-class _atomic_write:
-    """Write to a temporary name beside ``path``, then rename: no half-written result files."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.tmp, "w", newline="", encoding="utf-8")
-        return self.file
-
-    def __exit__(self, exc_type, exc, tb):
-        self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return False

@@ -15,12 +15,15 @@ clamps at 0 and says which values it clamped.  Every function gives a defined va
 
 from __future__ import annotations
 
-import functools
 import math
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+
+from fastmi.results.columns import BOUNDS, ESTIMATES, fraction_column, ucb_column
+from fastmi.stats.bootstrap import check_resamples, resample_counts, resampled_means
+from fastmi.stats.joint import joint_bounds, with_seed_term
 
 __all__ = [
     "binary_entropy_bits",
@@ -32,18 +35,13 @@ __all__ = [
     "upper_confidence_mean",
     "clopper_pearson_upper",
     "layer_bounds",
+    "with_seed_term",
     "BOUNDS",
     "CONFIDENCE_METHODS",
 ]
 
 ENTROPY_METHODS = ("plugin", "miller_madow")
 CONFIDENCE_METHODS = ("bootstrap", "percentile", "clopper_pearson")
-#: The reported bounds: name -> (point column, lower-confidence column).
-BOUNDS = {
-    "fano": ("fano_bits", "fano_lcb"),
-    "list_fano": ("list_fano_bits", "list_fano_lcb"),
-    "variational": ("variational_bits", "variational_lcb"),
-}
 
 
 def _array(x: Any, name: str) -> np.ndarray:
@@ -219,42 +217,8 @@ def _bootstrap_means(values: np.ndarray, n_bootstrap: int, seed: int) -> np.ndar
     All rows share the same resamples, so the statistics of one layer are resampled jointly, and
     the same seed gives every layer and model the same resamples (common random numbers).
     """
-    n = values.shape[1]
-    out, start = np.empty((values.shape[0], n_bootstrap)), 0
-    for times_drawn in _resample_counts(n, n_bootstrap, seed):
-        rows = times_drawn.shape[0]
-        out[:, start : start + rows] = (times_drawn.astype(np.float64) @ values.T).T / n
-        start += rows
-    return out
-
-
-_CACHE_BYTES = 64 * 2**20
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_resample_counts(n: int, n_bootstrap: int, seed: int) -> tuple[np.ndarray, ...]:
-    # Every layer of a model reuses these, so they are drawn once and kept small: a count above
-    # 255 (never seen in practice: probability below 1e-400 for n >= 256) keeps its int64 block.
-    return tuple(c.astype(np.uint8) if c.max() <= 255 else c for c in _draw_resample_counts(n, n_bootstrap, seed))
-
-
-def _resample_counts(n: int, n_bootstrap: int, seed: int):
-    if n * n_bootstrap <= _CACHE_BYTES:
-        return _cached_resample_counts(n, n_bootstrap, seed)
-    return _draw_resample_counts(n, n_bootstrap, seed)
-
-
-def _draw_resample_counts(n: int, n_bootstrap: int, seed: int):
-    """Yield [rows, n] int64 blocks: how often each sentence is drawn in each resample.
-
-    Counting draws and taking one matrix product is much faster than gathering values[:, idx].
-    """
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_bootstrap, 2_000_000 // n))
-    for start in range(0, n_bootstrap, chunk):
-        rows = min(chunk, n_bootstrap - start)
-        idx = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]
-        yield np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n)
+    counts = resample_counts(values.shape[1], n_bootstrap, seed, stream="draws")
+    return resampled_means(values.T, counts).T
 
 
 def _bootstrap_upper(x: np.ndarray, means: np.ndarray, level: float, bca: bool) -> float:
@@ -311,8 +275,7 @@ def _upper_limits(
     for row, (lo, hi) in zip(values, ranges):
         if np.any(row < lo) or (hi is not None and np.any(row > hi)):
             raise ValueError(f"values must lie in [{lo}, {hi}], got values in [{row.min()}, {row.max()}]")
-    if int(n_bootstrap) < 100:
-        raise ValueError(f"n_bootstrap must be at least 100, got {n_bootstrap}")
+    n_bootstrap = check_resamples(n_bootstrap)
     n = values.shape[1]
     means = None
     limits = np.empty(values.shape[0])
@@ -346,6 +309,8 @@ def layer_bounds(
     seed: int = 0,
     n_bootstrap: int = 2000,
     method: str = "bootstrap",
+    seed_statistics: Any = None,
+    entropy: Any = None,
 ) -> dict[str, Any]:
     """Every bound of one layer, point and lower-confidence values, from per-sentence statistics.
 
@@ -356,9 +321,20 @@ def layer_bounds(
     so it always uses the bootstrap, BCa unless method="percentile").  Bounds below 0 are reported as
     0 and named in ``clamped``.  ``*_frac`` is each bound over H(T) (0 when H(T) = 0).  The level is
     per value, not simultaneous over bounds or layers.
+
+    ``seed_statistics`` [N, 3, n]: with N > 1 probes per layer (``probe_seeds``), each probe's
+    per-sentence statistics; ``errors`` etc. are then their means over the N probes.  Each upper
+    limit is then :func:`with_seed_term`'s, and ``probe_seeds`` and the ``*_seed_sd`` columns (each
+    bound's spread over the seeds) are added.
+
+    ``entropy``: a :class:`fastmi.stats.heldout_entropy.HeldOutEntropy` of these held-out sentences
+    (drawn with the same ``seed`` and ``n_bootstrap``).  H(T) is then its point value and is
+    resampled together with the error terms, so each ``*_lcb`` includes H's sampling error
+    (:func:`fastmi.stats.joint.joint_lower_bounds`); the ``*_ucb`` columns stay the error terms' own.
+    Without it H(T) is ``entropy_bits``, taken as known.
     """
     _check_level(level)
-    h_t = float(_array(entropy_bits, "entropy_bits"))
+    h_t = float(_array(entropy_bits if entropy is None else entropy.point, "entropy_bits"))
     if h_t < 0:
         raise ValueError(f"entropy_bits must be nonnegative, got {h_t}")
     stats = [_array(a, name).ravel() for a, name in ((errors, "errors"), (errors_k, "errors_k"), (ce_bits, "ce_bits"))]
@@ -367,23 +343,37 @@ def layer_bounds(
     ranges = [(0.0, 1.0), (0.0, 1.0), (0.0, None)]
     upper = _upper_limits(np.stack(stats), level, seed, n_bootstrap, method, ranges)
     point = [float(s.mean()) for s in stats]
+    seeds = None
+    if seed_statistics is not None and len(seed_statistics) > 1:
+        per_seed = np.asarray(seed_statistics, dtype=np.float64)  # [N, 3, n]
+        seeds = per_seed.mean(axis=2)  # [N, 3]: each probe's held-out means
+        halves = [_upper_limits(v, level, seed, n_bootstrap, method, ranges) - m for v, m in zip(per_seed, seeds)]
+        upper = with_seed_term(np.asarray(point), np.max(halves, axis=0), seeds, level)
+        upper = np.minimum(upper, [np.inf if hi is None else hi for _, hi in ranges])
 
     out: dict[str, Any] = {"H_T": h_t, "k": int(k)}
-    for name, est, ucb in zip(("p_error", "p_error_k", "ce_bits"), point, upper):
-        out[name], out[f"{name}_ucb"] = est, float(ucb)
-    raw = {
-        "fano_bits": fano_lower_bound(point[0], h_t, alphabet_size),
-        "fano_lcb": fano_lower_bound(upper[0], h_t, alphabet_size),
-        "list_fano_bits": list_fano_lower_bound(point[1], k, h_t, alphabet_size),
-        "list_fano_lcb": list_fano_lower_bound(upper[1], k, h_t, alphabet_size),
-        "variational_bits": variational_lower_bound(point[2], h_t),
-        "variational_lcb": variational_lower_bound(upper[2], h_t),
+    for name, est, ucb in zip(ESTIMATES, point, upper):
+        out[name], out[ucb_column(name)] = est, float(ucb)
+    # Each bound from the estimate it needs: the point value from the mean, the lcb from its ucb.
+    formulas = {
+        "fano": lambda means: fano_lower_bound(means[0], h_t, alphabet_size),
+        "list_fano": lambda means: list_fano_lower_bound(means[1], k, h_t, alphabet_size),
+        "variational": lambda means: variational_lower_bound(means[2], h_t),
     }
+    raw = {}
+    for bound, (point_column, lcb_column) in BOUNDS.items():
+        raw[point_column], raw[lcb_column] = formulas[bound](point), formulas[bound](upper)
+    if entropy is not None:
+        args = (alphabet_size, k, level, seed, n_bootstrap, method)
+        joint_bounds(raw, np.stack(stats), entropy, *args, seeds, seed_statistics)
     for name, value in raw.items():
         out[name] = max(float(value), 0.0)
     for name in raw:
-        stem = name.removesuffix("_bits")
-        out[f"{stem}_frac"] = out[name] / h_t if h_t > 0 else 0.0
+        out[fraction_column(name)] = out[name] / h_t if h_t > 0 else 0.0
     out["level"] = float(level)
     out["clamped"] = ",".join(name for name, value in raw.items() if value < 0)
+    if seeds is not None and seeds.shape[0] > 1:
+        out["probe_seeds"] = int(seeds.shape[0])
+        for bound in BOUNDS:
+            out[f"{bound}_seed_sd"] = float(np.std([formulas[bound](m) for m in seeds], ddof=1))
     return out

@@ -28,19 +28,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from fastmi.runtime.files import atomic_write_text
+from fastmi.stats.bootstrap import paired_counts
 from fastmi.stats.comparison import (
     LayerRef,
     _shared_rows,
     layer_statistic,
     matched_layers,
-    paired_bootstrap,
     peak_layer,
-    resample_counts,
     same_tokenizer,
 )
-from fastmi.stats.heldout import STATISTICS
+from fastmi.stats.paired import paired_interval
 
 __all__ = ["Statement", "Claim", "evaluate_claims", "verdict", "format_claims", "HOLDS", "CONTRADICTED", "UNRESOLVED"]
 
@@ -86,20 +84,10 @@ def _kind(result: Any, model: str) -> str | None:
 
 def _difference(result, refs_a, refs_b, rows, counts, bound, fraction, level, n_bootstrap, seed) -> tuple:
     """Mean over pairs of (A_i - B_i) with its paired interval; one pair gives a plain difference."""
-    blocks, functions = [], []
-    for ref_a, ref_b in zip(refs_a, refs_b):
-        for ref in (ref_a, ref_b):
-            stats = result.held_out[ref.model].on_rows(ref.layer, rows)
-            blocks.append(np.column_stack([stats[s] for s in STATISTICS]))
-            functions.append(layer_statistic(result, ref, bound, fraction))
-    values = np.hstack(blocks)
-    width = len(STATISTICS)
-
-    def statistic(means: np.ndarray) -> np.ndarray:
-        parts = [f(means[..., j * width : (j + 1) * width]) for j, f in enumerate(functions)]
-        return sum(parts[0::2]) / len(refs_a) - sum(parts[1::2]) / len(refs_a)
-
-    return paired_bootstrap(values, statistic, level, n_bootstrap, seed, counts)
+    refs = [ref for pair in zip(refs_a, refs_b) for ref in pair]
+    functions = [layer_statistic(result, ref, bound, fraction) for ref in refs]
+    weights = [(1.0 if i % 2 == 0 else -1.0) / len(refs_a) for i in range(len(refs))]
+    return paired_interval(result, refs, functions, weights, rows, level, n_bootstrap, seed, counts)
 
 
 def _encoder_keeps_more(result, encoder, decoder, level, n_bootstrap, seed, bound) -> list[Claim]:
@@ -107,7 +95,7 @@ def _encoder_keeps_more(result, encoder, decoder, level, n_bootstrap, seed, boun
     pairs = matched_layers(result, encoder, decoder)
     depth = {r["layer"]: r["rel_depth"] for r in result.table if r["model"] == encoder}
     rows = _shared_rows(result, [encoder, decoder])
-    counts = resample_counts(rows.size, n_bootstrap, seed)
+    counts = paired_counts(rows.size, n_bootstrap, seed)
     adjusted = 1 - (1 - level) / len(pairs)
     tests = []
     for le, ld in pairs:
@@ -177,7 +165,7 @@ def _gains_then_forgets(result, decoder, level, n_bootstrap, seed, bound) -> Cla
     layers = sorted(r["layer"] for r in result.table if r["model"] == decoder)
     peak = peak_layer(result, decoder)
     rows = _shared_rows(result, [decoder])
-    counts = resample_counts(rows.size, n_bootstrap, seed)
+    counts = paired_counts(rows.size, n_bootstrap, seed)
     tests = []
     for other, name in ((layers[0], "first"), (layers[-1], "last")):
         point, lower, upper = _difference(
@@ -246,9 +234,6 @@ def format_claims(claims: list[Claim], digits: int = 3) -> str:
 
 
 def claims_to_json(claims: list[Claim], path: str | Path) -> Path:
-    from fastmi.results.result import _atomic_write
-
     path = Path(path)
-    with _atomic_write(path) as f:
-        f.write(json.dumps([asdict(c) for c in claims], indent=2) + "\n")
+    atomic_write_text(path, json.dumps([asdict(c) for c in claims], indent=2) + "\n")
     return path

@@ -25,12 +25,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fastmi.runtime.files import atomic_write_text
 from fastmi.stats import bounds
+from fastmi.stats.bootstrap import paired_bootstrap, paired_counts
 from fastmi.stats.heldout import STATISTICS
+from fastmi.stats.paired import _columns, paired_interval
 
 __all__ = [
     "compare",
@@ -132,8 +136,6 @@ def _source_of(result: Any, model: str) -> str:
 
 
 def _same_path(given: str, model: str, source: str) -> bool:
-    from pathlib import Path
-
     path = Path(given).expanduser()
     return path.exists() and source == str(path.resolve())
 
@@ -143,7 +145,7 @@ def _same_spec(given: str, model: str, source: str) -> bool:
 
 
 def _same_short_name(given: str, model: str, source: str) -> bool:
-    from fastmi.models.loading import short_model_name
+    from fastmi.models.specs import short_model_name
 
     short = short_model_name(given)
     return short in (model, short_model_name(source))
@@ -184,43 +186,6 @@ def bound_from_means(
     raise ValueError(f"bound must be one of {COMPARED_BOUNDS}, got {bound!r}")
 
 
-def resample_counts(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
-    """[B, n] how often each of n sentences is drawn in each of B resamples (seeded)."""
-    if n < 2:
-        raise ValueError(f"a paired interval needs at least 2 shared held-out sentences, got {n}")
-    if int(n_bootstrap) < 100:
-        raise ValueError(f"n_bootstrap must be at least 100, got {n_bootstrap}")
-    rng = np.random.default_rng([seed, 0x70616972])
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=int(n_bootstrap)).astype(np.float32)
-
-
-def paired_bootstrap(
-    values: np.ndarray,
-    statistic,
-    level: float = 0.95,
-    n_bootstrap: int = 2000,
-    seed: int = 0,
-    counts: np.ndarray | None = None,
-) -> tuple[float, float, float]:
-    """Point value and two-sided percentile interval at ``level`` of ``statistic(means)``.
-
-    ``values`` [n, s]: one row per sentence (the pairing), one column per per-sentence quantity;
-    ``statistic`` maps column means [..., s] to a value [...]: it sees the observed means once and
-    the means of every resample of rows.
-    """
-    if not 0.5 <= level < 1:
-        raise ValueError(f"level must be in [0.5, 1), got {level}")
-    values = np.asarray(values, dtype=np.float64)
-    n = values.shape[0]
-    counts = resample_counts(n, n_bootstrap, seed) if counts is None else counts
-    means = (counts.astype(np.float64) @ values) / n  # [B, s]
-    point = float(statistic(values.mean(axis=0)))
-    draws = np.asarray(statistic(means), dtype=np.float64)
-    alpha = 1 - level
-    lower, upper = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
-    return point, float(lower), float(upper)
-
-
 @dataclass
 class Comparison:
     """Rows of differences (A minus B) with their paired intervals; ``notes`` say how to read them."""
@@ -254,18 +219,10 @@ class Comparison:
         lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells]
         return "\n".join(lines)
 
-    def to_json(self, path) -> Any:
-        from pathlib import Path
-
-        from fastmi.results.result import _atomic_write
-
-        path = Path(path)
-        with _atomic_write(path) as f:
-            f.write(
-                json.dumps({"level": self.level, "unit": self.unit, "notes": self.notes, "rows": self.rows}, indent=2)
-                + "\n"
-            )
-        return path
+    def to_json(self, path) -> Path:
+        document = {"level": self.level, "unit": self.unit, "notes": self.notes, "rows": self.rows}
+        atomic_write_text(Path(path), json.dumps(document, indent=2) + "\n")
+        return Path(path)
 
 
 def _shared_rows(result: Any, models: Sequence[str]) -> np.ndarray:
@@ -284,14 +241,19 @@ def _shared_rows(result: Any, models: Sequence[str]) -> np.ndarray:
 
 
 def layer_statistic(result: Any, ref: LayerRef, bound: str, fraction: bool):
-    """(columns [n, 3] on the given rows -> bound function of means) for one (model, layer)."""
+    """The bound of one (model, layer) as a function ``value(means [..., 3], h=None)`` of the means of
+    its per-sentence statistics and H(f(T)) (default: the table's H_T; resampled H values give the
+    bound in each resample, :mod:`fastmi.stats.paired`)."""
     row = next(r for r in _layers_of(result, ref.model) if r["layer"] == ref.layer)
-    entropy, size, k = float(row["H_T"]), int(row["M"]), int(row["k"])
-    scale = 1.0 / entropy if fraction and entropy > 0 else 1.0
+    table_entropy, size, k = float(row["H_T"]), int(row["M"]), int(row["k"])
 
-    def value(means: np.ndarray) -> np.ndarray:
+    def value(means: np.ndarray, h=None) -> np.ndarray:
+        entropy = table_entropy if h is None else np.asarray(h, dtype=np.float64)
         named = {name: means[..., j] for j, name in enumerate(STATISTICS)}
-        return bound_from_means(bound, named, entropy, size, k) * scale
+        bound_bits = bound_from_means(bound, named, entropy, size, k)
+        if not fraction:
+            return bound_bits
+        return np.where(entropy > 0, bound_bits / np.where(entropy > 0, entropy, 1.0), 0.0)
 
     return value
 
@@ -338,27 +300,21 @@ def compare(
     if layer_a is None:
         notes.append("layers matched by nearest relative depth (layer / number of layers)")
     notes.append(
-        "intervals are per row (not simultaneous), cover the held-out sampling only (probe and H(T) fixed), "
-        "and compare bounds (unclamped), not the mutual informations themselves"
+        "intervals are per row (not simultaneous), cover the held-out sampling of the error terms and of "
+        "H(T) (and, with probe_seeds > 1, the probes' seeds), and compare bounds (unclamped), not the mutual "
+        "informations themselves"
     )
     rows_shared = _shared_rows(result, [model_a, model_b])
-    counts = resample_counts(rows_shared.size, n_bootstrap, seed)
+    counts = paired_counts(rows_shared.size, n_bootstrap, seed)
     out = []
     for ref_a, ref_b in pairs:
-        stats_a = result.held_out[ref_a.model].on_rows(ref_a.layer, rows_shared)
-        stats_b = result.held_out[ref_b.model].on_rows(ref_b.layer, rows_shared)
-        values = np.column_stack([stats_a[s] for s in STATISTICS] + [stats_b[s] for s in STATISTICS])
         depth = next(r["rel_depth"] for r in _layers_of(result, ref_a.model) if r["layer"] == ref_a.layer)
+        values = _columns(result, (ref_a, ref_b), rows_shared)
+        n_stats = len(STATISTICS)
         for bound in bounds_to_compare:
             fa, fb = (layer_statistic(result, ref, bound, fraction) for ref in (ref_a, ref_b))
-            n_stats = len(STATISTICS)
-            point, lower, upper = paired_bootstrap(
-                values,
-                lambda m: fa(m[..., :n_stats]) - fb(m[..., n_stats:]),  # noqa: B023 (called right here)
-                level,
-                n_bootstrap,
-                seed,
-                counts,  # noqa: B023
+            point, lower, upper = paired_interval(
+                result, (ref_a, ref_b), (fa, fb), (1.0, -1.0), rows_shared, level, n_bootstrap, seed, counts
             )
             out.append(
                 {

@@ -1,0 +1,87 @@
+"""AdamW for the probes: the one optimiser every probe form and softmax trains with.
+
+Written out rather than ``torch.optim.AdamW`` for two reasons: ``torch.optim`` imports torch._dynamo
+on first use, which costs seconds of a cold start on a small CPU (more than the whole probe of a
+small model), and under sampled softmax a step's gradient covers only some rows of W and b
+(:mod:`fastmi.probe.sampled_softmax`), which torch's optimisers cannot take without an [L, M, d]
+gradient.  With every row covered it is exactly AdamW (Loshchilov & Hutter), op for op as torch's
+single-tensor path computes it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["AdamW"]
+
+
+class AdamW:
+    """AdamW (Loshchilov & Hutter) whose gradient may cover only some rows of a parameter.
+
+    Parameters are tensors; :meth:`step` takes, per parameter, its gradient and either None (the
+    gradient covers every row) or the indices along dim 1 ([L, R, ...] parameters) that it covers,
+    optionally with a third item: a copy of the parameter's values at those rows, which the step
+    then updates in place instead of gathering them again (the sampled loss has gathered them
+    already).  ``step()`` with no argument takes each parameter's ``.grad`` over every row.
+
+    Rows not covered keep their value and their moments, as in TensorFlow's LazyAdam, so a sampled
+    step costs O(|S|) rows, not O(M) (``lazy=True``).  With ``lazy=False`` ("dense moments") the step
+    is plain AdamW with a zero gradient on the rows not covered: every row's moments decay and every
+    row moves by its momentum, as every row does under the full softmax, where each step pushes down
+    all the ids a batch lacks; it costs a few elementwise passes over all M rows (what a full-softmax
+    step's optimiser costs too), but no [L, M, d] gradient.  The bias corrections use the global
+    step count.  ``weight_decay`` and ``lr_scale``: one per parameter.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        lr: float,
+        weight_decay: Sequence[float],
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        lr_scale: Sequence[float] | None = None,
+        lazy: bool = True,
+    ) -> None:
+        self.params, self.lr, self.weight_decay, self.lazy = list(params), lr, list(weight_decay), lazy
+        self.lr_scale = list(lr_scale) if lr_scale is not None else [1.0] * len(self.params)
+        self.betas, self.eps, self.steps = betas, eps, 0
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[tuple] | None = None) -> None:
+        if grads is None:
+            grads = [(p.grad, None) for p in self.params]
+        self.steps += 1
+        beta1, beta2 = self.betas
+        step_size = self.lr / (1 - beta1**self.steps)
+        correction2 = math.sqrt(1 - beta2**self.steps)
+        for p, (m, v), decay, scale, (grad, rows, *gathered) in zip(
+            self.params, self.moments, self.weight_decay, self.lr_scale, grads
+        ):
+            if grad is None:
+                continue
+            if rows is not None and not self.lazy:
+                if decay:
+                    p.mul_(1 - self.lr * decay)
+                m.mul_(beta1).index_add_(1, rows, grad, alpha=1 - beta1)
+                v.mul_(beta2).index_add_(1, rows, grad * grad, alpha=1 - beta2)
+                p.addcdiv_(m, v.sqrt().div_(correction2).add_(self.eps), value=-step_size * scale)
+                continue
+            if rows is None:
+                p_rows, m_rows, v_rows = p, m, v
+            else:
+                p_rows = gathered[0] if gathered else p.index_select(1, rows)
+                m_rows, v_rows = m.index_select(1, rows), v.index_select(1, rows)
+            if decay:
+                p_rows.mul_(1 - self.lr * decay)
+            m_rows.lerp_(grad, 1 - beta1)
+            v_rows.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            p_rows.addcdiv_(m_rows, v_rows.sqrt().div_(correction2).add_(self.eps), value=-step_size * scale)
+            if rows is not None:
+                p.index_copy_(1, rows, p_rows)
+                m.index_copy_(1, rows, m_rows)
+                v.index_copy_(1, rows, v_rows)
