@@ -151,6 +151,19 @@ def test_cheaper_settings_cost_less(config_70b):
     assert fast.probe_seconds_per_epoch < full.probe_seconds_per_epoch
 
 
+def test_a_probe_config_plans_what_the_run_will_do(config_70b):
+    common = dict(sentences=100_000, gpus=8, gpu_memory="141GB", matmul_tflops=593, host_memory="2TB")
+    config = fastmi.ProbeConfig(
+        vocab="full", probe="unembedding", train_softmax="sampled:8192", train=fastmi.TrainConfig(precision="bf16")
+    )
+    by_config = fastmi.plan(config_70b, config=config, **common)
+    by_keywords = fastmi.plan(
+        config_70b, vocab="full", probe="unembedding", train_softmax="sampled:8192", precision="bf16", **common
+    )
+    assert by_config == by_keywords
+    assert by_config != fastmi.plan(config_70b, vocab="full", **common)
+
+
 def test_what_does_not_fit_is_named_with_its_fix(config_70b, capsys):
     one = fastmi.plan(
         config_70b, sentences=10_000, vocab="full", gpus=1, gpu_memory="141GB", matmul_tflops=593, host_memory="2TB"

@@ -20,6 +20,11 @@ Every figure is an estimate from a model of the work (docs/scaling.md), each par
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastmi.probe.config import ProbeConfig
+
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -128,6 +133,7 @@ def plan(
     model_cache_dir: str | os.PathLike | None = None,
     gpu: str | None = None,
     disk_rate: float | str | None = None,
+    config: ProbeConfig | None = None,
 ) -> Plan:
     """Plan extracting and probing ``model`` over ``corpus`` (or ``sentences`` of ``mean_tokens``).
 
@@ -139,9 +145,14 @@ def plan(
     "a100-80gb", "l40s"; :data:`fastmi.planning.gpu_presets.GPU_PRESETS`) for the memory and the matmul rate,
     which ``gpu_memory`` and ``matmul_tflops`` override.  ``disk_rate``: bytes/s or "1GB/s" at which one
     extracting process writes its cache files on the target (measured here when planning for this
-    machine; :data:`fastmi.planning.gpu_presets.GPU_NODE_DISK_RATE` for GPUs elsewhere).  Other settings as in
+    machine; :data:`fastmi.planning.gpu_presets.GPU_NODE_DISK_RATE` for GPUs elsewhere).  ``config``: the
+    :class:`fastmi.ProbeConfig` the run will use; its alphabet, probe family, training softmax and (unless
+    "auto") precision replace ``vocab``, ``probe``, ``train_softmax`` and ``precision``.  Other settings as in
     :func:`fastmi.extract` and :func:`fastmi.recoverability`.
     """
+    if config is not None:  # the run's own settings, so that the plan prices what the run will do
+        vocab, probe, train_softmax = config.vocab, config.probe, config.train_softmax
+        precision = precision if config.train.precision == "auto" else config.train.precision
     from fastmi.activations.extraction import parse_layers
 
     if cache_dtype not in CACHE_DTYPE_BYTES:
