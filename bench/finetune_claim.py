@@ -43,7 +43,8 @@ def main() -> None:
 
     from fastmi.data.corpus import Corpus
     from fastmi.data.split import Split
-    from fastmi.sweep import ProbeSettings, sweep
+    from fastmi.probe.config import ProbeConfig
+    from fastmi.sweep import sweep
 
     work, report = Path(args.work), Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,7 @@ def main() -> None:
         list(arms.values()),
         corpus,
         work,
-        settings=ProbeSettings(vocab="top:512"),
+        settings=ProbeConfig(vocab="top:512"),
         max_length=args.max_length,
         layers=args.layers,
         progress=False,

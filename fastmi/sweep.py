@@ -47,8 +47,8 @@ __all__ = [
 ]
 
 
-# ProbeConfig's name before it declared the settings for the API, sweeps and the CLI at once; scripts
-# written then (bench/finetune_claim.py) still use it.
+# ProbeConfig's name before it declared the settings for the API, sweeps and the CLI at once, kept so
+# that scripts written against fastmi.sweep.ProbeSettings still run.
 ProbeSettings = ProbeConfig
 
 
