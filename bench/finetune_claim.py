@@ -9,6 +9,18 @@ Compares a base model, a control run (lambda = 0) and a treatment run (lambda > 
     held-out accuracy, at the tuned layer and the last layer, with bootstrap and paired intervals;
 (c) the model's own held-out loss (causal LM, or masked LM on fixed seeded masks).
 
+When the runs were made with ``fastmi finetune --tune-fraction`` (the three-way split of
+fastmi/finetune/split.py, recorded in their finetune.json), (a)-(c) use the probe and held-out parts
+alone: the sweep's and the topic probes are fitted on the probe part and scored on the held-out part,
+and no tuning sentence is seen by an evaluation probe.  Otherwise the sweep's own split is used.
+
+Plan mode lists (and with --run, runs) every arm x seed of the experiment as a resumable
+``fastmi finetune`` run (fastmi/finetune/plan.py): done ones are skipped, interrupted ones resumed:
+
+    python bench/finetune_claim.py --plan PLAN.json [--run [--max-runs N]]
+    python bench/finetune_claim.py --models minilm --lambdas 0,0.1,0.3,1,3 --seeds 0,1,2 --steps 200 \
+        --plan-out RUNS/claim --finetune-options '{"layers": "3", "full": true, "lr": 5e-5}' [--run]
+
 Every stage writes JSON under --work and is reused when run again; each run appends its figures
 (bounds, topic accuracy, LM loss, training seconds) as one row to bench/results/finetune_claim.jsonl
 (bench/history.py).  Usage:
@@ -27,21 +39,86 @@ from pathlib import Path
 import numpy as np
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", required=True, help="a name for the report (minilm, smollm2)")
-    p.add_argument("--base", required=True)
-    p.add_argument("--control", required=True, help="fastmi finetune output with --lambda 0")
-    p.add_argument("--treatment", required=True, help="fastmi finetune output with --lambda > 0")
-    p.add_argument("--tuned-layer", type=int, required=True)
+    plan = p.add_argument_group("plan mode")
+    plan.add_argument("--plan", help="a plan JSON (fastmi/finetune/plan.py)")
+    plan.add_argument("--models", help="comma-separated models: a plan from arguments")
+    plan.add_argument("--lambdas", default="0,0.1,0.3,1,3")
+    plan.add_argument("--seeds", default="0,1,2")
+    plan.add_argument("--steps", type=int, default=200)
+    plan.add_argument("--plan-out", default="runs/claim", help="root of the runs' output folders")
+    plan.add_argument("--finetune-options", default="{}", help="JSON: further fastmi finetune options")
+    plan.add_argument("--run", action="store_true", help="run the runs not done yet (else: list them)")
+    plan.add_argument("--max-runs", type=int, default=None, help="with --run: at most this many")
+    p.add_argument("--family", help="a name for the report (minilm, smollm2)")
+    p.add_argument("--base")
+    p.add_argument("--control", help="fastmi finetune output with --lambda 0")
+    p.add_argument("--treatment", help="fastmi finetune output with --lambda > 0")
+    p.add_argument("--tuned-layer", type=int)
     p.add_argument("--layers", default="all", help="layers of the sweep")
-    p.add_argument("--work", required=True, help="sweep output and stage results")
-    p.add_argument("--report", required=True, help="directory for <family>.json and <family>.png")
+    p.add_argument("--work", help="sweep output and stage results")
+    p.add_argument("--report", help="directory for <family>.json and <family>.png")
     p.add_argument("--max-sentences", type=int, default=1000)
     p.add_argument("--max-length", type=int, default=48)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.plan or args.models:
+        return plan_main(args)
+    missing = [
+        name
+        for name in ("family", "base", "control", "treatment", "tuned_layer", "work", "report")
+        if getattr(args, name) is None
+    ]
+    if missing:
+        p.error("evaluation needs --" + ", --".join(m.replace("_", "-") for m in missing) + " (or --plan / --models)")
+    evaluate(args)
+    return 0
 
+
+def plan_main(args) -> int:
+    """List the plan's runs with their state; with --run, run those not done."""
+    from fastmi.finetune.plan import load_plan, make_plan, plan_runs, run_plan, run_status
+
+    if args.plan:
+        plan = load_plan(args.plan)
+    else:
+        plan = make_plan(
+            args.plan_out,
+            args.models.split(","),
+            [float(x) for x in args.lambdas.split(",")],
+            [int(x) for x in args.seeds.split(",")],
+            args.steps,
+            finetune=json.loads(args.finetune_options),
+        )
+    runs = plan_runs(plan)
+    for run in runs:
+        print(f"{run_status(run['out']):12s} {run['out']}")
+    left = sum(run_status(run["out"]) != "done" for run in runs)
+    print(f"{len(runs) - left} of {len(runs)} runs done, {left} left")
+    if not args.run:
+        return 0
+    started = run_plan(plan, max_runs=args.max_runs)
+    return max((run["code"] for run in started), default=0)
+
+
+def evaluation_data(treatment: str, max_sentences: int):
+    """``(corpus, split, rows)``: with a three-way split recorded by the runs, the probe and held-out
+    parts and a Split whose held-out rows are the held-out part; else the demo corpus, no split (the
+    sweep makes its own) and every row."""
     from fastmi.data.corpus import Corpus
+    from fastmi.finetune.split import claim_split, evaluation_split
+
+    corpus = Corpus.load("demo", max_sentences=max_sentences)
+    record = json.loads((Path(treatment) / "finetune.json").read_text()).get("claim_split")
+    if not record:
+        return corpus, None, np.arange(len(corpus))
+    if record["corpus"] != corpus.fingerprint:
+        raise ValueError("the runs were tuned on another corpus (or another --max-sentences) than this evaluation's")
+    parts = claim_split(record["num_rows"], record["seed"], record["tune_fraction"], record["probe_fraction"])
+    return evaluation_split(corpus.sentences, parts)
+
+
+def evaluate(args) -> None:
     from fastmi.data.split import Split
     from fastmi.probe.config import ProbeConfig
     from fastmi.sweep import sweep
@@ -49,12 +126,16 @@ def main() -> None:
     work, report = Path(args.work), Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
     arms = {"base": args.base, "control": args.control, "treatment": args.treatment}
-    corpus = Corpus.load("demo", max_sentences=args.max_sentences)
+    corpus, three_way, rows = evaluation_data(args.treatment, args.max_sentences)
+    settings = ProbeConfig(vocab="top:512")
+    if three_way is not None:  # the sweep reads OUT/split.json: the held-out part, probes on the probe part
+        three_way.save(work / "split.json")
+        settings = ProbeConfig(vocab="top:512", seed=three_way.seed, test_fraction=three_way.test_fraction)
     result = sweep(
         list(arms.values()),
         corpus,
         work,
-        settings=ProbeConfig(vocab="top:512"),
+        settings=settings,
         max_length=args.max_length,
         layers=args.layers,
         progress=False,
@@ -75,7 +156,10 @@ def main() -> None:
         }
     bounds["paired"] = paired_bounds(result, dict(zip(arms, names)))
     last_layer = max(bounds["base"])
-    topics = stage(work / "topics.json", lambda: topic_stage(arms, work, split, args, [args.tuned_layer, last_layer]))
+    topics = stage(
+        work / "topics.json",
+        lambda: topic_stage(arms, work, split, args, [args.tuned_layer, last_layer], rows, three_way is not None),
+    )
     lm = stage(work / "lm_loss.json", lambda: lm_stage(arms, corpus, split, kind, args))
     summary = {
         "family": args.family,
@@ -88,6 +172,7 @@ def main() -> None:
         "lm_loss": lm,
         "n_train": int(split.train.size),
         "n_test": int(split.test.size),
+        "three_way_split": three_way is not None,
     }
     (report / f"{args.family}.json").write_text(json.dumps(summary, indent=2))
     plot(summary, report / f"{args.family}.png")
@@ -143,12 +228,16 @@ def paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> list[float]:
     return list(bootstrap_interval(lambda rows: float(a[rows].mean() - b[rows].mean()), a.size, seed=seed))
 
 
-def topic_stage(arms, work: Path, split, args, layers) -> dict:
+def topic_stage(arms, work: Path, split, args, layers, rows, three_way: bool) -> dict:
+    """(b); with the three-way split the topic probe is fitted on the whole probe part (the sweep's
+    train and validation rows), else on the sweep's train rows as before."""
     from fastmi.activations.cache import ActivationCache
     from fastmi.finetune.evaluation import bootstrap_interval, demo_topics, topic_probe_correct
     from fastmi.sweep import model_slug
 
     _, labels, names = demo_topics(args.max_sentences)
+    labels = labels[rows]  # the evaluation corpus's sentences (all, or the probe and held-out parts)
+    fit_rows = np.union1d(split.train, split.validation) if three_way else split.train
     out = {"labels": names, "layers": {}}
     for layer in layers:
         correct = {}
@@ -156,7 +245,7 @@ def topic_stage(arms, work: Path, split, args, layers) -> dict:
             cache = ActivationCache.open(work / "cache" / model_slug(spec))
             emb = cache.embeddings(layer)
             emb = emb.numpy() if hasattr(emb, "numpy") else np.asarray(emb)
-            correct[arm] = topic_probe_correct(emb, labels, split.train, split.test).astype(np.float64)
+            correct[arm] = topic_probe_correct(emb, labels, fit_rows, split.test).astype(np.float64)
         entry = {
             arm: list(bootstrap_interval(lambda rows, c=c: float(c[rows].mean()), c.size)) for arm, c in correct.items()
         }
@@ -250,4 +339,4 @@ def plot(summary: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,7 +5,9 @@ sentences of the split that `fastmi sweep` uses (same --seed and --test-fraction
 Hugging Face Trainer (its progress bar and log lines), and writes the tuned model to OUT in the
 from_pretrained layout (LoRA merged; the adapter in OUT/adapter), the probes in
 OUT/recoverability, the log in OUT/log.jsonl.  A killed run resumes from OUT/checkpoints.
-Then compare with `fastmi sweep --model BASE --model OUT ...`.  Example:
+Then compare with `fastmi sweep --model BASE --model OUT ...`.  With --tune-fraction it trains on the
+tune part of a three-way split alone (tune / evaluation probes / held out, OUT/claim_split.json), as the
+third claim's test does (bench/finetune_claim.py).  Example:
 
     fastmi finetune --model minilm --corpus demo --max-sentences 1000 --layers 3 --lambda 1 \\
         --steps 200 --full --lr 5e-5 --out runs/minilm-recover
@@ -74,6 +76,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_setting_option(parser, ProbeConfig, "seed", help="seed of the split, initialisation, data order and masking")
     add_setting_option(parser, ProbeConfig, "test_fraction", help="held-out share of the split, never trained on")
     parser.add_argument(
+        "--tune-fraction",
+        type=float,
+        default=None,
+        help="train only on the tune part of a three-way split (tune / evaluation probes / held out, "
+        "fastmi.finetune.split.claim_split), this share of the corpus; recorded in OUT/finetune.json",
+    )
+    parser.add_argument(
+        "--probe-fraction", type=float, default=0.3, help="with --tune-fraction: the evaluation probes' share"
+    )
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="with --tune-fraction: seed of the three-way split (same for every arm)",
+    )
+    parser.add_argument(
         "--pooling",
         default="mean",
         choices=("mean", "first", "last", "max"),
@@ -81,6 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--logging-steps", type=int, default=10, help="steps between log lines")
     parser.add_argument("--save-steps", type=int, default=50, help="steps between checkpoints (the unit of resumption)")
+    parser.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=1.0,
+        help="clip the own loss's gradient and lambda * recoverability's each to this norm, on its own "
+        "(so that every lambda shrinks the own loss's step alike); 0: no clipping",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (autocast)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -111,8 +136,12 @@ def run(args: argparse.Namespace) -> int:
         logging_steps=args.logging_steps,
         save_steps=args.save_steps,
         bf16=args.bf16,
+        max_grad_norm=args.max_grad_norm,
         gradient_checkpointing=args.gradient_checkpointing,
         progress=args.progress,
+        tune_fraction=args.tune_fraction,
+        probe_fraction=args.probe_fraction,
+        split_seed=args.split_seed,
     )
     done = finetune(config)
     last = done.get("last_log") or {}

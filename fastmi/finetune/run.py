@@ -14,6 +14,11 @@ OUT holds, in the standard ``from_pretrained`` layout:
 * OUT/checkpoints/: the Trainer's checkpoints: a killed run resumes from the last one;
 * OUT/log.jsonl: every Trainer log line; OUT/finetune.json (written last: the run is finished), with
   the settings, among them ``max_length``: a sweep of OUT should truncate where training did.
+* OUT/finetune_config.json (written first): the settings of a run under way.  Running the same
+  command again resumes from the last *complete* checkpoint (a half-written one, from a kill during a
+  save, is removed) or, with no checkpoint yet, starts over; other settings are refused.
+* OUT/claim_split.json, with ``tune_fraction``: the three-way split of :mod:`fastmi.finetune.split`;
+  training then uses its tune part alone, not the sweep split's train rows.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from fastmi.runtime.notices import notice
 __all__ = ["FinetuneConfig", "finetune", "training_source", "load_trainable"]
 
 FINISHED = "finetune.json"
+STARTED = "finetune_config.json"  # the settings of a run under way: a resumed run must have the same
 
 
 @dataclass
@@ -64,18 +70,26 @@ class FinetuneConfig:
     logging_steps: int = 10
     save_steps: int = 50
     bf16: bool = False
+    max_grad_norm: float = 1.0  # each term (own loss, lambda * recoverability) clipped to it on its own; 0: none
     gradient_checkpointing: bool = False
     progress: bool = True
+    # The third claim's three-way split (fastmi.finetune.split.claim_split): with tune_fraction set,
+    # training uses its tune part alone, and the probe and held-out parts are never trained on.
+    tune_fraction: float | None = None
+    probe_fraction: float = 0.3
+    split_seed: int = 0  # seed of the three-way split (the same for every arm and training seed)
 
 
 def training_source(spec: str | os.PathLike, model_cache_dir: str | os.PathLike | None = None) -> str:
     """Where ``from_pretrained`` finds ``spec``: a local directory (demo aliases and GGUF files are
     resolved as :func:`fastmi.load_model` does) or the hub id itself."""
     from fastmi.models.gguf import gguf_to_local_dir
-    from fastmi.models.loading import DEMO_MODELS, _demo_path, default_model_cache_dir
+    from fastmi.models.loading import default_model_cache_dir, resolve_spec
 
     name = os.fspath(spec)
-    path = _demo_path(name) if name in DEMO_MODELS else Path(name).expanduser()
+    path, _ = resolve_spec(name, None)  # a missing path or a typo fails here, in one line, as extract's does
+    if path is None:
+        return name  # a hub id, cached or reachable
     if path.is_file() and path.suffix.lower() == ".gguf":
         cache = Path(model_cache_dir) if model_cache_dir is not None else default_model_cache_dir()
         return str(gguf_to_local_dir(path, cache)[0])
@@ -126,7 +140,6 @@ def resolve_training_layers(layers: str, num_layers: int) -> list[int]:
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Run (or resume, or reuse a finished) fine-tuning; return the contents of OUT/finetune.json."""
     from transformers import DataCollatorForLanguageModeling, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from fastmi.data.corpus import Corpus
     from fastmi.finetune.loss import MultiLayerRecoverabilityLoss
@@ -139,12 +152,14 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     settings.pop("progress")
     if (out / FINISHED).is_file():
         done = json.loads((out / FINISHED).read_text())
-        if done.get("config") == settings:
+        if _with_defaults(done.get("config")) == settings:
             return done
         raise ValueError(f"{out} holds a finished run with other settings; use a new --out directory")
+    if (out / STARTED).is_file() and _with_defaults(json.loads((out / STARTED).read_text())) != settings:
+        raise ValueError(f"{out} holds an unfinished run with other settings; use a new --out directory")
+    source = training_source(config.model)  # before OUT is made: a missing model leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
-
-    source = training_source(config.model)
+    atomic_write_text(out / STARTED, json.dumps(settings, indent=2))
     model, tokenizer, kind, missing = load_trainable(source, config.seed)
     if missing:  # a notice: said once under torchrun, not once per rank
         notice(
@@ -158,7 +173,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     split = split_settings(config).make_split(len(corpus), corpus.fingerprint)
     split.save(out / "split.json")
     token_lists = corpus.tokenize(tokenizer, config.max_length)
-    train = [{"input_ids": token_lists[i]} for i in split.train if token_lists[i]]
+    rows, three_way = training_rows(config, corpus, split, out)
+    train = [{"input_ids": token_lists[i]} for i in rows if token_lists[i]]
 
     if config.lora:
         model = _with_lora(model, config, kind, missing)
@@ -187,6 +203,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         bf16=config.bf16,
+        max_grad_norm=config.max_grad_norm,
         **_checkpointing_argument(TrainingArguments, config.gradient_checkpointing),
         disable_tqdm=not config.progress,
         use_cpu=not torch.cuda.is_available(),
@@ -202,7 +219,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         probe_lr=config.probe_lr,
         callbacks=[JsonlLogCallback(out / "log.jsonl")],
     )
-    resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    resume = last_complete_checkpoint(args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
 
     save_tuned_model(trainer.model, tokenizer, out, source, kind, lora=config.lora, merge=config.merge)
@@ -215,12 +232,63 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         "layers": layers,
         "max_length": config.max_length,  # tokens per sentence trained on (also in "config")
         "train_sentences": len(train),
+        "claim_split": three_way,  # None: the sweep split's train rows
         "missing_weights": missing,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "last_log": logs[-1] if logs else None,
     }
     atomic_write_text(out / FINISHED, json.dumps(done, indent=2))
     return done
+
+
+def training_rows(config: FinetuneConfig, corpus, split, out: Path):
+    """``(rows trained on, record)``: the sweep split's train rows, or with ``tune_fraction`` the tune
+    part of :func:`fastmi.finetune.split.claim_split` (its three parts saved as OUT/claim_split.json)."""
+    if config.tune_fraction is None:
+        return split.train, None
+    from fastmi.finetune.split import claim_split
+
+    parts = claim_split(len(corpus), config.split_seed, config.tune_fraction, config.probe_fraction)
+    atomic_write_text(out / "claim_split.json", json.dumps({**parts.to_dict(), "corpus": corpus.fingerprint}))
+    record = {
+        "seed": parts.seed,
+        "tune_fraction": parts.tune_fraction,
+        "probe_fraction": parts.probe_fraction,
+        "num_rows": parts.num_rows,
+        "corpus": corpus.fingerprint,
+        "sizes": {"tune": int(parts.tune.size), "probe": int(parts.probe.size), "heldout": int(parts.heldout.size)},
+    }
+    return parts.tune, record
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The last checkpoint the Trainer finished writing (its trainer_state.json is written last);
+    half-written ones, left by a run killed while saving, are removed so that they are not resumed."""
+    import shutil
+
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rsplit("-", 1)[-1]
+        if not (path.is_dir() and step.isdigit()):
+            continue
+        if (path / "trainer_state.json").is_file():
+            found.append((int(step), path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return str(max(found)[1]) if found else None
+
+
+def _with_defaults(settings: dict | None) -> dict | None:
+    """Settings recorded before an option existed, with that option at its default."""
+    if settings is None:
+        return None
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig) if f.name != "progress"}
+    return {**{k: v for k, v in defaults.items() if k not in settings}, **settings}
 
 
 def _with_lora(model, config: FinetuneConfig, kind: str, missing: list[str]):
@@ -264,8 +332,14 @@ def _check_config(config: FinetuneConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not config.max_grad_norm >= 0:
+        raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {config.max_grad_norm!r}")
     for name in ("lr", "probe_lr"):
         if not getattr(config, name) > 0:
             raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
     if not config.lam >= 0:
         raise ValueError(f"lambda must be >= 0, got {config.lam!r}")
+    if config.tune_fraction is not None:
+        from fastmi.finetune.split import check_fractions
+
+        check_fractions(config.tune_fraction, config.probe_fraction)

@@ -18,6 +18,16 @@ gradient of their cross-entropy (:func:`scale_gradient` on h_l).  So the probes 
 linear read-out of the current model at their own learning rate in every run, the control
 (lambda = 0) included, and the logged bounds of a treatment and its control are comparable.
 
+Clipping.  The Trainer clips the gradient of what it back-propagates to ``max_grad_norm``; clipping
+own + lambda * term would shrink the own loss's step more in a treatment (larger summed norm) than in
+its control.  So with ``max_grad_norm > 0`` the two terms are clipped each on its own: the term's
+gradient is taken apart (``torch.autograd.grad`` in ``compute_loss``), the Trainer back-propagates the
+own loss alone, and ``_clip_grad_norm`` clips the own loss's gradient and lambda * d term's each to
+``max_grad_norm`` before adding them.  The own loss's step is then the same function of its gradient
+in every arm.  ``max_grad_norm = 0``: neither is clipped.  The logged ``grad_norm`` is the own loss's
+(before clipping), ``recoverability_grad_norm`` the term's (the window's mean).  The probes' gradients
+are never clipped (the Trainer clips the model's parameters only).
+
 Logged at every logging step, beside the Trainer's own ``loss``, ``learning_rate`` ...:
 ``own_loss`` (the model's loss), ``recoverability`` (sum_l w_l CE_l, nats), per layer
 ``recoverability_ce_bits/layer_L`` and ``variational_bound_bits/layer_L`` = H(T) - CE in bits, and
@@ -34,6 +44,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -125,6 +136,11 @@ class RecoverabilityTrainer(Trainer):
         self.probe_lr = probe_lr if probe_lr is not None else self.args.learning_rate
         self.marginal = TokenMarginal(recoverability.vocab_size)
         self._window: dict[str, list[float]] = {}
+        # max_grad_norm > 0: the own loss and lambda * recoverability are clipped each on its own
+        # (the Trainer's clip of their sum would shrink the own loss's step more in a treatment than
+        # in its control); max_grad_norm = 0: neither is clipped.
+        self._separate_clip = self.args.max_grad_norm is not None and self.args.max_grad_norm > 0
+        self._term_grads: dict[torch.nn.Parameter, torch.Tensor] = {}
 
     # ---- the loss ----------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -136,6 +152,10 @@ class RecoverabilityTrainer(Trainer):
         mask = inputs.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(inputs["input_ids"])
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # As the Trainer's own compute_loss: the model's loss is then a sum over the tokens of
+            # every micro-batch of the step, divided by their count (it is not divided again).
+            inputs["num_items_in_batch"] = num_items_in_batch
         outputs = model(**inputs, output_hidden_states=True)
         own = outputs["loss"] if "loss" in outputs else None
         if own is None:
@@ -152,18 +172,77 @@ class RecoverabilityTrainer(Trainer):
                 warnings.simplefilter("ignore", FrozenHiddenStatesWarning)
             per_layer = self.recoverability.layer_losses(hidden, mask, bags)
         term = self.recoverability.combine(per_layer)
-        # Value: own + lambda * term.  Gradients: the probes get all of d term, the model lambda of
-        # it (through scale_gradient above): the detached part removes (1 - lambda) * term's value only.
-        loss = own + term - (1.0 - self.lam) * term.detach()
         if model.training:
             self._record(own, term, per_layer, bags)
+        # The term is a mean over this micro-batch's rows: its share of the step's mean.  The Trainer
+        # divides what compute_loss returns by the accumulation steps unless the own loss is already
+        # scaled for them; the term is scaled here in that case only, or (taken apart) always.
+        steps = self.current_gradient_accumulation_steps
+        share = 1.0 / steps if self._own_loss_is_scaled(num_items_in_batch) else 1.0
+        if self._separate_clip and model.training and torch.is_grad_enabled():
+            # The term's gradients now, apart; the Trainer back-propagates the own loss alone.
+            self._term_backward(model, term / steps)
+            loss = own + share * self.lam * term.detach()
+        else:
+            # Value: own + lambda * term.  Gradients: the probes get all of d term, the model lambda of
+            # it (through scale_gradient above): the detached part removes (1 - lambda) * term's value only.
+            loss = own + share * (term - (1.0 - self.lam) * term.detach())
         return (loss, outputs) if return_outputs else loss
+
+    def _own_loss_is_scaled(self, num_items_in_batch) -> bool:
+        """Whether the Trainer takes the returned loss as already scaled for gradient accumulation
+        (its own rule, transformers.Trainer.training_step)."""
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        return bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+            self.compute_loss_func is not None
+        )
+
+    def _term_backward(self, model, term: torch.Tensor) -> None:
+        """d term into the probes' ``.grad`` and, for the model (lambda of it, through
+        :func:`scale_gradient`), into ``self._term_grads``, clipped on its own at the optimizer step.
+        ``torch.autograd.grad`` leaves the model's ``.grad`` (and DDP's hooks) alone."""
+        model_params = [p for p in model.parameters() if p.requires_grad]
+        probe_params = [p for p in self.recoverability.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(term, model_params + probe_params, retain_graph=True, allow_unused=True)
+        for p, g in zip(probe_params, grads[len(model_params) :]):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+        for p, g in zip(model_params, grads[: len(model_params)]):
+            if g is not None:
+                held = self._term_grads.get(p)
+                self._term_grads[p] = g if held is None else held + g
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         # The probes live outside the DDP-wrapped model, so DDP does not average their gradients.
         average_gradients(self.recoverability.parameters())
         return loss
+
+    # ---- clipping: each term on its own ------------------------------------------------------
+    def _clip_grad_norm(self, model):
+        """The Trainer's clip, per term: the own loss's gradient (in ``.grad``) and lambda * d term's
+        (``self._term_grads``) each to ``max_grad_norm``, then summed.  Returns the own loss's norm
+        (the logged ``grad_norm``); the term's is logged as ``recoverability_grad_norm``."""
+        own_norm = super()._clip_grad_norm(model)
+        if not self._separate_clip:
+            return own_norm
+        held, self._term_grads = self._term_grads, {}
+        params, grads = list(held), list(held.values())
+        # Each rank's term gradient, averaged as DDP averages the own loss's (no-op for one process).
+        average_gradients([SimpleNamespace(grad=g) for g in grads])
+        norm = (
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            if grads
+            else None
+        )
+        if norm is not None:
+            coef = torch.clamp(self.args.max_grad_norm / (norm + 1e-6), max=1.0)
+            for p, g in zip(params, grads):
+                g = (g * coef).to(p.dtype)
+                p.grad = g if p.grad is None else p.grad + g
+        self._window.setdefault("term_grad_norm", []).append(float(norm) if norm is not None else 0.0)
+        return own_norm
 
     # ---- optimizer ---------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -191,6 +270,8 @@ class RecoverabilityTrainer(Trainer):
             logs["own_loss"] = round(mean["own_loss"], 4)
             logs["recoverability"] = round(mean["recoverability"], 4)
             logs["entropy_bits"] = round(entropy, 4)
+            if "term_grad_norm" in mean:
+                logs["recoverability_grad_norm"] = round(mean["term_grad_norm"], 4)
             for layer in self.recoverability.layers:
                 ce_bits = mean[f"ce/{layer}"] / math.log(2)
                 logs[f"recoverability_ce_bits/layer_{layer}"] = round(ce_bits, 4)
