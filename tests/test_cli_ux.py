@@ -84,6 +84,17 @@ def test_extract_refuses_layers_and_batch_size_before_the_model_loads(
     assert says in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.parametrize(
+    "spec, says", [("./no-such-model", "model path not found"), ("minilmm", "did you mean 'minilm'?")]
+)
+def test_finetune_names_a_missing_model_in_one_line(spec, says, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "tuned"
+    assert main(["finetune", "--model", spec, "--corpus", "demo", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1 and not out.exists()
+
+
 def test_demo_refuses_a_bad_vocab_before_extraction(nothing_may_load, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--vocab", "everything", "--no-progress"]) == 2
