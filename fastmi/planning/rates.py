@@ -106,12 +106,12 @@ def measure_probe_step_seconds(device: str | torch.device = "cpu", seconds: floa
 def _probe_step(layers: int, bags, rows: torch.Tensor, device: torch.device):
     """One Adam step of a tiny probe of ``layers`` layers, as a function of nothing."""
     from fastmi import kernels
-    from fastmi.probe.training import _Adam
+    from fastmi.probe.adamw import AdamW
 
     z = torch.randn(layers, 8, 16, generator=torch.Generator().manual_seed(0)).to(device)
     weight = torch.zeros(layers, 32, 16, device=device, requires_grad=True)
     bias = torch.zeros(layers, 32, device=device, requires_grad=True)
-    optimizer = _Adam([weight, bias], lr=1e-3, weight_decay=(0.0, 0.0))
+    optimizer = AdamW([weight, bias], lr=1e-3, weight_decay=(0.0, 0.0))
 
     def step() -> None:
         loss = kernels.bag_cross_entropy(z[:, rows], weight, bias, bags.select(rows), reduction="mean")

@@ -81,10 +81,6 @@ def probe_bytes(num_rows: int, dim: int, alphabet_size: int, batch_size: int) ->
     return probe_layer_bytes(num_rows, dim, alphabet_size, batch_size)
 
 
-# The optimiser under the name the planner times it by (fastmi.planning.rates).
-_Adam = AdamW
-
-
 class EarlyStopping:
     """Per-layer early stopping on validation cross-entropy, shared by every probe form.
 
