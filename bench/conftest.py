@@ -8,7 +8,11 @@ test that ran a benchmark, pytest-benchmark's times (seconds) and what the test 
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import history  # noqa: E402
+
+# What a bench makes between runs (activation caches, dequantised models, the weight-hash index) goes
+# to a temporary home, never the user's ~/.cache/fastmi; FASTMI_BENCH_HOME keeps one across runs.
+if "FASTMI_BENCH_HOME" in os.environ:
+    os.environ["FASTMI_HOME"] = os.environ["FASTMI_BENCH_HOME"]
+else:
+    _home = tempfile.mkdtemp(prefix="fastmi-bench-home-")
+    atexit.register(shutil.rmtree, _home, ignore_errors=True)
+    os.environ["FASTMI_HOME"] = _home
 
 TIMES = ("min", "median", "mean", "max", "stddev")
 

@@ -107,7 +107,10 @@ def test_failing(benchmark):
 
 
 def test_not_timed():
-    pass
+    import os
+
+    # a bench never writes into the user's cache, whatever FASTMI_HOME the shell had
+    assert os.path.basename(os.environ["FASTMI_HOME"]).startswith("fastmi-bench-home-")
 """
 
 
@@ -118,11 +121,13 @@ def test_each_run_of_a_suite_appends_a_row_of_its_tests_times_and_extra_info(tmp
     for name in ("conftest.py", "history.py"):
         (bench / name).write_text((REPO / "bench" / name).read_text())
     (bench / "test_bench_tiny.py").write_text(SUITE)
-    env = dict(os.environ, FASTMI_BENCH_RESULTS=str(tmp_path / "rows"))
+    env = dict(os.environ, FASTMI_BENCH_RESULTS=str(tmp_path / "rows"), FASTMI_HOME=str(Path.home() / ".cache"))
+    env.pop("FASTMI_BENCH_HOME", None)
     command = [sys.executable, "-m", "pytest", "bench/test_bench_tiny.py", "-q", "-p", "no:cacheprovider"]
     for _ in range(2):
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 1, done.stdout[-3000:]  # test_failing fails; the others pass
+        assert "1 failed, 2 passed" in done.stdout, done.stdout[-3000:]
     first, second = (json.loads(line) for line in (tmp_path / "rows" / "tiny.jsonl").read_text().splitlines())
     assert first["bench"] == "tiny" and first["source"] == "bench/test_bench_tiny.py" and second["figures"]
     assert first["commit"] is None and first["commit_note"].startswith("unknown")  # no git checkout there
