@@ -29,6 +29,7 @@ import torch
 
 from fastmi.activations.cache import ActivationCache
 from fastmi.data.split import Split
+from fastmi.probe.memory import parse_bytes
 from fastmi.probe.training import TrainConfig
 from fastmi.results.result import RecoverabilityResult
 from fastmi.stats.claims import claims_to_json, evaluate_claims, format_claims
@@ -118,6 +119,16 @@ def main() -> None:
         help="train the ids no training bag holds as one tied row (exact under the full softmax)",
     )
     parser.add_argument("--compare", action="append", default=[], help="A,B pairs to compare")
+    parser.add_argument("--probe", default="auto", help="probe form: auto (default), embedding, linear, unembedding")
+    parser.add_argument(
+        "--probe-seeds", type=int, default=1, help="probes per layer (their spread enters every interval)"
+    )
+    parser.add_argument("--cold", action="store_true", help="no warm starts: every curve point and fit starts cold")
+    parser.add_argument(
+        "--probe-memory",
+        default=None,
+        help="memory per layer group, e.g. 1GiB: smaller groups are saved (resumed) sooner",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,10 +160,13 @@ def main() -> None:
                 head,
                 vocab=args.vocab,
                 train_softmax=args.train_softmax,
-                train=TrainConfig(tie_unseen=True) if args.tie_unseen else None,
+                train=TrainConfig(tie_unseen=True if args.tie_unseen else None, warm_start=not args.cold),
                 layers=chosen.get(name),
                 split=split,
                 curve=(0.125, 0.25, 0.5, 1.0) if args.curve else None,
+                probe=args.probe,
+                probe_seeds=args.probe_seeds,
+                max_memory=parse_bytes(args.probe_memory) if args.probe_memory else None,
                 progress=True,
             )
             timing[name] = round(time.perf_counter() - started, 1)
@@ -181,6 +195,9 @@ def record_timing(args, rows: int, layers: dict[str, int], timing: dict) -> None
         "train_softmax": args.train_softmax,
         "tie_unseen": args.tie_unseen,
         "curve": args.curve,
+        "probe": args.probe,
+        "probe_seeds": args.probe_seeds,
+        "warm_start": not args.cold,
         "layers_probed": layers,
         "probe_seconds": timing,
     }

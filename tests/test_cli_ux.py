@@ -241,7 +241,21 @@ def test_tie_unseen_is_a_setting_of_its_own_with_the_same_bounds(tiny, tmp_path)
     bounds; the setting is recorded and kept in its own results file."""
     model, corpus = tiny
     out = tmp_path / "out"
-    base = ["sweep", "--model", model, "--corpus", str(corpus), "--out", str(out), "--vocab", "full", *FAST]
+    # The linear probe, which --tie-unseen applies to ("auto" trains the embedding probe on this cache).
+    base = [
+        "sweep",
+        "--model",
+        model,
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--vocab",
+        "full",
+        "--probe",
+        "linear",
+    ]
+    base += FAST
     assert main(base) == 0
     untied = RecoverabilityResult.from_json(out / "results.json")
     assert main([*base, "--tie-unseen"]) == 0

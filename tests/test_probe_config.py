@@ -91,9 +91,12 @@ def test_a_training_setting_the_probe_would_refuse_cannot_be_made(settings, says
 # The stems that fastmi.sweep.ProbeSettings.file_stem() gave before ProbeConfig replaced it: results
 # stored then are found (and reused) under the same names.
 STEMS_BEFORE = [
-    (ProbeConfig(), "vocab-observed-8002f41e"),
-    (ProbeConfig(vocab="top:512"), "vocab-top512-22d52c32"),
-    (ProbeConfig(vocab="full", train=TrainConfig(tie_unseen=True, max_epochs=1)), "vocab-full-124162f3"),
+    (ProbeConfig(probe="linear"), "vocab-observed-8002f41e"),
+    (ProbeConfig(probe="linear", vocab="top:512"), "vocab-top512-22d52c32"),
+    (
+        ProbeConfig(probe="linear", vocab="full", train=TrainConfig(tie_unseen=True, max_epochs=1)),
+        "vocab-full-124162f3",
+    ),
     (
         ProbeConfig(
             probe="unembedding",
@@ -113,8 +116,26 @@ def test_result_file_names_are_those_of_the_settings_before(config, stem):
     assert result_stem(config) == stem
 
 
+def test_the_default_probe_is_not_filed_under_the_old_defaults_name():
+    """'auto' became the default after results of the linear probe were stored under the default's
+    key: the old key now means linear, and the new default gets a key of its own."""
+    assert ProbeConfig().key()["probe"] == "auto"
+    assert "probe" not in ProbeConfig(probe="linear").key()
+    assert result_stem(ProbeConfig()) != result_stem(ProbeConfig(probe="linear"))
+    assert "embedding_decay" not in ProbeConfig().key()["train"]
+    assert ProbeConfig(train=TrainConfig(embedding_decay=1.0)).key()["train"]["embedding_decay"] == 1.0
+
+
 def test_the_key_holds_what_changes_the_numbers_in_the_order_it_always_had():
-    assert list(ProbeConfig().key()) == ["vocab", "test_fraction", "seed", "k", "level", "entropy", "train"]
+    assert list(ProbeConfig(probe="linear").key()) == [
+        "vocab",
+        "test_fraction",
+        "seed",
+        "k",
+        "level",
+        "entropy",
+        "train",
+    ]
     assert ProbeConfig(device="cpu", max_memory=1 << 30).key() == ProbeConfig().key()
     changed = {result_stem(ProbeConfig(**{name: value})) for name, value in (("n_bootstrap", 500),)}
     changed |= {result_stem(ProbeConfig(validation_fraction=0.2)), result_stem(ProbeConfig())}
@@ -183,6 +204,7 @@ EXAMPLES = {
     "batch_size": (["32"], 32),
     "lr": (["0.01"], 0.01),
     "weight_decay": (["0.001"], 0.001),
+    "embedding_decay": (["1.5"], 1.5),
     "min_improvement": (["0.01"], 0.01),
     "prior_smoothing": (["0.1"], 0.1),
     "precision": (["bf16"], "bf16"),

@@ -3,8 +3,8 @@
 The probe's code may be reorganised (one config, one optimiser, one epoch loop), but a result made
 with the same settings must not change: its config (what a sweep compares to reuse it) and its
 table (the numbers) are compared as JSON text with files under tests/golden/.  Besides the default
-settings, two others run the code paths the default does not: sampled softmax with tied unseen ids,
-lazy moments and a sample-size curve, and the unembedding probe.
+settings, three others run the code paths the default does not: sampled softmax with tied unseen ids,
+lazy moments and a sample-size curve, the unembedding probe, and the embedding probe.
 
 To regenerate after an intended change: FASTMI_UPDATE_GOLDEN=1 pytest tests/test_probe_golden.py
 (and say in the commit why the numbers moved).
@@ -71,6 +71,13 @@ CASES = {
         "n_bootstrap": 300,
         "validation_fraction": 0.15,
         "k": 3,
+    },
+    # "auto" with the model's rows given: the embedding probe, its start scale chosen per layer.
+    "embedding": lambda: {
+        "unembedding": torch.eye(VOCAB),
+        "train": TrainConfig(max_epochs=6, batch_size=64),
+        "n_bootstrap": 300,
+        "curve": (0.5, 1.0),
     },
 }
 

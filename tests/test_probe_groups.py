@@ -12,7 +12,7 @@ from tiny import make_tiny_model, random_sentences
 
 import fastmi
 import fastmi.probe.recoverability
-from fastmi.probe.training import TrainConfig, probe_bytes
+from fastmi.probe.training import TrainConfig
 
 TRAIN = TrainConfig(max_epochs=3)
 
@@ -37,10 +37,12 @@ def group_memory(cache, layers_per_group: int) -> int:
     """A max_memory that fits exactly ``layers_per_group`` layers (the observed alphabet: the training
     ids plus "other")."""
     from fastmi.probe.config import ProbeConfig
+    from fastmi.probe.memory import ProbeMemory
     from fastmi.probe.recoverability import prepare
 
-    size = prepare(cache, ProbeConfig(train=TRAIN), progress=False).alphabet.size
-    return layers_per_group * probe_bytes(cache.num_rows, cache.hidden_size, size, TRAIN.batch_size)
+    run = prepare(cache, ProbeConfig(train=TRAIN), progress=False)
+    memory = ProbeMemory(cache.num_rows, cache.hidden_size, run.alphabet.size, TRAIN.batch_size, probe=run.probe)
+    return memory.shared_bytes + layers_per_group * memory.layer_bytes
 
 
 class CountingFit:

@@ -16,7 +16,8 @@ from fastmi.data.bags import BagTargets
 from fastmi.models.unembedding import MissingUnembeddingError
 from fastmi.probe.adamw import AdamW
 from fastmi.probe.evaluation import score_probes
-from fastmi.probe.heads import _LinearHead, _UnembeddingHead, batch_loss, feature_stats, fit_heads
+from fastmi.probe.head_forms import LinearHead, UnembeddingHead, feature_stats
+from fastmi.probe.heads import batch_loss, fit_heads
 from fastmi.probe.sampled_softmax import NegativeSampler, parse_train_softmax, proposal_probabilities
 from fastmi.probe.tied_unseen import TiedUnseen
 from fastmi.probe.training import TrainConfig, standardize
@@ -173,7 +174,7 @@ def test_tied_validation_ce_is_the_exact_full_vocabulary_ce():
     w, b = torch.randn(1, tied.width, d, generator=g), torch.randn(1, tied.width, generator=g)
     tied_bags, shift = tied.targets(bags)
     assert shift > 0  # the later rows hold unseen ids
-    head = _LinearHead(w, b, tied.offset())
+    head = LinearHead(w, b, tied.offset())
     tied_ce, _ = batch_loss(head, z, tied_bags)
     # Reference: the expanded probe (every unseen id on the tied row's values) over all M ids.
     logits = z @ w.index_select(1, tied.rows).transpose(1, 2) + b.index_select(1, tied.rows).unsqueeze(1)
@@ -311,7 +312,7 @@ def _random_unembedding_head(u, num_layers, seed):
     a = torch.randn(num_layers, d, d, generator=g) / math.sqrt(d)
     c = torch.randn(num_layers, d, generator=g)
     b = torch.randn(num_layers, M, generator=g)
-    return z, _UnembeddingHead(u, a, c, b, mean, std)
+    return z, UnembeddingHead(u, a, c, b, mean, std)
 
 
 def _reference_unembedding_loss(z, u, a, c, b, mean, std, bags, rows=None, correction=None):
@@ -398,7 +399,7 @@ def test_stored_output_embedding_is_the_models_own(tmp_path, arch, tied):
     pooled = ((hidden * mask).sum(1) / mask.sum(1)).unsqueeze(0)
     z = torch.cat([pooled, torch.randn(1, 6, pooled.shape[-1])], 1)  # more rows for the statistics
     mean, std = feature_stats(z)
-    head = _UnembeddingHead(u, torch.diag_embed(std.squeeze(1)), mean.squeeze(1), torch.zeros(1, u.shape[0]), mean, std)
+    head = UnembeddingHead(u, torch.diag_embed(std.squeeze(1)), mean.squeeze(1), torch.zeros(1, u.shape[0]), mean, std)
     weight, b = head.output(None, head.rowwise)
     got = head.features(pooled) @ weight[0].T + b[:, None]
     assert torch.allclose(got[0], expected, atol=1e-4)
@@ -466,3 +467,22 @@ def test_unembedding_refuses_an_other_symbol_alphabet():
         fastmi.recoverability(
             {0: bag_features(bags, 8)}, targets=bags, vocab_size=8, probe="unembedding", progress=False
         )
+
+
+def test_fused_adamw_step_is_torch_fused_adamw():
+    """The fused path (CUDA's default, taken here on the CPU) is torch's fused AdamW, step for step,
+    and within rounding of the unfused one."""
+    g = torch.Generator().manual_seed(2)
+    p = torch.randn(2, 9, 4, generator=g)
+    ours, unfused, theirs = (p.clone().requires_grad_(True) for _ in range(3))
+    optimizer = AdamW([ours], lr=0.1, weight_decay=[0.01], fused=True)
+    plain = AdamW([unfused], lr=0.1, weight_decay=[0.01], fused=False)
+    reference = torch.optim.AdamW([theirs], lr=0.1, weight_decay=0.01, fused=True)
+    for _ in range(5):
+        grad = torch.randn(2, 9, 4, generator=g)
+        ours.grad, unfused.grad, theirs.grad = grad.clone(), grad.clone(), grad.clone()
+        optimizer.step()
+        plain.step()
+        reference.step()
+    assert torch.equal(ours.detach(), theirs.detach())
+    torch.testing.assert_close(ours.detach(), unfused.detach(), rtol=1e-6, atol=1e-7)

@@ -169,9 +169,9 @@ class ActivationCache:
         if not entry or "sha256" not in entry:
             why = (entry or {}).get("missing") or "the cache was made before fastmi stored it"
             raise MissingUnembeddingError(
-                f"the cache at {self.directory} holds no output embedding ({why}); probe='unembedding' needs it. "
-                "Use probe='linear' (--probe linear), or run fastmi extract on this cache again (it resumes, "
-                "adding only the output embedding)"
+                f"the cache at {self.directory} holds no output embedding ({why}); probe='unembedding' and "
+                "'embedding' need it. Use probe='linear' (--probe linear), or run fastmi extract on this cache "
+                "again (it resumes, adding only the output embedding)"
             )
         tensors, header = read_safetensors(self.directory / UNEMBEDDING, entry["bytes"], entry["sha256"])
         pick = (lambda a: a) if rows is None else (lambda a: a[rows.cpu().numpy()])

@@ -104,5 +104,5 @@ def probe_config(args: argparse.Namespace) -> ProbeConfig:
     probe_values["device"] = probe_device(probe_values["device"], getattr(args, "devices_per_replica", 1))
     check_values(TrainConfig, train_values, flag)
     check_values(ProbeConfig, probe_values, flag)
-    check_together(probe_values["probe"], train_values["tie_unseen"], "--tie-unseen")
+    check_together(probe_values["probe"], train_values["tie_unseen"], "--tie-unseen", probe_values["train_softmax"])
     return ProbeConfig(train=TrainConfig(**train_values), **probe_values)

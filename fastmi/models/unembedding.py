@@ -121,5 +121,7 @@ def unembedding_for_alphabet(
         return weight[vocab_ids].float(), bias, "given"
     reader = getattr(source, "unembedding", None)
     if reader is None:
-        raise MissingUnembeddingError("probe='unembedding' on raw embeddings needs unembedding=U ([V, d]) or (U, bias)")
+        raise MissingUnembeddingError(
+            "probe='unembedding' or 'embedding' on raw embeddings needs unembedding=U ([V, d]) or (U, bias)"
+        )
     return reader(vocab_ids)

@@ -153,6 +153,8 @@ def plan(
     if config is not None:  # the run's own settings, so that the plan prices what the run will do
         vocab, probe, train_softmax = config.vocab, config.probe, config.train_softmax
         precision = precision if config.train.precision == "auto" else config.train.precision
+    if probe == "auto":  # what fastmi.recoverability trains for a model with embedding rows
+        probe = "embedding" if train_softmax == "full" else "linear"
     from fastmi.activations.extraction import parse_layers
 
     if cache_dtype not in CACHE_DTYPE_BYTES:

@@ -92,7 +92,7 @@ def probe_epoch(
     workers = [(0.0, 0.0)] * (hw.count if hw.device == "cuda" else 1)
     # A group's parameters, gradients, moments and best copy are new memory, written first in its set-up.
     fresh = STATE_BYTES[memory.precision] * memory.parameters_per_layer * hw.fresh_memory_seconds
-    if hw.measured and memory.probe == "linear" and memory.train_softmax == "full":
+    if hw.measured and memory.probe in ("linear", "embedding") and memory.train_softmax == "full":
         for i, (epoch, setup) in enumerate(probe_seconds_timed(memory, work, hw, group_sizes)):
             done = workers[i % len(workers)]
             workers[i % len(workers)] = (done[0] + epoch, done[1] + setup + fresh * group_sizes[i])

@@ -33,7 +33,10 @@ class AdamW:
     row moves by its momentum, as every row does under the full softmax, where each step pushes down
     all the ids a batch lacks; it costs a few elementwise passes over all M rows (what a full-softmax
     step's optimiser costs too), but no [L, M, d] gradient.  The bias corrections use the global
-    step count.  ``weight_decay`` and ``lr_scale``: one per parameter.
+    step count.  ``weight_decay`` and ``lr_scale``: one per parameter.  ``anchors``: per parameter,
+    None (decay toward 0) or the tensor its weight decay pulls it toward (a Gaussian prior centred
+    there, as the embedding probe's W is pulled toward its start; full-gradient steps only); an
+    anchored parameter's decay may be a tensor that broadcasts against it (one strength per layer).
     """
 
     def __init__(
@@ -45,8 +48,14 @@ class AdamW:
         eps: float = 1e-8,
         lr_scale: Sequence[float] | None = None,
         lazy: bool = True,
+        anchors: Sequence[torch.Tensor | None] | None = None,
+        fused: bool | None = None,
     ) -> None:
         self.params, self.lr, self.weight_decay, self.lazy = list(params), lr, list(weight_decay), lazy
+        # torch's fused AdamW kernel for full-gradient steps: one pass over W instead of about six, what
+        # bounds a probe step on a GPU at large shapes (docs/performance.md); default: on CUDA only.
+        self.fused = (self.params[0].is_cuda if self.params else False) if fused is None else fused
+        self.anchors = list(anchors) if anchors is not None else [None] * len(self.params)
         self.lr_scale = list(lr_scale) if lr_scale is not None else [1.0] * len(self.params)
         self.betas, self.eps, self.steps = betas, eps, 0
         self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
@@ -59,17 +68,26 @@ class AdamW:
         beta1, beta2 = self.betas
         step_size = self.lr / (1 - beta1**self.steps)
         correction2 = math.sqrt(1 - beta2**self.steps)
-        for p, (m, v), decay, scale, (grad, rows, *gathered) in zip(
-            self.params, self.moments, self.weight_decay, self.lr_scale, grads
+        for p, (m, v), decay, scale, anchor, (grad, rows, *gathered) in zip(
+            self.params, self.moments, self.weight_decay, self.lr_scale, self.anchors, grads
         ):
             if grad is None:
                 continue
+            if anchor is not None:
+                if rows is not None:
+                    raise ValueError("a parameter with an anchor takes full-gradient steps only")
+                # p - lr * decay * (p - anchor): decay toward the anchor, then Adam's step
+                p.lerp_(anchor, self.lr * decay if isinstance(decay, torch.Tensor) else float(self.lr * decay))
+                decay = 0.0
             if rows is not None and not self.lazy:
                 if decay:
                     p.mul_(1 - self.lr * decay)
                 m.mul_(beta1).index_add_(1, rows, grad, alpha=1 - beta1)
                 v.mul_(beta2).index_add_(1, rows, grad * grad, alpha=1 - beta2)
                 p.addcdiv_(m, v.sqrt().div_(correction2).add_(self.eps), value=-step_size * scale)
+                continue
+            if rows is None and self.fused and not isinstance(decay, torch.Tensor):
+                self._fused_step(p, grad, m, v, decay, scale)
                 continue
             if rows is None:
                 p_rows, m_rows, v_rows = p, m, v
@@ -85,3 +103,23 @@ class AdamW:
                 p.index_copy_(1, rows, p_rows)
                 m.index_copy_(1, rows, m_rows)
                 v.index_copy_(1, rows, v_rows)
+
+    def _fused_step(self, p, grad, m, v, decay: float, scale: float) -> None:
+        """Plain AdamW on every row of ``p`` through torch's fused kernel (given the global step count,
+        already counting this step, as torch.optim.AdamW gives it)."""
+        step = torch.tensor(float(self.steps), device=p.device)
+        torch._fused_adamw_(
+            [p],
+            [grad],
+            [m],
+            [v],
+            [],
+            [step],
+            lr=self.lr * scale,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            weight_decay=float(decay),
+            eps=self.eps,
+            amsgrad=False,
+            maximize=False,
+        )

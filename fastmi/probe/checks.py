@@ -23,7 +23,7 @@ __all__ = [
     "SAMPLED_ADAM",
 ]
 
-PROBE_FORMS = ("linear", "unembedding")
+PROBE_FORMS = ("auto", "embedding", "linear", "unembedding")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 SAMPLED_ADAM = ("dense", "lazy")
 PROPOSALS = ("unigram", "loguniform", "uniform")
@@ -88,6 +88,11 @@ def one_of(choices: tuple[str, ...]) -> Check:
             raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
     return check
+
+
+def boolean(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def optional_bool(name: str, value: Any) -> None:

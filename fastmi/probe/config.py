@@ -14,7 +14,10 @@ A field is declared with :func:`setting`, whose metadata the CLI and the checks 
   the extraction's); ``parse``: text -> value on the command line (default: the default's type);
 * ``key``: whether a sweep's result key holds it: ``"always"``; ``"unless default"`` for settings
   added after results were stored (at their default they stay out, so those results are reused);
-  ``"never"`` for where the probe runs rather than what it computes (device, memory).
+  ``"never"`` for where the probe runs rather than what it computes (device, memory);
+  ``omitted_at``: with ``"unless default"``, the value that stays out when it is not the default
+  (``probe``: results were stored when "linear" was the default, so "linear" stays out and the new
+  default "auto" goes in);
 
 Nothing heavy is imported here: the CLI builds its parsers from these declarations at start-up.
 """
@@ -52,6 +55,7 @@ def setting(
     key: str = "always",
     const: Any = None,
     default_factory: Any = dataclasses.MISSING,
+    omitted_at: Any = dataclasses.MISSING,
 ) -> Any:
     """A dataclass field with the metadata described in the module docstring; ``choices`` checks
     itself; ``const``: the value of the option given without one (``--curve``)."""
@@ -60,6 +64,7 @@ def setting(
     metadata = dict(
         help=help, check=check, flag=flag, parse=parse, metavar=metavar, choices=choices, key=key, const=const
     )
+    metadata["omitted_at"] = default if omitted_at is dataclasses.MISSING else omitted_at
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -99,6 +104,22 @@ class TrainConfig:
     )
     weight_decay: float = setting(
         0.0, help="decoupled (AdamW) weight decay on W; early stopping already regularises", check=checks.non_negative
+    )
+    embedding_decay: float = setting(
+        3.0,
+        help="decoupled weight decay pulling the embedding probe's W toward its start (a Gaussian prior "
+        "centred on the model's embedding rows); 0 leaves early stopping as the only pull",
+        check=checks.non_negative,
+        key="unless default",
+    )
+    warm_start: bool = setting(
+        True,
+        parse=bool,
+        check=checks.boolean,
+        help="fit a sample-size curve's points from the smallest up, each starting from the one before, "
+        "and the full fit from the curve's last point (linear and embedding probes, full softmax); "
+        "false: every fit starts cold",
+        key="unless default",
     )
     min_improvement: float = setting(
         1e-4, help="validation gains (nats) below this do not reset the patience counter", check=checks.non_negative
@@ -185,12 +206,15 @@ class ProbeConfig:
         "between-seed variance",
     )
     probe: str = setting(
-        "linear",
+        "auto",
         choices=PROBE_FORMS,
         key="unless default",
-        help="probe form: 'linear' (logits W z + b, W trained) or 'unembedding' (logits U (A z + c) + b "
-        "through the model's frozen output embedding U, stored in the cache by fastmi extract; no V x d "
-        "parameters per layer, about 2/3 of the work per step)",
+        omitted_at="linear",
+        help="probe form: 'linear' (logits W z + b, W trained from 0), 'embedding' (the same, W started "
+        "from the model's embedding rows at a scale chosen per layer on validation, 0 included, and pulled "
+        "toward them), 'unembedding' (logits U (A z + c) + b through the model's frozen output embedding "
+        "U; no V x d parameters per layer) or 'auto' (embedding where the model's rows are stored in the "
+        "cache and the softmax is full, else linear)",
     )
     train_softmax: str = setting(
         "full",
@@ -234,7 +258,7 @@ class ProbeConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         check_values(ProbeConfig, values, lambda f: f.name)
         object.__setattr__(self, "curve", check_curve(self.curve))
-        check_together(self.probe, self.train.tie_unseen, "tie_unseen")
+        check_together(self.probe, self.train.tie_unseen, "tie_unseen", self.train_softmax)
 
     @classmethod
     def resolve(cls, config: ProbeConfig | None, overrides: Mapping[str, Any], caller: str) -> ProbeConfig:
@@ -263,14 +287,7 @@ class ProbeConfig:
 
     def key(self) -> dict[str, Any]:
         """The settings that change the numbers, as a sweep keys its finished results by them."""
-        key: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            policy = f.metadata["key"]
-            if policy == "never" or (policy == "unless default" and value == default_of(ProbeConfig, f.name)):
-                continue
-            key[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-        return key
+        return _key_of(self)
 
     def make_split(self, num_rows: int, corpus_fingerprint: str | None = None):
         """The train / validation / held-out split these settings make of ``num_rows`` sentences."""
@@ -279,9 +296,22 @@ class ProbeConfig:
         return Split.make(num_rows, self.test_fraction, self.seed, self.validation_fraction, corpus_fingerprint)
 
 
-def check_together(probe: str, tie_unseen: bool | None, tie_unseen_name: str) -> None:
-    """The one pair of settings that only fail together."""
-    if tie_unseen and probe != "linear":
+def _key_of(config: Any) -> dict[str, Any]:
+    key: dict[str, Any] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        policy = f.metadata["key"]
+        if policy == "never" or (policy == "unless default" and value == f.metadata["omitted_at"]):
+            continue
+        key[f.name] = _key_of(value) if dataclasses.is_dataclass(value) else value
+    return key
+
+
+def check_together(probe: str, tie_unseen: bool | None, tie_unseen_name: str, train_softmax: str = "full") -> None:
+    """The settings that only fail together."""
+    if probe == "embedding" and (tie_unseen or train_softmax != "full"):
+        raise ValueError("probe 'embedding' trains with the full softmax only (no sampled:K, no tie_unseen)")
+    if tie_unseen and probe not in ("linear", "auto"):  # "auto" trains the linear probe with it
         raise ValueError(
             f"{tie_unseen_name} applies to the linear probe only (unembedding logits of unseen ids differ by U)"
         )

@@ -1,9 +1,13 @@
-"""The probe settings beyond the default: a probe through the model's own unembedding, and
-sampled-softmax training (:mod:`fastmi.probe.sampled_softmax`), alone or together.
+"""Every probe form and training softmax: the linear probe from a zero start or from the model's own
+embedding rows, a probe through the model's own unembedding, and sampled-softmax training
+(:mod:`fastmi.probe.sampled_softmax`).
 
-Two forms of q(t | z) = softmax(logits), both affine in z:
+Three forms of q(t | z) = softmax(logits), all affine in z:
 
-* ``"linear"``: logits = W z + b, W [M, d] and b trained per layer (the default, :mod:`fastmi.probe.training`).
+* ``"linear"``: logits = W z + b, W [M, d] and b trained per layer from W = 0 (:mod:`fastmi.probe.training`).
+* ``"embedding"``: the same logits, W started from the model's embedding rows of the alphabet at a
+  scale chosen per layer on validation and pulled toward them (:mod:`fastmi.probe.embedding_start`);
+  ``"auto"``, the default, is this form wherever the rows are at hand (:mod:`fastmi.probe.head_rows`).
 * ``"unembedding"``: logits = U (A z + c) + b, U [M, d] the model's frozen output embedding (rows of
   the alphabet's ids), A [d, d], c [d] and b [M] trained per layer: the tuned-lens idea applied to
   bags.  No V x d parameters or Adam state per layer, and 4 B d V work per step instead of 6, since
@@ -39,9 +43,19 @@ from fastmi.data.bags import BagTargets
 from fastmi.probe.adamw import AdamW
 from fastmi.probe.checks import PROBE_FORMS, check_probe_form, parse_train_softmax
 from fastmi.probe.config import TrainConfig
+from fastmi.probe.embedding_start import embedding_start
+from fastmi.probe.head_forms import Head, LinearHead, feature_stats, unembedding_start, validation_ce
 from fastmi.probe.sampled_softmax import Candidates, NegativeSampler, proposal_probabilities
 from fastmi.probe.tied_unseen import TiedUnseen
-from fastmi.probe.training import EarlyStopping, fit_probes, perturb_start, token_marginal, train_epochs
+from fastmi.probe.training import (
+    EarlyStopping,
+    fit_probes,
+    mean_ce,
+    perturb_start,
+    prior_logits,
+    token_marginal,
+    train_epochs,
+)
 
 __all__ = ["PROBE_FORMS", "TrainedHeads", "fit_heads", "feature_stats", "check_probe_form", "batch_loss"]
 
@@ -59,71 +73,7 @@ class TrainedHeads:
     start: list[str] = field(default_factory=list)  # per layer, "prior" or "model map" (unembedding)
     converged: list[bool] = field(default_factory=list)  # stopped by patience, not by max_epochs
     other_bias: list[dict] = field(default_factory=list)  # per layer, the calibration of "other" (observed)
-
-
-def feature_stats(z: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std), each [L, 1, d], exactly as :func:`fastmi.probe.training.standardize` computes them."""
-    train = z if rows is None else z[:, rows]
-    mean = train.mean(dim=1, keepdim=True)
-    std = train.std(dim=1, keepdim=True)
-    floor = 1e-6 * std.amax(dim=-1, keepdim=True).clamp(min=1e-30)
-    std = torch.where(std > floor, std, torch.ones_like(std))
-    return mean, std
-
-
-class _Head:
-    """What the loop trains: ``dense`` parameters (A', c': full gradients every step) and ``rowwise``
-    ones ([L, M, ...]: W, b, updated on the sampled rows only under sampled softmax)."""
-
-    dense: list[torch.Tensor]
-    rowwise: list[torch.Tensor]
-
-    def features(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def output(self, rows: torch.Tensor | None, rowwise: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight [L, S, d], bias [L, S]) over vocabulary ``rows`` (None: all), from ``rowwise`` views."""
-        raise NotImplementedError
-
-
-class _LinearHead(_Head):
-    """logits = W z + b; ``offset`` [M] (or None), fixed, is added to b in every loss: log of the
-    number of ids a row stands for (:class:`fastmi.probe.tied_unseen.TiedUnseen`)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, offset: torch.Tensor | None = None) -> None:
-        self.dense, self.rowwise, self.offset = [], [weight, bias], offset
-
-    def features(self, z):
-        return z
-
-    def output(self, rows, rowwise):
-        if self.offset is None:
-            return rowwise[0], rowwise[1]
-        return rowwise[0], rowwise[1] + (self.offset if rows is None else self.offset.index_select(0, rows))
-
-
-class _UnembeddingHead(_Head):
-    """h = A' z_std + c', logits = U h + b; z_std standardised with the training rows' (mean, std)."""
-
-    def __init__(
-        self,
-        unembedding: torch.Tensor,
-        a: torch.Tensor,
-        c: torch.Tensor,
-        bias: torch.Tensor,
-        mean: torch.Tensor,
-        std: torch.Tensor,
-    ) -> None:
-        self.unembedding, self.mean, self.std = unembedding, mean, std
-        self.dense, self.rowwise = [a, c], [bias]
-
-    def features(self, z):
-        a, c = self.dense
-        return torch.baddbmm(c.unsqueeze(1), (z - self.mean) / self.std, a.transpose(1, 2))
-
-    def output(self, rows, rowwise):
-        u = self.unembedding if rows is None else self.unembedding.index_select(0, rows)
-        return u.expand(rowwise[0].shape[0], -1, -1), rowwise[0]
+    anchor: torch.Tensor | None = None  # [L, M, d], what W's decay pulled it toward (the embedding probe)
 
 
 def fit_heads(
@@ -141,6 +91,8 @@ def fit_heads(
     description: str = "probe",
     tie_unseen: bool | None = None,
     init_seed: int | None = None,
+    feature_std: torch.Tensor | None = None,
+    warm: TrainedHeads | None = None,
 ) -> TrainedHeads:
     """Fit one probe per layer of ``z_train`` [L, N, d] in the given setting; early-stop on ``z_val``.
 
@@ -154,32 +106,37 @@ def fit_heads(
     ``config.tie_unseen``, and when that is None, with sampled softmax only, so the full-softmax
     default stays :func:`fastmi.probe.training.fit_probes`.  ``init_seed``: the linear probe starts
     from a random W near 0 (:func:`fastmi.probe.training.perturb_start`; ``probe_seeds``).
+
+    ``probe="embedding"``: the linear probe (standardised features) started from the model's
+    embedding rows, ``unembedding=(rows [M, d], None)`` (:mod:`fastmi.probe.embedding_start`), scaled
+    per layer on validation; ``feature_std`` [L, 1, d]: the raw features' training std.
+
+    ``warm``: a probe of the same form and alphabet fitted before (a sample-size curve's smaller
+    point) to start from, its anchor kept; the linear and embedding probes under the full softmax
+    take it, the other settings start cold.
     """
-    check_probe_form(probe)
+    if check_probe_form(probe) == "auto":
+        raise ValueError("fit_heads trains one form; fastmi.recoverability resolves probe='auto' to one")
     num_samples, proposal = parse_train_softmax(train_softmax)
     tie_unseen = _resolve_tie_unseen(tie_unseen, config, probe, num_samples)
-    if probe == "linear" and num_samples is None and not tie_unseen:
-        fitted = fit_probes(
+    if probe == "embedding" and (num_samples is not None or tie_unseen):
+        raise ValueError("probe='embedding' trains with the full softmax only (train_softmax='full', no tie_unseen)")
+    if probe in ("linear", "embedding") and num_samples is None and not tie_unseen:
+        return _fit_linear(
             z_train,
             targets_train,
             z_val,
             targets_val,
             alphabet_size,
             config,
+            probe,
+            unembedding,
+            feature_std,
+            warm,
             seed=seed,
             progress=progress,
             description=description,
             init_seed=init_seed,
-        )
-        return TrainedHeads(
-            fitted.weight,
-            fitted.bias,
-            lambda z: z,
-            fitted.best_epoch,
-            fitted.validation_ce_nats,
-            fitted.epochs_run,
-            ["prior"] * len(fitted.best_epoch),
-            fitted.converged,
         )
     setup = _setup(z_train, targets_train, z_val, targets_val, alphabet_size, config, probe, unembedding, tie_unseen)
     if probe == "linear":
@@ -193,13 +150,67 @@ def fit_heads(
     def step(rows: torch.Tensor) -> None:
         _step(head, optimizer, sampler, z_train[:, rows], setup.targets_train.select(rows), tied_scale)
 
-    def validation_ce() -> torch.Tensor:
-        return _validation_ce(head, z_val, setup.targets_val, chunk) + setup.validation_shift
+    def validation() -> torch.Tensor:
+        return validation_ce(head, z_val, setup.targets_val, chunk) + setup.validation_shift
 
     stopping, epochs_run = train_epochs(
-        step, validation_ce, head.dense + head.rowwise, z_train.shape[1], config, seed, progress, description
+        step, validation, head.dense + head.rowwise, z_train.shape[1], config, seed, progress, description
     )
     return _trained(setup, stopping, epochs_run)
+
+
+def _fit_linear(
+    z_train, targets_train, z_val, targets_val, alphabet_size, config, probe, rows, feature_std, warm, **fit_args
+) -> TrainedHeads:
+    """The linear and embedding probes (:func:`fastmi.probe.training.fit_probes`) from their start:
+    0, or the embedding rows at the scale validation chose; with ``warm``, per layer, the better on
+    validation of that start and the warm one (a smaller subset's probe can be worse than a cold
+    start: it may have fitted that subset's noise)."""
+    chunk = max(config.batch_size, 1)
+    log_prior = prior_logits(targets_train, alphabet_size, config, z_train.shape[0])
+    start, anchor, labels = None, None, ["prior"] * z_train.shape[0]
+    if probe == "embedding":
+        if rows is None or feature_std is None:
+            raise ValueError("probe='embedding' needs the model's embedding rows and the features' std")
+        start, scales = embedding_start(rows[0], feature_std, z_train, z_val, targets_val, log_prior, chunk)
+        anchor, labels = start, [f"embedding x{scale:g}" if scale else "prior" for scale in scales]
+    bias_start = None
+    if warm is not None:
+        start, bias_start, labels = _warm_or_cold(warm, start, log_prior, labels, z_val, targets_val, chunk)
+    fitted = fit_probes(
+        z_train,
+        targets_train,
+        z_val,
+        targets_val,
+        alphabet_size,
+        config,
+        start=start,
+        anchor=anchor,
+        bias_start=bias_start,
+        **fit_args,
+    )
+    return TrainedHeads(
+        fitted.weight,
+        fitted.bias,
+        lambda z: z,
+        fitted.best_epoch,
+        fitted.validation_ce_nats,
+        fitted.epochs_run,
+        labels,
+        fitted.converged,
+        anchor=anchor,
+    )
+
+
+def _warm_or_cold(warm, start, log_prior, labels, z_val, targets_val, chunk):
+    """(W, b, labels) at epoch 0: per layer, the warm probe where its validation cross-entropy is lower."""
+    cold = start if start is not None else torch.zeros_like(warm.weight)
+    use = mean_ce(z_val, warm.weight, warm.bias, targets_val, chunk) < mean_ce(
+        z_val, cold, log_prior, targets_val, chunk
+    )
+    weight = torch.where(use.view(-1, 1, 1), warm.weight, cold)
+    bias = torch.where(use.view(-1, 1), warm.bias, log_prior)
+    return weight, bias, ["warm" if chosen else label for chosen, label in zip(use.tolist(), labels)]
 
 
 def _resolve_tie_unseen(tie_unseen: bool | None, config: TrainConfig, probe: str, num_samples: int | None) -> bool:
@@ -207,7 +218,7 @@ def _resolve_tie_unseen(tie_unseen: bool | None, config: TrainConfig, probe: str
         tie_unseen = config.tie_unseen
     if tie_unseen is None:
         tie_unseen = probe == "linear" and num_samples is not None
-    if tie_unseen and probe != "linear":
+    if tie_unseen and probe not in ("linear", "embedding"):
         raise ValueError("tie_unseen applies to the linear probe only (the unembedding probe's unseen ids differ by U)")
     return tie_unseen
 
@@ -216,7 +227,7 @@ def _resolve_tie_unseen(tie_unseen: bool | None, config: TrainConfig, probe: str
 class _Setup:
     """One fit at epoch 0: the head, and the bags and training marginal over the head's rows."""
 
-    head: _Head
+    head: Head
     start: list[str]  # per layer, "prior" or "model map"
     tied: TiedUnseen | None
     marginal: torch.Tensor  # training marginal over the head's rows (the tied row's is 0: never drawn)
@@ -228,8 +239,7 @@ class _Setup:
 def _setup(z_train, targets_train, z_val, targets_val, alphabet_size, config, probe, unembedding, tie_unseen) -> _Setup:
     num_layers, _, dim = z_train.shape
     marginal = token_marginal(targets_train, alphabet_size)
-    prior = (1 - config.prior_smoothing) * marginal + config.prior_smoothing / alphabet_size
-    log_prior = prior.log().float().expand(num_layers, -1).clone()
+    log_prior = prior_logits(targets_train, alphabet_size, config, num_layers).clone()
     tied = TiedUnseen.build(marginal) if tie_unseen else None
     validation_shift = 0.0
     if tied is not None:
@@ -240,15 +250,15 @@ def _setup(z_train, targets_train, z_val, targets_val, alphabet_size, config, pr
     if probe == "linear":
         width = alphabet_size if tied is None else tied.width
         weight = torch.zeros(num_layers, width, dim, device=z_train.device)
-        head: _Head = _LinearHead(weight, log_prior, None if tied is None else tied.offset())
+        head: Head = LinearHead(weight, log_prior, None if tied is None else tied.offset())
         start = ["prior"] * num_layers
     else:
         chunk = max(config.batch_size, 1)
-        head, start = _unembedding_start(z_train, z_val, targets_val, unembedding, log_prior, chunk)
+        head, start = unembedding_start(z_train, z_val, targets_val, unembedding, log_prior, chunk)
     return _Setup(head, start, tied, marginal, targets_train, targets_val, validation_shift)
 
 
-def _optimizer(head: _Head, probe: str, config: TrainConfig, dim: int) -> AdamW:
+def _optimizer(head: Head, probe: str, config: TrainConfig, dim: int) -> AdamW:
     # W carries the weight decay (as in fit_probes); A', c' and b do not.
     decay = [0.0] * len(head.dense) + [config.weight_decay if probe == "linear" else 0.0]
     decay += [0.0] * (len(head.rowwise) - 1)
@@ -296,7 +306,7 @@ def _trained(setup: _Setup, stopping: EarlyStopping, epochs_run: int) -> Trained
 
 
 def batch_loss(
-    head: _Head, z: torch.Tensor, targets: BagTargets, candidates: Candidates | None = None
+    head: Head, z: torch.Tensor, targets: BagTargets, candidates: Candidates | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per-layer mean bag cross-entropy [L] of one batch, over the full alphabet or over ``candidates``
     (log-Q corrected), and the leaf tensors standing for the vocabulary-sized parameters in it."""
@@ -314,7 +324,7 @@ def batch_loss(
 
 
 def _step(
-    head: _Head,
+    head: Head,
     optimizer: AdamW,
     sampler: NegativeSampler | None,
     z: torch.Tensor,
@@ -339,61 +349,9 @@ def _step(
         p.grad = None
 
 
-@torch.no_grad()
-def _validation_ce(head: _Head, z: torch.Tensor, targets: BagTargets, chunk: int) -> torch.Tensor:
-    """Mean per-row cross-entropy (nats) of each layer over the full vocabulary: [L]."""
-    weight, bias = head.output(None, head.rowwise)
-    total = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
-    for begin in range(0, z.shape[1], chunk):
-        rows = torch.arange(begin, min(begin + chunk, z.shape[1]), device=z.device)
-        total += kernels.bag_cross_entropy(
-            head.features(z[:, rows]), weight, bias, targets.select(rows), reduction="sum"
-        ).double()
-    return total / max(int((targets.lengths > 0).sum()), 1)
-
-
-def _frozen_features(head: _Head) -> Callable[[torch.Tensor], torch.Tensor]:
+def _frozen_features(head: Head) -> Callable[[torch.Tensor], torch.Tensor]:
     def features(z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return head.features(z)
 
     return features
-
-
-def _unembedding_start(z_train, z_val, targets_val, unembedding, log_prior, chunk) -> tuple[_Head, list[str]]:
-    """The head at epoch 0: per layer, the better (on validation) of the prior start and the model's map."""
-    if unembedding is None:
-        raise ValueError("probe='unembedding' needs the model's output embedding U (unembedding=(U, bias))")
-    u, model_bias = unembedding
-    num_layers, _, dim = z_train.shape
-    if u.dim() != 2 or u.shape != (log_prior.shape[1], dim):
-        raise ValueError(
-            f"the output embedding has shape {tuple(u.shape)}, expected [M, d] = "
-            f"{[log_prior.shape[1], dim]} (one row per alphabet id, the features' width)"
-        )
-    device = z_train.device
-    u = u.to(device=device, dtype=torch.float32)
-    mean, std = feature_stats(z_train)
-    # The model's map U z + b_model in standardised coordinates: A' = diag(std), c' = mean.
-    model_a = torch.diag_embed(std.squeeze(1))
-    model_c = mean.squeeze(1).clone()
-    model_b = (
-        (
-            torch.zeros(log_prior.shape[1], device=device)
-            if model_bias is None
-            else model_bias.to(device=device, dtype=torch.float32)
-        )
-        .expand_as(log_prior)
-        .clone()
-    )
-    prior_head = _UnembeddingHead(u, torch.zeros_like(model_a), torch.zeros_like(model_c), log_prior.clone(), mean, std)
-    model_head = _UnembeddingHead(u, model_a, model_c, model_b, mean, std)
-    use_model = _validation_ce(model_head, z_val, targets_val, chunk) < _validation_ce(
-        prior_head, z_val, targets_val, chunk
-    )
-    pick = use_model.view(-1, *([1] * 2))
-    a = torch.where(pick, model_a, prior_head.dense[0])
-    c = torch.where(use_model.view(-1, 1), model_c, prior_head.dense[1])
-    b = torch.where(use_model.view(-1, 1), model_b, prior_head.rowwise[0])
-    start = ["model map" if bool(flag) else "prior" for flag in use_model.cpu()]
-    return _UnembeddingHead(u, a.contiguous(), c.contiguous(), b.contiguous(), mean, std), start

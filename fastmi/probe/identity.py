@@ -65,6 +65,7 @@ def result_config(run: Any, training: dict) -> dict:
         "device": str(run.device),
         "train": asdict(config.train),
         "probe": config.probe,
+        "probe_trained": run.probe,
         "train_softmax": config.train_softmax,
         "unembedding_source": run.head_source,
         "training": training,

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
-PROBES = ("linear", "unembedding")
+PROBES = ("linear", "unembedding", "embedding")
 CACHE_DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
 FEATURE_COPIES = 2  # the standardised z and its train/validation copies (see the module docstring)
 # Bytes per trainable parameter: value, gradient, Adam m and v, best copy (+ a bf16 working copy).
@@ -116,9 +116,12 @@ class ProbeMemory:
 
     @property
     def shared_bytes(self) -> int:
-        """Bytes a group holds once, whatever its size: the frozen unembedding U of ``unembedding``."""
-        if self.probe != "unembedding":
+        """Bytes a group holds once, whatever its size: the frozen unembedding U of ``unembedding``, the
+        embedding rows that start ``embedding`` (and one scaled copy of the start while its scale is chosen)."""
+        if self.probe == "linear":
             return 0
+        if self.probe == "embedding":
+            return 2 * self.alphabet * self.dim * 4
         return self.alphabet * self.dim * (2 if self.precision == "bf16" else 4)
 
     def layers_per_group(self, budget_bytes: int, num_layers: int) -> int:
@@ -133,7 +136,7 @@ class ProbeMemory:
 
 def probe_parameters_per_layer(dim: int, alphabet: int, probe: str = "linear") -> int:
     """Trainable parameters of one layer's probe: M (d + 1), or d^2 + d + M through the unembedding."""
-    if probe == "linear":
+    if probe in ("linear", "embedding"):
         return alphabet * (dim + 1)
     if probe == "unembedding":
         return dim * dim + dim + alphabet

@@ -23,19 +23,18 @@ from tqdm.auto import tqdm
 from fastmi.data.alphabet import Alphabet, check_targets
 from fastmi.data.bags import BagTargets
 from fastmi.data.split import Split
-from fastmi.models.unembedding import unembedding_for_alphabet
 from fastmi.probe.config import ProbeConfig, TrainConfig
 from fastmi.probe.convergence import warn_unconverged
 from fastmi.probe.curves import finish_curves, fit_curve_points
 from fastmi.probe.evaluation import score_probes
-from fastmi.probe.heads import fit_heads
+from fastmi.probe.head_rows import head_rows
+from fastmi.probe.heads import feature_stats, fit_heads
 from fastmi.probe.identity import open_store, result_config
 from fastmi.probe.memory import layer_groups, layers_per_group
 from fastmi.probe.other_bias import with_calibrated_other
 from fastmi.probe.precision import resolve_precision
 from fastmi.probe.seeds import seed_log, seed_mean, seed_statistics_of
 from fastmi.probe.source import ProbeSource, default_max_memory, load_layer
-from fastmi.probe.training import standardize
 from fastmi.runtime import distributed
 from fastmi.stats import bounds
 from fastmi.stats.bootstrap import check_resamples, resample_counts
@@ -126,6 +125,7 @@ class ProbeRun:
     """What every layer group of one probe shares, made once before any training (:func:`prepare`)."""
 
     config: ProbeConfig
+    probe: str  # the form trained: config.probe, with "auto" resolved (:func:`head_rows`)
     source: ProbeSource
     device: torch.device
     alphabet: Alphabet
@@ -179,9 +179,7 @@ def prepare(
         validation=src.targets.select(rows["validation"]),
     )
     bags = alphabet.compact(src.targets)
-    head_weight, head_bias, head_source = (
-        _unembedding_rows(source, alphabet, unembedding) if config.probe == "unembedding" else (None, None, None)
-    )
+    probe, head_weight, head_bias, head_source = head_rows(source, alphabet, unembedding, config)
     # H(f(T)) is estimated on the held-out sentences, in each bootstrap resample together with the
     # error terms (the same resamples), so every lcb includes its sampling error (docs/theory.md §6).
     frequencies = Frequencies.of(bags.select(rows["test"]))
@@ -190,9 +188,10 @@ def prepare(
     # Layers are checked before any training so a bad layer fails fast and nothing is half-done.
     width = load_layer(src, src.layers[0], num_rows).shape[1]  # only one group of layers is ever in memory
     # free memory differs between ranks: all train rank 0's groups
-    groups = distributed.broadcast(_groups(config, src, num_rows, width, alphabet.size, device))
+    groups = distributed.broadcast(_groups(config, probe, src, num_rows, width, alphabet.size, device))
     return ProbeRun(
         config=config,
+        probe=probe,
         source=src,
         device=device,
         alphabet=alphabet,
@@ -212,16 +211,6 @@ def prepare(
     )
 
 
-def _unembedding_rows(source: Any, alphabet: Alphabet, given: Any):
-    """U's rows (and bias) for the alphabet; the observed alphabet's "other" gets a zero row, so its
-    logit is its bias alone (calibrated on validation like the linear probe's)."""
-    if alphabet.setting != "observed" or not alphabet.other:
-        return unembedding_for_alphabet(source, alphabet.vocab_ids, alphabet.other, given)
-    weight, bias, where = unembedding_for_alphabet(source, alphabet.vocab_ids, False, given)
-    weight = torch.cat([weight, weight.new_zeros(1, weight.shape[1])])
-    return weight, None if bias is None else torch.cat([bias, bias.new_zeros(1)]), where
-
-
 def _part_rows(split: Split, nonempty: np.ndarray) -> dict[str, np.ndarray]:
     rows = {}
     for name, part in zip(PARTS, (split.train, split.validation, split.test)):
@@ -232,7 +221,13 @@ def _part_rows(split: Split, nonempty: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _groups(
-    config: ProbeConfig, src: ProbeSource, num_rows: int, width: int, alphabet_size: int, device: torch.device
+    config: ProbeConfig,
+    probe: str,
+    src: ProbeSource,
+    num_rows: int,
+    width: int,
+    alphabet_size: int,
+    device: torch.device,
 ) -> list[list[int]]:
     """The layers in groups that fit ``config.max_memory`` (default: half the free memory)."""
     budget = config.max_memory if config.max_memory is not None else default_max_memory(device)
@@ -246,7 +241,7 @@ def _groups(
         config.train.batch_size,
         precision=resolve_precision(config.train.precision, device),
         train_softmax=config.train_softmax,
-        probe=config.probe,
+        probe=probe,
     )
     return layer_groups(src.layers, group_size)
 
@@ -257,13 +252,26 @@ def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
     z = torch.stack([load_layer(src, layer, src.targets.num_rows) for layer in group]).to(run.device)
     if z.shape[-1] != run.width:
         raise ValueError(f"layers {group} have width {z.shape[-1]}, layer {src.layers[0]} has {run.width}")
-    if config.probe == "linear":  # the unembedding probe folds the standardisation into A and c itself
-        z = standardize(z, run.index["train"])
+    feature_std = None
+    if run.probe != "unembedding":  # which folds the standardisation into A and c itself
+        mean, feature_std = feature_stats(z, run.index["train"])
+        z = (z - mean) / feature_std
     # Looked up here, in this module, so that a test can stand in for it.
-    fit = functools.partial(fit_heads, probe=config.probe, train_softmax=config.train_softmax, unembedding=run.head)
+    fit = functools.partial(
+        fit_heads,
+        probe=run.probe,
+        train_softmax=config.train_softmax,
+        unembedding=run.head,
+        **({"feature_std": feature_std} if run.probe == "embedding" else {}),
+    )
     if run.alphabet.setting == "observed" and run.alphabet.other:
         fit = with_calibrated_other(fit)  # "other" never occurs in training: its bias is set on validation
     index, bags, size = run.index, run.bags, run.alphabet.size
+    points, warm = [], None
+    if config.curve:  # first, smallest point first: with warm starts each fit starts from the one before
+        points, warm = fit_curve_points(
+            z, index, bags, size, group, src.model, run.entropy, config, run.progress, fit=fit
+        )
     fits, seeds = [], config.probe_seeds
     for j in range(seeds):  # probe_seeds > 1: probes differing in training order, all on one split
         fitted = fit(
@@ -276,15 +284,13 @@ def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
             seed=config.seed + j,
             progress=run.progress,
             **({"init_seed": config.seed + j} if j else {}),
+            **({"warm": warm} if warm is not None else {}),
             description=f"{src.model} layers {group[0]}-{group[-1]}"
             + (f", probe {j + 1}/{seeds}" if seeds > 1 else ""),
         )
         z_test = fitted.features(z[:, index["test"]])
         fits.append((fitted, score_probes(z_test, fitted.weight, fitted.bias, bags["test"], size, config.k)))
     fitted, scores, per_seed = fits[0][0], seed_mean(fits), seed_statistics_of(fits)
-    points = []
-    if config.curve:  # the curves refit the first seed's probe only
-        points = fit_curve_points(z, index, bags, size, group, src.model, run.entropy, config, run.progress, fit=fit)
     del z
     held = HeldOut(rows=run.rows["test"].astype(np.int64))
     rows, training = [], {}
@@ -327,7 +333,7 @@ def _layer_row(run: ProbeRun, layer: int, converged: bool, scores: Any, i: int, 
         "n_test": int(run.rows["test"].size),
         "n_skipped": run.skipped,
         "bag_recall": float(scores.bag_recall[i].mean()),
-        "probe": config.probe,
+        "probe": run.probe,
         "train_softmax": config.train_softmax,
         "converged": converged,
     }

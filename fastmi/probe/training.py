@@ -37,6 +37,7 @@ __all__ = [
     "train_step",
     "standardize",
     "token_marginal",
+    "prior_logits",
     "probe_bytes",
 ]
 
@@ -72,6 +73,14 @@ def token_marginal(targets: BagTargets, alphabet_size: int) -> torch.Tensor:
     weights = targets.counts.double() / lengths[targets.row_index]
     p = torch.zeros(alphabet_size, dtype=torch.float64, device=weights.device).index_add_(0, targets.ids, weights)
     return p / max(int((lengths > 0).sum()), 1)
+
+
+def prior_logits(targets: BagTargets, alphabet_size: int, config: TrainConfig, num_layers: int) -> torch.Tensor:
+    """b of the "ignore z" probe, every probe's bias at epoch 0: log of the training marginal mixed with
+    ``prior_smoothing`` of uniform mass, float32 [L, M] (a view: clone before training it)."""
+    prior = token_marginal(targets, alphabet_size)
+    prior = (1 - config.prior_smoothing) * prior + config.prior_smoothing / alphabet_size
+    return prior.log().float().expand(num_layers, -1)
 
 
 def probe_bytes(num_rows: int, dim: int, alphabet_size: int, batch_size: int) -> int:
@@ -123,13 +132,40 @@ def mean_ce(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: 
     return total / max(int((targets.lengths > 0).sum()), 1)
 
 
-def new_probes(log_prior: torch.Tensor, dim: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, AdamW]:
-    """W [L, M, d] = 0, b [L, M] = ``log_prior`` (the "ignore z" probe) and their AdamW."""
+def new_probes(
+    log_prior: torch.Tensor,
+    dim: int,
+    config: TrainConfig,
+    start: torch.Tensor | None = None,
+    anchor: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, AdamW]:
+    """W [L, M, d] = ``start`` (default 0), b [L, M] = ``log_prior`` (the "ignore z" probe) and their
+    AdamW, whose weight decay pulls W toward ``anchor`` (``embedding_decay``; default: toward 0 by
+    ``weight_decay``)."""
     num_layers, alphabet_size = log_prior.shape
-    weight = torch.zeros(num_layers, alphabet_size, dim, device=log_prior.device, requires_grad=True)
+    weight = torch.zeros(num_layers, alphabet_size, dim, device=log_prior.device)
+    if start is not None:
+        weight.copy_(start)
+    weight.requires_grad_(True)
     bias = log_prior.clone().requires_grad_(True)
-    optimizer = AdamW([weight, bias], lr=config.lr / math.sqrt(max(dim, 1)), weight_decay=(config.weight_decay, 0.0))
+    optimizer = AdamW(
+        [weight, bias],
+        lr=config.lr / math.sqrt(max(dim, 1)),
+        weight_decay=(_weight_decay(config, anchor), 0.0),
+        anchors=(anchor, None),
+    )
     return weight, bias, optimizer
+
+
+def _weight_decay(config: TrainConfig, anchor: torch.Tensor | None) -> float | torch.Tensor:
+    """W's decay: ``weight_decay`` toward 0, or per layer [L, 1, 1] ``embedding_decay`` toward a start
+    from the model's embedding (a layer whose validation chose the zero start trains as the linear
+    probe does)."""
+    if anchor is None:
+        return config.weight_decay
+    embedded = anchor.flatten(1).abs().amax(dim=1) > 0
+    decay = torch.where(embedded, config.embedding_decay, config.weight_decay)
+    return decay.to(anchor.dtype).view(-1, 1, 1)
 
 
 @torch.no_grad()
@@ -203,20 +239,33 @@ def fit_probes(
     progress: bool = True,
     description: str = "probe",
     init_seed: int | None = None,
+    start: torch.Tensor | None = None,
+    anchor: torch.Tensor | None = None,
+    bias_start: torch.Tensor | None = None,
 ) -> FittedProbes:
     """Fit one linear probe per layer of ``z_train`` [L, N, d]; early-stop on ``z_val`` [L, Nv, d].
 
     Rows must be non-empty bags with compact ids < ``alphabet_size``.  ``init_seed``: start from a
     random W near 0 (:func:`perturb_start`) instead of W = 0 (further probes of ``probe_seeds``).
+    ``start``: W [L, M, d] at epoch 0 instead of 0, ``bias_start`` [L, M] b instead of the log prior
+    (a warm start); ``anchor``: what W's decay pulls it toward (the embedding probe's start,
+    :mod:`fastmi.probe.embedding_start`).
     """
     num_layers, num_rows, dim = z_train.shape
-    prior = token_marginal(targets_train, alphabet_size)
-    prior = (1 - config.prior_smoothing) * prior + config.prior_smoothing / alphabet_size
-    weight, bias, optimizer = new_probes(prior.log().float().expand(num_layers, -1), dim, config)
+    log_prior = prior_logits(targets_train, alphabet_size, config, num_layers) if bias_start is None else bias_start
+    weight, bias, optimizer = new_probes(log_prior, dim, config, start, anchor)
     perturb_start(weight, init_seed)
     chunk = max(config.batch_size, 1)
+    # A warm start is already near an optimum, and Adam's first steps move every weight by about lr
+    # whatever its gradient: the step size ramps up over the first epoch instead.
+    ramp = math.ceil(num_rows / chunk) if bias_start is not None else 0
+    full_lr = optimizer.lr
 
     def step(rows: torch.Tensor) -> None:
+        if optimizer.steps < ramp:
+            optimizer.lr = full_lr * (optimizer.steps + 1) / (ramp + 1)
+        else:
+            optimizer.lr = full_lr
         train_step(z_train, rows, targets_train, weight, bias, optimizer, config.precision)
 
     def validation_ce() -> torch.Tensor:

@@ -1,0 +1,147 @@
+"""The default probe against the one it replaced, on real caches: tighter, flatter, faster?
+
+For each cache, two runs over the same split and layers, observed alphabet, sample-size curves at
+1/8, 1/4, 1/2 and all of the training sentences: ``before`` (the linear probe from W = 0, every fit
+cold: the default until the embedding probe) and ``after`` (today's default, ``ProbeConfig()``).
+Per layer it reports, from the two runs' curves:
+
+* tighter: the bound at the full n_train, after - before (held to be >= -0.02 bit, the seed noise),
+  and whether after's bound at 1/4 of n_train reaches before's at the full n_train;
+* flatter: the rise of the last doubling, after and before, and the data_limited flags;
+* faster: each run's CPU seconds, and their ratio.
+
+Each run is saved as it finishes (OUT/<model>-<setting>.json) and skipped when it is there; a run
+cut short resumes its finished layer groups (:func:`fastmi.recoverability` saves each), and then
+says so in place of a CPU time.  Usage:
+
+    python bench/probe_family.py --out runs/family --cache minilm=runs/cache/minilm \\
+        --cache smollm2=runs/cache/smollm2 --layers smollm2=0,5,10,15,20,25,30 [--setting after]
+
+Appends one row per model to bench/results/probe_family.jsonl (bench/history.py) once both of its
+runs are there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from fastmi.activations.cache import ActivationCache
+from fastmi.probe.config import ProbeConfig, TrainConfig
+from fastmi.probe.recoverability import assemble, prepare, probe_group
+from fastmi.results.result import RecoverabilityResult
+
+SETTINGS = {
+    "before": ProbeConfig(probe="linear", train=TrainConfig(warm_start=False)),
+    "after": ProbeConfig(),
+}
+CURVE = (0.125, 0.25, 0.5, 1.0)
+SEED_NOISE_BITS = 0.02
+
+
+def run(cache: ActivationCache, name: str, setting: str, layers, out: Path, max_memory: int | None) -> dict:
+    """One run, saved to ``out``; returns its record (result path, CPU seconds or None if resumed)."""
+    path = out / f"{name}-{setting}.json"
+    timing_path = path.with_suffix(".timing.json")
+    if path.is_file():
+        return json.loads(timing_path.read_text())
+    config = ProbeConfig.resolve(SETTINGS[setting], {"curve": CURVE, "max_memory": max_memory}, "probe_family")
+    probe_run = prepare(cache, config, layers=layers, model=name, progress=True)
+    pending = probe_run.store.pending(probe_run.groups)
+    resumed = len(pending) < len(probe_run.groups)
+    started = time.process_time()
+    for group in pending:
+        probe_group(probe_run, group)
+    cpu = time.process_time() - started
+    result = assemble(probe_run)
+    result.to_json(path)
+    record = {"setting": setting, "cpu_seconds": None if resumed else round(cpu, 1), "layers": len(result.table)}
+    if resumed:
+        record["note"] = "resumed from saved layer groups: its CPU time is not the whole run's"
+    timing_path.write_text(json.dumps(record) + "\n")
+    return record
+
+
+def by_layer(result: RecoverabilityResult) -> dict[int, dict]:
+    """Per layer: its table row and its curve's variational bits by n_train."""
+    curves: dict[int, dict[int, float]] = {}
+    for point in result.curves:
+        curves.setdefault(point["layer"], {})[point["n_train"]] = point["variational_bits"]
+    return {row["layer"]: {"row": row, "curve": curves[row["layer"]]} for row in result.table}
+
+
+def compare_runs(before: RecoverabilityResult, after: RecoverabilityResult) -> list[dict]:
+    """The per-layer figures of the module docstring."""
+    rows = []
+    old, new = by_layer(before), by_layer(after)
+    for layer in sorted(old):
+        n = sorted(old[layer]["curve"])
+        quarter, full = n[1], n[-1]
+        rise = {k: v["curve"][full] - v["curve"][n[-2]] for k, v in (("before", old[layer]), ("after", new[layer]))}
+        rows.append(
+            {
+                "layer": layer,
+                "before_bits": round(old[layer]["curve"][full], 4),
+                "after_bits": round(new[layer]["curve"][full], 4),
+                "gain_bits": round(new[layer]["curve"][full] - old[layer]["curve"][full], 4),
+                "after_at_quarter_bits": round(new[layer]["curve"][quarter], 4),
+                "quarter_reaches_before_full": new[layer]["curve"][quarter] >= old[layer]["curve"][full],
+                "last_doubling_before": round(rise["before"], 4),
+                "last_doubling_after": round(rise["after"], 4),
+                "data_limited_before": bool(old[layer]["row"]["data_limited"]),
+                "data_limited_after": bool(new[layer]["row"]["data_limited"]),
+            }
+        )
+    return rows
+
+
+def summary(rows: list[dict], timings: dict[str, dict]) -> dict:
+    cpu = {k: t["cpu_seconds"] for k, t in timings.items()}
+    return {
+        "layers": [r["layer"] for r in rows],
+        "tighter_at_full_n": all(r["gain_bits"] >= -SEED_NOISE_BITS for r in rows),
+        "quarter_reaches_before_full": sum(r["quarter_reaches_before_full"] for r in rows),
+        "flatter": all(r["last_doubling_after"] < r["last_doubling_before"] for r in rows),
+        "data_limited_before": sum(r["data_limited_before"] for r in rows),
+        "data_limited_after": sum(r["data_limited_after"] for r in rows),
+        "cpu_seconds": cpu,
+        "cpu_ratio_after_over_before": None if None in cpu.values() else round(cpu["after"] / cpu["before"], 3),
+        "per_layer": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--cache", action="append", required=True, help="NAME=DIR, repeat")
+    parser.add_argument("--layers", action="append", default=[], help="NAME=0,3,6: only these layers, repeat")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), action="append", help="run only these (default: both)")
+    parser.add_argument("--probe-memory", type=int, default=None, help="bytes per layer group (smaller: saved sooner)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = {name: [int(v) for v in layers.split(",")] for name, layers in (x.split("=", 1) for x in args.layers)}
+    for name, directory in (c.split("=", 1) for c in args.cache):
+        cache = ActivationCache.open(directory)
+        timings = {s: run(cache, name, s, chosen.get(name), out, args.probe_memory) for s in args.setting or SETTINGS}
+        if set(timings) != set(SETTINGS):
+            continue
+        results = {s: RecoverabilityResult.from_json(out / f"{name}-{s}.json") for s in SETTINGS}
+        figures = {
+            "model": name,
+            "rows": cache.num_rows,
+            **summary(compare_runs(results["before"], results["after"]), timings),
+        }
+        (out / f"{name}-summary.json").write_text(json.dumps(figures, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in figures.items() if k != "per_layer"}, indent=2))
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import history
+
+        history.record("probe_family", figures, source="bench/probe_family.py")
+
+
+if __name__ == "__main__":
+    main()
