@@ -123,7 +123,6 @@ def main() -> None:
     parser.add_argument(
         "--probe-seeds", type=int, default=1, help="probes per layer (their spread enters every interval)"
     )
-    parser.add_argument("--cold", action="store_true", help="no warm starts: every curve point and fit starts cold")
     parser.add_argument(
         "--probe-memory",
         default=None,
@@ -160,7 +159,7 @@ def main() -> None:
                 head,
                 vocab=args.vocab,
                 train_softmax=args.train_softmax,
-                train=TrainConfig(tie_unseen=True if args.tie_unseen else None, warm_start=not args.cold),
+                train=TrainConfig(tie_unseen=True) if args.tie_unseen else None,
                 layers=chosen.get(name),
                 split=split,
                 curve=(0.125, 0.25, 0.5, 1.0) if args.curve else None,
@@ -197,7 +196,6 @@ def record_timing(args, rows: int, layers: dict[str, int], timing: dict) -> None
         "curve": args.curve,
         "probe": args.probe,
         "probe_seeds": args.probe_seeds,
-        "warm_start": not args.cold,
         "layers_probed": layers,
         "probe_seconds": timing,
     }

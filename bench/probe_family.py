@@ -30,12 +30,12 @@ import time
 from pathlib import Path
 
 from fastmi.activations.cache import ActivationCache
-from fastmi.probe.config import ProbeConfig, TrainConfig
+from fastmi.probe.config import ProbeConfig
 from fastmi.probe.recoverability import assemble, prepare, probe_group
 from fastmi.results.result import RecoverabilityResult
 
 SETTINGS = {
-    "before": ProbeConfig(probe="linear", train=TrainConfig(warm_start=False)),
+    "before": ProbeConfig(probe="linear"),
     "after": ProbeConfig(),
 }
 CURVE = (0.125, 0.25, 0.5, 1.0)

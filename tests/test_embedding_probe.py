@@ -166,30 +166,3 @@ def test_embedding_probe_settings_are_refused_with_reasons():
     z, t, _ = symmetric_channel(8, 0.2, 200, seed=1)
     with pytest.raises(MissingUnembeddingError, match="needs unembedding=U"):
         fastmi.recoverability({0: z}, targets=single_token_bags(t), vocab_size=8, probe="embedding", progress=False)
-
-
-@pytest.mark.parametrize("probe", ["embedding", "linear"])
-def test_warm_started_curves_are_within_the_noise_of_cold_ones(probe):
-    """Each point of a curve starting from the one before (and the full fit from the last) moves no
-    bound by more than its own confidence band's half-width."""
-    vocab, dim = 400, 32
-    z, bags, embedding = embedded_bags(1600, vocab, dim, seed=6)
-    runs = {}
-    for warm in (False, True):
-        runs[warm] = fastmi.recoverability(
-            {0: z},
-            targets=bags,
-            vocab_size=vocab,
-            probe=probe,
-            unembedding=embedding,
-            curve=(0.25, 0.5, 1.0),
-            n_bootstrap=200,
-            train=TrainConfig(max_epochs=30, patience=2, batch_size=128, warm_start=warm),
-            progress=False,
-        )
-    cold, warm = runs[False], runs[True]
-    assert cold.config["training"]["0"]["start"] != "warm"
-    for a, b in zip(cold.curves, warm.curves):
-        assert a["n_train"] == b["n_train"]
-        half_width = a["variational_bits"] - a["variational_lcb"]
-        assert abs(a["variational_bits"] - b["variational_bits"]) <= half_width, (a["n_train"], a, b)

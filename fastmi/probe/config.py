@@ -112,15 +112,6 @@ class TrainConfig:
         check=checks.non_negative,
         key="unless default",
     )
-    warm_start: bool = setting(
-        True,
-        parse=bool,
-        check=checks.boolean,
-        help="fit a sample-size curve's points from the smallest up, each starting from the one before, "
-        "and the full fit from the curve's last point (linear and embedding probes, full softmax); "
-        "false: every fit starts cold",
-        key="unless default",
-    )
     min_improvement: float = setting(
         1e-4, help="validation gains (nats) below this do not reset the patience counter", check=checks.non_negative
     )

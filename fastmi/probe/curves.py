@@ -82,18 +82,18 @@ def fit_curve_points(
     config: ProbeConfig,
     progress: bool = True,
     fit: Callable[..., Any] = fit_heads,
-) -> tuple[list[dict], Any]:
+) -> list[dict]:
     """Refit the probes of one layer group (``z`` [L, N, d], standardised) on each fraction below 1
-    of the training rows (``config.curve``), smallest first; score each on all held-out rows.
-    ``index``/``bags``: rows and bags of the "train", "validation" and "test" parts, as in
-    :func:`fastmi.recoverability`.  ``fit``: the probe's own fitting function
-    (:func:`fastmi.probe.heads.fit_heads` with its settings bound), so every point of a curve is the
-    same kind of probe as the full fit.  With ``config.train.warm_start`` each point starts from the
-    one before (the subsets are nested, so it only adds rows); returns the points and the last fit,
-    for the full fit to start from (None without warm starts)."""
+    of the training rows (``config.curve``); score each on all held-out rows.  ``index``/``bags``:
+    rows and bags of the "train", "validation" and "test" parts, as in :func:`fastmi.recoverability`.
+    ``fit``: the probe's own fitting function (:func:`fastmi.probe.heads.fit_heads` with its settings
+    bound), so every point of a curve is the same kind of probe as the full fit.
+
+    Every point starts cold.  Starting each from the smaller point before it was measured slower and
+    looser (docs/performance.md): a smaller subset's early-stopped probe has fitted that subset's
+    noise, and early stopping keeps what the start brought."""
     fractions, seed = config.curve or (), config.seed
     points: list[dict] = []
-    warm = None
     n_train = int(index["train"].numel())
     z_val, z_test = z[:, index["validation"]], z[:, index["test"]]
     below_one = [f for f in fractions if f < 1.0]
@@ -109,9 +109,7 @@ def fit_curve_points(
             seed=seed,
             progress=progress,
             description=f"{model} layers {layers[0]}-{layers[-1]}, n_train={positions.size}",
-            **({"warm": warm} if warm is not None else {}),
         )
-        warm = fitted if config.train.warm_start else None
         scores = score_probes(
             fitted.features(z_test), fitted.weight, fitted.bias, bags["test"], alphabet_size, config.k
         )
@@ -129,7 +127,7 @@ def fit_curve_points(
                 entropy=entropy_bits if hasattr(entropy_bits, "draws") else None,
             )
             points.append(_point(model, layer, fraction, positions.size, values))
-    return points, warm
+    return points
 
 
 def is_data_limited(points: Sequence[dict]) -> bool:

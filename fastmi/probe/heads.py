@@ -50,7 +50,6 @@ from fastmi.probe.tied_unseen import TiedUnseen
 from fastmi.probe.training import (
     EarlyStopping,
     fit_probes,
-    mean_ce,
     perturb_start,
     prior_logits,
     token_marginal,
@@ -92,7 +91,6 @@ def fit_heads(
     tie_unseen: bool | None = None,
     init_seed: int | None = None,
     feature_std: torch.Tensor | None = None,
-    warm: TrainedHeads | None = None,
 ) -> TrainedHeads:
     """Fit one probe per layer of ``z_train`` [L, N, d] in the given setting; early-stop on ``z_val``.
 
@@ -110,10 +108,6 @@ def fit_heads(
     ``probe="embedding"``: the linear probe (standardised features) started from the model's
     embedding rows, ``unembedding=(rows [M, d], None)`` (:mod:`fastmi.probe.embedding_start`), scaled
     per layer on validation; ``feature_std`` [L, 1, d]: the raw features' training std.
-
-    ``warm``: a probe of the same form and alphabet fitted before (a sample-size curve's smaller
-    point) to start from, its anchor kept; the linear and embedding probes under the full softmax
-    take it, the other settings start cold.
     """
     if check_probe_form(probe) == "auto":
         raise ValueError("fit_heads trains one form; fastmi.recoverability resolves probe='auto' to one")
@@ -132,7 +126,6 @@ def fit_heads(
             probe,
             unembedding,
             feature_std,
-            warm,
             seed=seed,
             progress=progress,
             description=description,
@@ -160,12 +153,10 @@ def fit_heads(
 
 
 def _fit_linear(
-    z_train, targets_train, z_val, targets_val, alphabet_size, config, probe, rows, feature_std, warm, **fit_args
+    z_train, targets_train, z_val, targets_val, alphabet_size, config, probe, rows, feature_std, **fit_args
 ) -> TrainedHeads:
     """The linear and embedding probes (:func:`fastmi.probe.training.fit_probes`) from their start:
-    0, or the embedding rows at the scale validation chose; with ``warm``, per layer, the better on
-    validation of that start and the warm one (a smaller subset's probe can be worse than a cold
-    start: it may have fitted that subset's noise)."""
+    0, or the embedding rows at the scale validation chose."""
     chunk = max(config.batch_size, 1)
     log_prior = prior_logits(targets_train, alphabet_size, config, z_train.shape[0])
     start, anchor, labels = None, None, ["prior"] * z_train.shape[0]
@@ -174,9 +165,6 @@ def _fit_linear(
             raise ValueError("probe='embedding' needs the model's embedding rows and the features' std")
         start, scales = embedding_start(rows[0], feature_std, z_train, z_val, targets_val, log_prior, chunk)
         anchor, labels = start, [f"embedding x{scale:g}" if scale else "prior" for scale in scales]
-    bias_start = None
-    if warm is not None:
-        start, bias_start, labels = _warm_or_cold(warm, start, log_prior, labels, z_val, targets_val, chunk)
     fitted = fit_probes(
         z_train,
         targets_train,
@@ -186,7 +174,6 @@ def _fit_linear(
         config,
         start=start,
         anchor=anchor,
-        bias_start=bias_start,
         **fit_args,
     )
     return TrainedHeads(
@@ -200,17 +187,6 @@ def _fit_linear(
         fitted.converged,
         anchor=anchor,
     )
-
-
-def _warm_or_cold(warm, start, log_prior, labels, z_val, targets_val, chunk):
-    """(W, b, labels) at epoch 0: per layer, the warm probe where its validation cross-entropy is lower."""
-    cold = start if start is not None else torch.zeros_like(warm.weight)
-    use = mean_ce(z_val, warm.weight, warm.bias, targets_val, chunk) < mean_ce(
-        z_val, cold, log_prior, targets_val, chunk
-    )
-    weight = torch.where(use.view(-1, 1, 1), warm.weight, cold)
-    bias = torch.where(use.view(-1, 1), warm.bias, log_prior)
-    return weight, bias, ["warm" if chosen else label for chosen, label in zip(use.tolist(), labels)]
 
 
 def _resolve_tie_unseen(tie_unseen: bool | None, config: TrainConfig, probe: str, num_samples: int | None) -> bool:

@@ -267,11 +267,9 @@ def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
     if run.alphabet.setting == "observed" and run.alphabet.other:
         fit = with_calibrated_other(fit)  # "other" never occurs in training: its bias is set on validation
     index, bags, size = run.index, run.bags, run.alphabet.size
-    points, warm = [], None
-    if config.curve:  # first, smallest point first: with warm starts each fit starts from the one before
-        points, warm = fit_curve_points(
-            z, index, bags, size, group, src.model, run.entropy, config, run.progress, fit=fit
-        )
+    points = []
+    if config.curve:  # the curves refit the first seed's probe only
+        points = fit_curve_points(z, index, bags, size, group, src.model, run.entropy, config, run.progress, fit=fit)
     fits, seeds = [], config.probe_seeds
     for j in range(seeds):  # probe_seeds > 1: probes differing in training order, all on one split
         fitted = fit(
@@ -284,7 +282,6 @@ def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
             seed=config.seed + j,
             progress=run.progress,
             **({"init_seed": config.seed + j} if j else {}),
-            **({"warm": warm} if warm is not None else {}),
             description=f"{src.model} layers {group[0]}-{group[-1]}"
             + (f", probe {j + 1}/{seeds}" if seeds > 1 else ""),
         )

@@ -241,31 +241,21 @@ def fit_probes(
     init_seed: int | None = None,
     start: torch.Tensor | None = None,
     anchor: torch.Tensor | None = None,
-    bias_start: torch.Tensor | None = None,
 ) -> FittedProbes:
     """Fit one linear probe per layer of ``z_train`` [L, N, d]; early-stop on ``z_val`` [L, Nv, d].
 
     Rows must be non-empty bags with compact ids < ``alphabet_size``.  ``init_seed``: start from a
     random W near 0 (:func:`perturb_start`) instead of W = 0 (further probes of ``probe_seeds``).
-    ``start``: W [L, M, d] at epoch 0 instead of 0, ``bias_start`` [L, M] b instead of the log prior
-    (a warm start); ``anchor``: what W's decay pulls it toward (the embedding probe's start,
-    :mod:`fastmi.probe.embedding_start`).
+    ``start``: W [L, M, d] at epoch 0 instead of 0; ``anchor``: what W's decay pulls it toward (the
+    embedding probe's start, :mod:`fastmi.probe.embedding_start`).
     """
     num_layers, num_rows, dim = z_train.shape
-    log_prior = prior_logits(targets_train, alphabet_size, config, num_layers) if bias_start is None else bias_start
+    log_prior = prior_logits(targets_train, alphabet_size, config, num_layers)
     weight, bias, optimizer = new_probes(log_prior, dim, config, start, anchor)
     perturb_start(weight, init_seed)
     chunk = max(config.batch_size, 1)
-    # A warm start is already near an optimum, and Adam's first steps move every weight by about lr
-    # whatever its gradient: the step size ramps up over the first epoch instead.
-    ramp = math.ceil(num_rows / chunk) if bias_start is not None else 0
-    full_lr = optimizer.lr
 
     def step(rows: torch.Tensor) -> None:
-        if optimizer.steps < ramp:
-            optimizer.lr = full_lr * (optimizer.steps + 1) / (ramp + 1)
-        else:
-            optimizer.lr = full_lr
         train_step(z_train, rows, targets_train, weight, bias, optimizer, config.precision)
 
     def validation_ce() -> torch.Tensor:
