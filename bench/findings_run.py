@@ -61,6 +61,12 @@ class CacheHead:
         parts = [torch.from_numpy(self.cache._read_unit(layer, s)["embeddings"].copy()) for s in range(self.shards)]
         return torch.cat(parts)[: self.rows]
 
+    def unembedding(self, rows=None):
+        return self.cache.unembedding(rows)
+
+    def input_embedding(self, rows=None):
+        return self.cache.input_embedding(rows)
+
     @property
     def targets(self):
         return self.cache.targets.select(torch.arange(self.rows))

@@ -69,13 +69,14 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
-# Writes: 1 manifest, 2 targets, 3 manifest, 4 output embedding, 5 manifest, then per shard 4 layer
-# files and the manifest: shard 0 = writes 6..10, shard 1 = writes 11..15.  Killed at write 14,
+# Writes: 1 manifest, 2 targets, 3 manifest, 4 output embedding, 5 manifest, 6 manifest (the input
+# embedding is the output one: tied), then per shard 4 layer files and the manifest: shard 0 = writes
+# 7..11, shard 1 = writes 12..16.  Killed at write 15,
 # shard 1 has layers 0-2 renamed into place but unlisted, and layer 3 half-written to its temporary file.
 def test_sigkilled_run_resumes_to_bit_identical_shards(models, corpus_file, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.run(
-        [sys.executable, "-c", KILLED_RUN, models["gpt2"], str(corpus_file), str(killed), "14"],
+        [sys.executable, "-c", KILLED_RUN, models["gpt2"], str(corpus_file), str(killed), "15"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -166,3 +166,26 @@ def test_embedding_probe_settings_are_refused_with_reasons():
     z, t, _ = symmetric_channel(8, 0.2, 200, seed=1)
     with pytest.raises(MissingUnembeddingError, match="needs unembedding=U"):
         fastmi.recoverability({0: z}, targets=single_token_bags(t), vocab_size=8, probe="embedding", progress=False)
+
+
+def test_an_untied_models_input_embedding_is_a_second_start(tmp_path):
+    """A cache of an untied model stores E apart from U; the embedding probe chooses among both on
+    validation, and a damaged E is never read."""
+    from tiny import make_tiny_model, random_sentences
+
+    from fastmi.activations.cache import CacheCorruptError
+
+    model_dir = make_tiny_model("llama", tmp_path / "llama", hidden=16, layers=2)
+    cache = fastmi.extract(str(model_dir), random_sentences(80, seed=3), cache_dir=tmp_path / "cache", progress=False)
+    assert cache.input_embedding().shape == cache.unembedding()[0].shape
+    result = fastmi.recoverability(cache, n_bootstrap=100, train=FAST, progress=False)
+    assert {row["probe"] for row in result.table} == {"embedding"}
+    assert result.config["unembedding_source"].endswith("; input embedding")
+    starts = {log["start"].rsplit(" x", 1)[0] for log in result.config["training"].values()}
+    assert starts <= {"prior", "embedding", "input embedding"}
+    path = tmp_path / "cache" / "input_embedding.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheCorruptError, match="checksum"):
+        fastmi.ActivationCache.open(tmp_path / "cache").input_embedding()

@@ -386,6 +386,11 @@ def test_stored_output_embedding_is_the_models_own(tmp_path, arch, tied):
     lm = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     assert torch.equal(u, lm.get_output_embeddings().weight.detach())
     assert tied == torch.equal(u, lm.get_input_embeddings().weight.detach())
+    # E is stored apart only where it is not U; the embedding probe then starts from either.
+    e = cache.input_embedding()
+    assert (e is None) == tied
+    if not tied:
+        assert torch.equal(e, lm.get_input_embeddings().weight.detach())
     # At the start A = I, c = 0 the probe is the model's own map: for mean pooling of the final
     # normed states, its logits are the mean over positions of the model's next-token logits.
     tokenizer_out = fastmi.models.loading.load_model(str(model_dir)).tokenizer(

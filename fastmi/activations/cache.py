@@ -39,6 +39,7 @@ from fastmi.activations.manifest import (
     CACHE_DTYPES,
     FORMAT,
     IDENTITY_KEYS,
+    INPUT_EMBEDDING,
     MANIFEST,
     TARGETS,
     UNEMBEDDING,
@@ -200,6 +201,28 @@ class CacheWriter(ActivationCache):
         data, checksum = encode_safetensors(tensors, self._header() | {"source": source})
         atomic_write_bytes(self.directory / UNEMBEDDING, data)
         self._commit_fields(unembedding={"bytes": len(data), "sha256": checksum, "source": source})
+
+    def input_embedding_ok(self) -> bool:
+        """Whether the input embedding is stored and intact, or recorded as the output one (tied)."""
+        entry = self._manifest.get("input_embedding")
+        if entry and "sha256" not in entry:
+            return True
+        try:
+            return self.input_embedding(torch.zeros(0, dtype=torch.long)) is not None
+        except CacheCorruptError as err:
+            notice(f"{err}; rewriting the input embedding")
+            return False
+
+    def write_input_embedding(self, weight: torch.Tensor | None, source: str) -> None:
+        """Store E (fp32 [V, d]) once, or, with ``weight=None``, why the cache holds no E of its own."""
+        if weight is None:
+            self._commit_fields(input_embedding={"none": source})
+            return
+        data, checksum = encode_safetensors(
+            {"weight": weight.float().contiguous()}, self._header() | {"source": source}
+        )
+        atomic_write_bytes(self.directory / INPUT_EMBEDDING, data)
+        self._commit_fields(input_embedding={"bytes": len(data), "sha256": checksum, "source": source})
 
     # ---- shards -----------------------------------------------------------------------------------
     def drop_bad_units(self) -> list[tuple[int, int, str]]:

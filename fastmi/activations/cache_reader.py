@@ -12,6 +12,7 @@ import torch
 
 from fastmi.activations.manifest import (
     IDENTITY_KEYS,
+    INPUT_EMBEDDING,
     MANIFEST,
     TARGETS,
     UNEMBEDDING,
@@ -177,6 +178,16 @@ class ActivationCache:
         pick = (lambda a: a) if rows is None else (lambda a: a[rows.cpu().numpy()])
         bias = torch.from_numpy(pick(tensors["bias"]).copy()) if "bias" in tensors else None
         return torch.from_numpy(pick(tensors["weight"]).copy()), bias, str(header.get("source", ""))
+
+    def input_embedding(self, rows: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The model's input embedding E (fp32 [V, d], or its ``rows``) where it is not the output
+        embedding; None where it is (tied weights) or the cache was made before fastmi stored it."""
+        entry = self._manifest.get("input_embedding")
+        if not entry or "sha256" not in entry:
+            return None
+        tensors, _ = read_safetensors(self.directory / INPUT_EMBEDDING, entry["bytes"], entry["sha256"])
+        weight = tensors["weight"] if rows is None else tensors["weight"][rows.cpu().numpy()]
+        return torch.from_numpy(weight.copy())
 
     def verify(self) -> list[tuple[int, int, str]]:
         """Check every finished unit; return ``(layer, shard, reason)`` for each bad one."""

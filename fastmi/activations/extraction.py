@@ -31,7 +31,7 @@ from fastmi.activations.pooling_pass import NonFiniteActivationError, PoolingPas
 from fastmi.activations.progress import SentenceBar
 from fastmi.defaults import DEFAULT_MAX_LENGTH
 from fastmi.models.hooks import find_layer_taps
-from fastmi.models.unembedding import output_embedding_or_reason
+from fastmi.models.unembedding import input_embedding_or_reason, output_embedding_or_reason
 from fastmi.runtime import distributed
 from fastmi.runtime.notices import notice
 from fastmi.runtime.preflight import check_extraction_arguments
@@ -172,14 +172,16 @@ def _open_cache(
 
 
 def _write_shared_files(writer: CacheWriter, loaded, token_lists: list[list[int]], lengths: np.ndarray) -> None:
-    """The bags of tokens and the output embedding U, unless the cache holds them intact already."""
+    """The bags of tokens and the output (and input) embedding, unless the cache holds them intact already."""
     if not writer.targets_ok():
         from fastmi.data.bags import BagTargets
 
         targets = BagTargets.from_token_lists(token_lists, exclude=loaded.special_ids, vocab_size=loaded.vocab_size)
         writer.write_targets(targets, torch.from_numpy(lengths))
-    if not writer.unembedding_ok():  # stored once per cache, for probe="unembedding"
+    if not writer.unembedding_ok():  # stored once per cache, for probe="unembedding" and "embedding"
         writer.write_unembedding(*output_embedding_or_reason(loaded.model))
+    if not writer.input_embedding_ok():  # E apart from U, for probe="embedding" (untied models only)
+        writer.write_input_embedding(*input_embedding_or_reason(loaded.model))
 
 
 def _announce(directory: Path, todo: list, total_units: int, truncated: str) -> None:

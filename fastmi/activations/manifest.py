@@ -37,6 +37,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TARGETS = "targets.safetensors"
 UNEMBEDDING = "unembedding.safetensors"  # the model's output embedding, for probe="unembedding"
+INPUT_EMBEDDING = "input_embedding.safetensors"  # the input embedding, when it is not the output one
 # Two caches answer the same question only if all of these agree; anything else (device, batch
 # size) changes results by rounding at most and is recorded, not enforced.
 IDENTITY_KEYS = ("model", "revision", "dtype", "pooling", "max_length", "corpus_fingerprint", "cache_dtype")
@@ -175,7 +176,7 @@ def remove_cache_files(directory: Path) -> None:
     for sub in directory.glob("layer_[0-9][0-9][0-9]"):
         with contextlib.suppress(OSError):
             sub.rmdir()
-    for name in (TARGETS, UNEMBEDDING, MANIFEST):
+    for name in (TARGETS, UNEMBEDDING, INPUT_EMBEDDING, MANIFEST):
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
 

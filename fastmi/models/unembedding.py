@@ -26,7 +26,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["MissingUnembeddingError", "output_embedding", "output_embedding_or_reason", "unembedding_for_alphabet"]
+__all__ = [
+    "MissingUnembeddingError",
+    "input_embedding_or_reason",
+    "output_embedding",
+    "output_embedding_or_reason",
+    "unembedding_for_alphabet",
+]
 
 # Checkpoint names of the output matrix and the output bias, across families, in order of preference.
 HEAD_WEIGHT_NAMES = ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight")
@@ -72,6 +78,25 @@ def output_embedding_or_reason(model: torch.nn.Module) -> tuple[torch.Tensor | N
         return output_embedding(model)
     except MissingUnembeddingError as err:
         return None, None, str(err)
+
+
+def input_embedding_or_reason(model: torch.nn.Module) -> tuple[torch.Tensor | None, str]:
+    """What extraction stores as E, the input embedding: (E [V, d] fp32 on the CPU, its source), or
+    (None, why not) where the output embedding U already is E (tied weights) or there is none."""
+    if bool(getattr(model.config, "tie_word_embeddings", True)):
+        return None, "tied: the output embedding is the input embedding"
+    embedding = model.get_input_embeddings()
+    if embedding is None or getattr(embedding, "weight", None) is None:
+        return None, f"{type(model).__name__} has no input embedding matrix"
+    weight = embedding.weight
+    if weight.device.type == "meta":  # offloaded to disk by accelerate: read from the checkpoint
+        name = next(n for n, p in model.named_parameters() if p is weight)
+        prefix = getattr(model, "base_model_prefix", "model")
+        stored = _checkpoint_tensors(model.config, (name, f"{prefix}.{name}"))
+        if not stored:
+            return None, f"the input embedding ({name}) is offloaded and no checkpoint file holds it"
+        weight = next(iter(stored.values()))
+    return weight.detach().float().cpu().contiguous(), "input embedding"
 
 
 def _checkpoint_tensors(config: Any, names: tuple[str, ...]) -> dict[str, torch.Tensor]:

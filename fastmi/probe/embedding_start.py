@@ -48,37 +48,49 @@ def embedding_rows(unembedding: torch.Tensor, other: bool) -> torch.Tensor:
 
 @torch.no_grad()
 def embedding_start(
-    rows: torch.Tensor,
+    candidates: list[tuple[str, torch.Tensor]],
     feature_std: torch.Tensor,
     z_train: torch.Tensor,
     z_val: torch.Tensor,
     targets_val: BagTargets,
     log_prior: torch.Tensor,
     chunk: int,
-) -> tuple[torch.Tensor, list[float]]:
-    """W0 [L, M, d] and each layer's alpha, for standardised features ``z_train``/``z_val`` [L, N, d].
+) -> tuple[torch.Tensor, list[str]]:
+    """W0 [L, M, d] and, per layer, its start's name ("prior" for the zero start, else the rows' name
+    and alpha), for standardised features ``z_train``/``z_val`` [L, N, d].
 
-    ``rows``: [M, d] (:func:`embedding_rows`); ``feature_std``: the raw features' training std [L, 1, d];
-    ``log_prior``: the bias at epoch 0 [L, M].
+    ``candidates``: ``[(name, rows [M, d]), ...]`` (:func:`embedding_rows` of U, and of E where it is
+    not U); the validation cross-entropy chooses among all of them and every alpha.  ``feature_std``:
+    the raw features' training std [L, 1, d]; ``log_prior``: the bias at epoch 0 [L, M].
     """
     from fastmi.probe.training import mean_ce  # training imports this module's users
 
+    num_layers = z_train.shape[0]
+    start = torch.zeros(num_layers, log_prior.shape[1], z_train.shape[2], device=z_train.device)
+    best_ce = mean_ce(z_val, start, log_prior, targets_val, chunk)  # alpha = 0: the linear probe's start
+    names = ["prior"] * num_layers
+    for name, rows in candidates:
+        weight = _unit_spread(rows, feature_std, z_train, log_prior.shape[1])
+        for scale in SCALES[1:]:
+            ce = mean_ce(z_val, weight * scale, log_prior, targets_val, chunk)
+            better = ce < best_ce
+            best_ce = torch.where(better, ce, best_ce)
+            start = torch.where(better.view(-1, 1, 1), weight * scale, start)
+            names = [f"{name} x{scale:g}" if b else n for b, n in zip(better.tolist(), names)]
+    return start, names
+
+
+def _unit_spread(rows: torch.Tensor, feature_std: torch.Tensor, z_train: torch.Tensor, size: int) -> torch.Tensor:
+    """rows diag(sigma) per layer [L, M, d], divided by its logits' spread over the symbols on training rows."""
     num_layers, num_rows, dim = z_train.shape
-    if rows.shape != (log_prior.shape[1], dim):
+    if rows.shape != (size, dim):
         raise ValueError(
             f"the embedding probe's rows have shape {tuple(rows.shape)}, expected [M, d] = "
-            f"{[log_prior.shape[1], dim]} (one row per alphabet symbol, the features' width)"
+            f"{[size, dim]} (one row per alphabet symbol, the features' width)"
         )
     weight = rows.to(z_train.device).unsqueeze(0) * feature_std.to(z_train.device)  # U diag(sigma)
     sample = z_train[:, : min(num_rows, _SPREAD_ROWS)]
     for layer in range(num_layers):  # one layer at a time: [rows, M] logits, never [L, rows, M]
         spread = (sample[layer] @ weight[layer].T).std(dim=1).mean()
         weight[layer] /= spread.clamp(min=1e-12)
-    best_ce = torch.full((num_layers,), float("inf"), dtype=torch.float64, device=z_train.device)
-    best_scale = torch.zeros(num_layers, device=z_train.device)
-    for scale in SCALES:
-        ce = mean_ce(z_val, weight * scale, log_prior, targets_val, chunk)
-        better = ce < best_ce
-        best_ce = torch.where(better, ce, best_ce)
-        best_scale = torch.where(better, torch.full_like(best_scale, scale), best_scale)
-    return weight * best_scale.view(-1, 1, 1), best_scale.tolist()
+    return weight

@@ -20,11 +20,13 @@ __all__ = ["head_rows"]
 
 
 def head_rows(source: Any, alphabet: Alphabet, given: Any, config: ProbeConfig):
-    """(form, rows [M, d], bias or None, where they came from): the probe form trained and the rows of
-    the model's embedding it uses (U for the unembedding probe, the embedding probe's start; None for
-    linear).  ``"auto"`` is the embedding probe where the model's rows are at hand (stored in the cache
-    or given) and it can train (full softmax), else the linear probe; per layer, the embedding probe's
-    start scale, 0 being the linear probe's own start, is then chosen on validation."""
+    """(form, rows, bias or None, where they came from): the probe form trained and the rows of the
+    model's embedding it uses: U's rows [M, d] for the unembedding probe; for the embedding probe,
+    its candidate starts ``[(name, rows [M, d]), ...]`` (U's rows, and E's where the cache stores an
+    input embedding apart from U); None for linear.  ``"auto"`` is the embedding probe where the
+    model's rows are at hand (stored in the cache or given) and it can train (full softmax), else the
+    linear probe; per layer, the embedding probe's start, 0 (the linear probe's own) among them, is
+    then chosen on validation."""
     probe = config.probe
     if probe == "auto":
         trainable = config.train_softmax == "full" and not config.train.tie_unseen
@@ -38,7 +40,14 @@ def head_rows(source: Any, alphabet: Alphabet, given: Any, config: ProbeConfig):
         return (probe, *_unembedding_rows(source, alphabet, given))
     if probe == "embedding":
         weight, _, where = unembedding_for_alphabet(source, alphabet.vocab_ids, False, given)
-        return probe, embedding_rows(weight, alphabet.other), None, where
+        candidates = [("embedding", embedding_rows(weight, alphabet.other))]
+        # An untied model's input embedding E is a second start (tied models store U = E once).
+        reader = getattr(source, "input_embedding", None) if given is None else None
+        input_rows = reader(alphabet.vocab_ids) if reader is not None else None
+        if input_rows is not None:
+            candidates.append(("input embedding", embedding_rows(input_rows, alphabet.other)))
+            where += "; input embedding"
+        return probe, candidates, None, where
     return probe, None, None, None
 
 

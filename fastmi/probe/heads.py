@@ -69,10 +69,10 @@ class TrainedHeads:
     best_epoch: list[int] = field(default_factory=list)
     validation_ce_nats: list[float] = field(default_factory=list)
     epochs_run: int = 0
-    start: list[str] = field(default_factory=list)  # per layer, "prior" or "model map" (unembedding)
+    # per layer: "prior" (the zero start), "model map" (unembedding) or the embedding start's rows and scale
+    start: list[str] = field(default_factory=list)
     converged: list[bool] = field(default_factory=list)  # stopped by patience, not by max_epochs
     other_bias: list[dict] = field(default_factory=list)  # per layer, the calibration of "other" (observed)
-    anchor: torch.Tensor | None = None  # [L, M, d], what W's decay pulled it toward (the embedding probe)
 
 
 def fit_heads(
@@ -106,8 +106,9 @@ def fit_heads(
     from a random W near 0 (:func:`fastmi.probe.training.perturb_start`; ``probe_seeds``).
 
     ``probe="embedding"``: the linear probe (standardised features) started from the model's
-    embedding rows, ``unembedding=(rows [M, d], None)`` (:mod:`fastmi.probe.embedding_start`), scaled
-    per layer on validation; ``feature_std`` [L, 1, d]: the raw features' training std.
+    embedding rows, ``unembedding=([(name, rows [M, d]), ...], None)`` (candidate starts,
+    :mod:`fastmi.probe.embedding_start`), one of them and its scale chosen per layer on validation;
+    ``feature_std`` [L, 1, d]: the raw features' training std.
     """
     if check_probe_form(probe) == "auto":
         raise ValueError("fit_heads trains one form; fastmi.recoverability resolves probe='auto' to one")
@@ -159,12 +160,11 @@ def _fit_linear(
     0, or the embedding rows at the scale validation chose."""
     chunk = max(config.batch_size, 1)
     log_prior = prior_logits(targets_train, alphabet_size, config, z_train.shape[0])
-    start, anchor, labels = None, None, ["prior"] * z_train.shape[0]
+    start, labels = None, ["prior"] * z_train.shape[0]
     if probe == "embedding":
         if rows is None or feature_std is None:
             raise ValueError("probe='embedding' needs the model's embedding rows and the features' std")
-        start, scales = embedding_start(rows[0], feature_std, z_train, z_val, targets_val, log_prior, chunk)
-        anchor, labels = start, [f"embedding x{scale:g}" if scale else "prior" for scale in scales]
+        start, labels = embedding_start(rows[0], feature_std, z_train, z_val, targets_val, log_prior, chunk)
     fitted = fit_probes(
         z_train,
         targets_train,
@@ -173,7 +173,6 @@ def _fit_linear(
         alphabet_size,
         config,
         start=start,
-        anchor=anchor,
         **fit_args,
     )
     return TrainedHeads(
@@ -185,7 +184,6 @@ def _fit_linear(
         fitted.epochs_run,
         labels,
         fitted.converged,
-        anchor=anchor,
     )
 
 

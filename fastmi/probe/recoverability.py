@@ -137,7 +137,8 @@ class ProbeRun:
     entropy: HeldOutEntropy  # H(f(T)) on the held-out sentences, and in each bootstrap resample
     frequencies: Frequencies  # the held-out bags, kept in the result for comparisons
     width: int  # d, the width every layer must have
-    head: tuple[torch.Tensor | None, torch.Tensor | None]  # (U, b_model) of the unembedding probe
+    # (U, b_model) of the unembedding probe; ([(name, rows), ...], None) of the embedding probe
+    head: tuple[Any, torch.Tensor | None]
     head_source: str | None
     groups: list[list[int]]
     store: Any  # fastmi.probe.groups.GroupStore

@@ -137,11 +137,10 @@ def new_probes(
     dim: int,
     config: TrainConfig,
     start: torch.Tensor | None = None,
-    anchor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, AdamW]:
     """W [L, M, d] = ``start`` (default 0), b [L, M] = ``log_prior`` (the "ignore z" probe) and their
-    AdamW, whose weight decay pulls W toward ``anchor`` (``embedding_decay``; default: toward 0 by
-    ``weight_decay``)."""
+    AdamW, whose weight decay pulls W toward its start (``embedding_decay`` for a given start,
+    ``weight_decay`` toward 0)."""
     num_layers, alphabet_size = log_prior.shape
     weight = torch.zeros(num_layers, alphabet_size, dim, device=log_prior.device)
     if start is not None:
@@ -151,21 +150,21 @@ def new_probes(
     optimizer = AdamW(
         [weight, bias],
         lr=config.lr / math.sqrt(max(dim, 1)),
-        weight_decay=(_weight_decay(config, anchor), 0.0),
-        anchors=(anchor, None),
+        weight_decay=(_weight_decay(config, start), 0.0),
+        anchors=(start, None),
     )
     return weight, bias, optimizer
 
 
-def _weight_decay(config: TrainConfig, anchor: torch.Tensor | None) -> float | torch.Tensor:
+def _weight_decay(config: TrainConfig, start: torch.Tensor | None) -> float | torch.Tensor:
     """W's decay: ``weight_decay`` toward 0, or per layer [L, 1, 1] ``embedding_decay`` toward a start
     from the model's embedding (a layer whose validation chose the zero start trains as the linear
     probe does)."""
-    if anchor is None:
+    if start is None:
         return config.weight_decay
-    embedded = anchor.flatten(1).abs().amax(dim=1) > 0
+    embedded = start.flatten(1).abs().amax(dim=1) > 0
     decay = torch.where(embedded, config.embedding_decay, config.weight_decay)
-    return decay.to(anchor.dtype).view(-1, 1, 1)
+    return decay.to(start.dtype).view(-1, 1, 1)
 
 
 @torch.no_grad()
@@ -240,18 +239,17 @@ def fit_probes(
     description: str = "probe",
     init_seed: int | None = None,
     start: torch.Tensor | None = None,
-    anchor: torch.Tensor | None = None,
 ) -> FittedProbes:
     """Fit one linear probe per layer of ``z_train`` [L, N, d]; early-stop on ``z_val`` [L, Nv, d].
 
     Rows must be non-empty bags with compact ids < ``alphabet_size``.  ``init_seed``: start from a
     random W near 0 (:func:`perturb_start`) instead of W = 0 (further probes of ``probe_seeds``).
-    ``start``: W [L, M, d] at epoch 0 instead of 0; ``anchor``: what W's decay pulls it toward (the
+    ``start``: W [L, M, d] at epoch 0 instead of 0, which W's decay then pulls it toward (the
     embedding probe's start, :mod:`fastmi.probe.embedding_start`).
     """
     num_layers, num_rows, dim = z_train.shape
     log_prior = prior_logits(targets_train, alphabet_size, config, num_layers)
-    weight, bias, optimizer = new_probes(log_prior, dim, config, start, anchor)
+    weight, bias, optimizer = new_probes(log_prior, dim, config, start)
     perturb_start(weight, init_seed)
     chunk = max(config.batch_size, 1)
 
