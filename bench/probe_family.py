@@ -66,11 +66,15 @@ def run(cache: ActivationCache, name: str, setting: str, layers, out: Path, max_
 
 
 def by_layer(result: RecoverabilityResult) -> dict[int, dict]:
-    """Per layer: its table row and its curve's variational bits by n_train."""
+    """Per layer: its table row, its curve's variational bits by n_train and its full fit's training log."""
     curves: dict[int, dict[int, float]] = {}
     for point in result.curves:
         curves.setdefault(point["layer"], {})[point["n_train"]] = point["variational_bits"]
-    return {row["layer"]: {"row": row, "curve": curves[row["layer"]]} for row in result.table}
+    training = result.config["training"]
+    return {
+        row["layer"]: {"row": row, "curve": curves[row["layer"]], "log": training[str(row["layer"])]}
+        for row in result.table
+    }
 
 
 def compare_runs(before: RecoverabilityResult, after: RecoverabilityResult) -> list[dict]:
@@ -93,6 +97,9 @@ def compare_runs(before: RecoverabilityResult, after: RecoverabilityResult) -> l
                 "last_doubling_after": round(rise["after"], 4),
                 "data_limited_before": bool(old[layer]["row"]["data_limited"]),
                 "data_limited_after": bool(new[layer]["row"]["data_limited"]),
+                "epochs_before": old[layer]["log"]["epochs_run"],
+                "epochs_after": new[layer]["log"]["epochs_run"],
+                "start_after": new[layer]["log"]["start"],
             }
         )
     return rows

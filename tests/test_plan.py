@@ -347,13 +347,15 @@ def test_cache_writes_cost_the_targets_disk_rate(config_70b, nothing_measured_he
     assert fastmi.plan(config_70b, **common).extraction_seconds == pytest.approx(fast.extraction_seconds)
 
 
-def test_probe_epochs_are_the_ones_recorded_sweeps_ran():
-    """PROBE_EPOCHS is the range of early stopping's epochs in the 10,000-sentence sweeps it cites."""
+def test_probe_epochs_are_the_ones_recorded_runs_ran():
+    """PROBE_EPOCHS is the range of early stopping's epochs in the 10,000-sentence runs it cites: the
+    default probe's in bench/probe_family.py's rows, the linear probe's on top:512 in docs/findings."""
     from fastmi.planning.planner import PROBE_EPOCHS
 
-    epochs = []
-    for path in sorted((REPO / "docs" / "findings").glob("*_10k/results.json")):
-        epochs += [int(n) for n in _values(json.loads(path.read_text()), "epochs_run")]
+    path = REPO / "docs" / "findings" / "large_10k" / "results.json"
+    epochs = [int(n) for n in _values(json.loads(path.read_text()), "epochs_run")]
+    rows = [json.loads(line) for line in (REPO / "bench" / "results" / "probe_family.jsonl").read_text().splitlines()]
+    epochs += [layer["epochs_after"] for row in rows for layer in row["figures"]["per_layer"]]
     assert len(epochs) >= 4 and (min(epochs), max(epochs)) == PROBE_EPOCHS
 
 
@@ -369,15 +371,17 @@ def _values(tree, key: str):
 def test_plan_prints_the_probes_expected_total_time(config_70b, capsys):
     planned = fastmi.plan(config_70b, sentences=100_000, vocab="full", gpus=8, gpu="h200")
     low, high = planned.probe_expected_seconds
-    assert planned.probe_epochs == (10, 24)
-    assert low == pytest.approx(planned.probe_setup_seconds + 10 * planned.probe_seconds_per_epoch)
+    assert planned.probe_epochs == (7, 24)
+    assert low == pytest.approx(planned.probe_setup_seconds + 7 * planned.probe_seconds_per_epoch)
     assert high == pytest.approx(planned.probe_setup_seconds + 24 * planned.probe_seconds_per_epoch)
     main(
         ["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8", "--gpu", "h200"]
     )
     out = capsys.readouterr().out
     total = next(line for line in out.splitlines() if line.startswith("  in total"))
-    assert "for 10-24 epochs (the epochs early stopping ran in the 10,000-sentence sweeps of docs/findings)" in total
+    from fastmi.planning.planner import PROBE_EPOCHS_SOURCE
+
+    assert f"for 7-24 epochs ({PROBE_EPOCHS_SOURCE})" in total
     assert "a few epochs" not in out
 
 

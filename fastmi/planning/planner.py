@@ -41,11 +41,14 @@ from fastmi.probe.sampled_softmax import parse_train_softmax
 
 __all__ = ["PROBE_EPOCHS", "Plan", "plan"]
 
-# The epochs early stopping ran (patience 3, at most 40) in the recorded sweeps of 10,000 sentences:
-# MiniLM 13 and SmolLM2 10 on the observed alphabet (docs/findings/observed_10k/results.json), 24 and 23
-# on top:512 (docs/findings/large_10k/results.json); "epochs_run" of each layer group.
-PROBE_EPOCHS = (10, 24)
-PROBE_EPOCHS_SOURCE = "the epochs early stopping ran in the 10,000-sentence sweeps of docs/findings"
+# The epochs early stopping ran (patience 3, at most 40) at 10,000 sentences: the default (embedding)
+# probe on the observed alphabet 17-21 (MiniLM, every layer) and 7-19 (SmolLM2, layers 0-30 by 5)
+# in bench/results/probe_family.jsonl; the linear probe on top:512, where the default has not been
+# timed yet, 23-24 (docs/findings/large_10k/results.json); "epochs_run" of each layer group.
+PROBE_EPOCHS = (7, 24)
+PROBE_EPOCHS_SOURCE = (
+    "the epochs early stopping ran in the 10,000-sentence runs of bench/probe_family.py and docs/findings"
+)
 ALTERNATIVES = (
     {"train_softmax": "sampled:8192"},
     {"probe": "unembedding"},
