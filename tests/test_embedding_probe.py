@@ -32,8 +32,9 @@ def symmetric_channel(q: int, eps: float, n: int, seed: int) -> tuple[torch.Tens
     return torch.nn.functional.one_hot(noisy, q).float(), t, true_mi
 
 
+@pytest.mark.parametrize("probe", ["embedding", "auto"])
 @pytest.mark.parametrize("rows", ["identity", "random"])
-def test_no_lcb_of_the_embedding_probe_is_above_the_true_mi(rows):
+def test_no_lcb_of_the_embedding_probe_is_above_the_true_mi(rows, probe):
     """A start from the right rows (identity: the channel's own map) or from rows unrelated to it
     only changes which decoder is scored: the bounds stay below I(T; z)."""
     q, eps = 8, 0.2
@@ -44,7 +45,7 @@ def test_no_lcb_of_the_embedding_probe_is_above_the_true_mi(rows):
         targets=single_token_bags(t),
         vocab_size=q,
         k=2,
-        probe="embedding",
+        probe=probe,
         unembedding=u,
         n_bootstrap=300,
         train=FAST,
