@@ -161,8 +161,11 @@ def main() -> None:
         results = []
         for name, head in heads.items():
             started, cpu_started = time.perf_counter(), time.process_time()
+            # A whole cache is probed as itself, so that its finished layer groups are saved in it and a
+            # rerun resumes them; a head of one is probed through CacheHead (nothing saved).
             result = recoverability(
-                head,
+                caches[name] if rows == caches[name].num_rows else head,
+                model=name,
                 vocab=args.vocab,
                 train_softmax=args.train_softmax,
                 train=TrainConfig(tie_unseen=True) if args.tie_unseen else None,
