@@ -117,21 +117,9 @@ def fit_heads(
     if probe == "embedding" and (num_samples is not None or tie_unseen):
         raise ValueError("probe='embedding' trains with the full softmax only (train_softmax='full', no tie_unseen)")
     if probe in ("linear", "embedding") and num_samples is None and not tie_unseen:
-        return _fit_linear(
-            z_train,
-            targets_train,
-            z_val,
-            targets_val,
-            alphabet_size,
-            config,
-            probe,
-            unembedding,
-            feature_std,
-            seed=seed,
-            progress=progress,
-            description=description,
-            init_seed=init_seed,
-        )
+        data = (z_train, targets_train, z_val, targets_val, alphabet_size, config)
+        fit_args = dict(seed=seed, progress=progress, description=description, init_seed=init_seed)
+        return _fit_linear(data, probe, unembedding, feature_std, **fit_args)
     setup = _setup(z_train, targets_train, z_val, targets_val, alphabet_size, config, probe, unembedding, tie_unseen)
     if probe == "linear":
         perturb_start(setup.head.rowwise[0], init_seed)
@@ -153,11 +141,11 @@ def fit_heads(
     return _trained(setup, stopping, epochs_run)
 
 
-def _fit_linear(
-    z_train, targets_train, z_val, targets_val, alphabet_size, config, probe, rows, feature_std, **fit_args
-) -> TrainedHeads:
-    """The linear and embedding probes (:func:`fastmi.probe.training.fit_probes`) from their start:
+def _fit_linear(data: tuple, probe: str, rows, feature_std, **fit_args) -> TrainedHeads:
+    """The linear and embedding probes (:func:`fastmi.probe.training.fit_probes`) on ``data`` (the
+    training and validation features and bags, the alphabet's size, the TrainConfig) from their start:
     0, or the embedding rows at the scale validation chose."""
+    z_train, targets_train, z_val, targets_val, alphabet_size, config = data
     chunk = max(config.batch_size, 1)
     log_prior = prior_logits(targets_train, alphabet_size, config, z_train.shape[0])
     start, labels = None, ["prior"] * z_train.shape[0]
@@ -165,16 +153,7 @@ def _fit_linear(
         if rows is None or feature_std is None:
             raise ValueError("probe='embedding' needs the model's embedding rows and the features' std")
         start, labels = embedding_start(rows[0], feature_std, z_train, z_val, targets_val, log_prior, chunk)
-    fitted = fit_probes(
-        z_train,
-        targets_train,
-        z_val,
-        targets_val,
-        alphabet_size,
-        config,
-        start=start,
-        **fit_args,
-    )
+    fitted = fit_probes(*data, start=start, **fit_args)
     return TrainedHeads(
         fitted.weight,
         fitted.bias,
