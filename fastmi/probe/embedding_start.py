@@ -18,6 +18,8 @@ s the spread of its logits over the symbols on training rows (so alpha is in nat
 chosen per layer from :data:`SCALES` by the validation cross-entropy with the bias at the log of
 the training marginal; alpha = 0 is the linear probe's own start, so the chosen start is never worse
 on validation than the zero start.  Symbols without a row in U ("other") start from the mean row.
+Where the cache also stores an untied model's input embedding E, E diag(sigma) is a second
+candidate, chosen or not by the same validation cross-entropy.
 
 The bound stays valid for any start, scale or choice made without the held-out sentences
 (docs/theory.md §3 and §7): they only change which decoder is scored.

@@ -99,7 +99,9 @@ class ProbeMemory:
 
     @property
     def state_bytes(self) -> int:
-        return self.parameters_per_layer * STATE_BYTES[self.precision]
+        # The embedding probe also keeps its start W0, which the decay pulls W toward: 4 bytes a weight.
+        anchor = 4 if self.probe == "embedding" else 0
+        return self.parameters_per_layer * (STATE_BYTES[self.precision] + anchor)
 
     @property
     def temporary_bytes(self) -> int:
@@ -117,7 +119,7 @@ class ProbeMemory:
     @property
     def shared_bytes(self) -> int:
         """Bytes a group holds once, whatever its size: the frozen unembedding U of ``unembedding``, the
-        embedding rows that start ``embedding`` (and one scaled copy of the start while its scale is chosen)."""
+        embedding rows (U's, and E's for an untied model) that start ``embedding``."""
         if self.probe == "linear":
             return 0
         if self.probe == "embedding":
