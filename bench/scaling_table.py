@@ -71,7 +71,7 @@ def inputs() -> str:
         f"a GPU node's defaults: {GPU_NODE_HOST_MEMORY_PER_GPU / 1e9:g} GB of host RAM per GPU and cache files "
         f"written at {GPU_NODE_DISK_RATE / 1e9:g} GB/s per extracting process (`--host-memory`, `--disk-rate`);",
         f"the probe's total for {PROBE_EPOCHS[0]}-{PROBE_EPOCHS[1]} epochs, the range early stopping ran in "
-        "the 10,000-sentence sweeps of docs/findings.",
+        "the 10,000-sentence runs of bench/probe_family.py and docs/findings.",
     ]
     intro = (
         f"**The planner's estimates** for Llama-3.1-8B and Llama-3.1-70B (their config shapes) on "
