@@ -190,3 +190,20 @@ def test_an_untied_models_input_embedding_is_a_second_start(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CacheCorruptError, match="checksum"):
         fastmi.ActivationCache.open(tmp_path / "cache").input_embedding()
+
+
+def test_auto_trains_the_linear_probe_where_the_embedding_probe_cannot():
+    """No rows (raw embeddings without unembedding=), a sampled softmax or tied unseen ids: 'auto'
+    trains the linear probe, and says so in each row and in the config."""
+    z, t, _ = symmetric_channel(8, 0.2, 400, seed=3)
+    common = dict(targets=single_token_bags(t), vocab_size=8, n_bootstrap=100, train=FAST, progress=False)
+    cases = [
+        ({}, "linear"),
+        ({"unembedding": torch.eye(8)}, "embedding"),
+        ({"unembedding": torch.eye(8), "train_softmax": "sampled:4"}, "linear"),
+        ({"unembedding": torch.eye(8), "train": TrainConfig(max_epochs=4, tie_unseen=True)}, "linear"),
+    ]
+    for settings, trained in cases:
+        result = fastmi.recoverability({0: z}, **{**common, **settings})
+        assert result.config["probe"] == "auto" and result.config["probe_trained"] == trained, settings
+        assert result.table[0]["probe"] == trained
