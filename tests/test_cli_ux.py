@@ -242,20 +242,8 @@ def test_tie_unseen_is_a_setting_of_its_own_with_the_same_bounds(tiny, tmp_path)
     model, corpus = tiny
     out = tmp_path / "out"
     # The linear probe, which --tie-unseen applies to ("auto" trains the embedding probe on this cache).
-    base = [
-        "sweep",
-        "--model",
-        model,
-        "--corpus",
-        str(corpus),
-        "--out",
-        str(out),
-        "--vocab",
-        "full",
-        "--probe",
-        "linear",
-    ]
-    base += FAST
+    base = ["sweep", "--model", model, "--corpus", str(corpus), "--out", str(out)]
+    base += ["--vocab", "full", "--probe", "linear", *FAST]
     assert main(base) == 0
     untied = RecoverabilityResult.from_json(out / "results.json")
     assert main([*base, "--tie-unseen"]) == 0
