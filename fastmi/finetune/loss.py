@@ -40,7 +40,7 @@ from fastmi.data.bags import BagTargets
 from fastmi.data.input_bags import bags_from_input_ids
 from fastmi.finetune.frozen import warn_if_frozen
 
-__all__ = ["RecoverabilityLoss", "MultiLayerRecoverabilityLoss", "COMPUTE_DTYPE"]
+__all__ = ["RecoverabilityLoss", "MultiLayerRecoverabilityLoss", "COMPUTE_DTYPE", "pool_states"]
 
 COMPUTE_DTYPE = torch.float32  # pooling, logits, LSE and the loss itself
 
@@ -108,10 +108,7 @@ class RecoverabilityLoss(nn.Module):
         if hidden.dim() != 3 or hidden.shape[-1] != self.hidden_size:
             raise ValueError(f"hidden must be [B, T, {self.hidden_size}], got shape {tuple(hidden.shape)}")
         warn_if_frozen(hidden)  # a frozen model would silently train the probe alone
-        if self.normalize:
-            with _no_autocast(hidden.device):
-                hidden = F.layer_norm(hidden.to(COMPUTE_DTYPE), hidden.shape[-1:])
-        return _pool(hidden, attention_mask.to(hidden.device), self.pooling)
+        return pool_states(hidden, attention_mask, self.pooling, self.normalize)
 
     def loss_of_pooled(self, z: torch.Tensor, bags: BagTargets) -> torch.Tensor:
         if bags.num_rows != z.shape[0]:
@@ -205,6 +202,19 @@ class MultiLayerRecoverabilityLoss(nn.Module):
         targets: BagTargets | torch.Tensor,
     ) -> torch.Tensor:
         return self.combine(self.layer_losses(hidden_states, attention_mask, targets))
+
+
+def pool_states(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean", normalize: bool = True
+) -> torch.Tensor:
+    """The pooled state z [B, d] in fp32 that the term's probe reads: each token's state
+    layer-normalised (no affine) when ``normalize``, then pooled over the unmasked positions.  The
+    held-out evaluation of the term's quantity (:mod:`fastmi.finetune.objective_bound`) pools with it
+    too, so that it reads exactly what training read."""
+    if normalize:
+        with _no_autocast(hidden.device):
+            hidden = F.layer_norm(hidden.to(COMPUTE_DTYPE), hidden.shape[-1:])
+    return _pool(hidden, attention_mask.to(hidden.device), pooling)
 
 
 def _no_autocast(device: torch.device):
