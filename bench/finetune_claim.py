@@ -21,6 +21,18 @@ Plan mode lists (and with --run, runs) every arm x seed of the experiment as a r
     python bench/finetune_claim.py --models minilm --lambdas 0,0.1,0.3,1,3 --seeds 0,1,2 --steps 200 \
         --plan-out RUNS/claim --finetune-options '{"layers": "3", "full": true, "lr": 5e-5}' [--run]
 
+With --evaluate, every finished run of the plan is scored on every outcome of the pre-stated plan
+(E1, E2, D1, D2, O; fastmi/finetune/claim_evaluation.py), one JSON of per-sentence values per run
+under --work; with --aggregate, those JSONs become the claim's table (per lambda: each outcome's change
+against the control with two-level seed x sentence intervals, the verdict's family Bonferroni-adjusted)
+and the verdict (fastmi/finetune/claim_table.py), written to --report as claim_table.json / .md:
+
+    python bench/finetune_claim.py --plan PLAN.json --evaluate --work RUNS/claim-eval
+    python bench/finetune_claim.py --plan PLAN.json --aggregate --work RUNS/claim-eval --report docs/finetune
+
+In the three-model mode below, (a) is E2 (the sweep's setting) and E1, the term's own quantity at the
+tuned and the last layer (fastmi/finetune/objective_bound.py), is reported beside it.
+
 Every stage writes JSON under --work and is reused when run again; each run appends its figures
 (bounds, topic accuracy, LM loss, training seconds) as one row to bench/results/finetune_claim.jsonl
 (bench/history.py).  Usage:
@@ -51,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--finetune-options", default="{}", help="JSON: further fastmi finetune options")
     plan.add_argument("--run", action="store_true", help="run the runs not done yet (else: list them)")
     plan.add_argument("--max-runs", type=int, default=None, help="with --run: at most this many")
+    plan.add_argument("--evaluate", action="store_true", help="score the finished runs, one JSON each under --work")
+    plan.add_argument("--aggregate", action="store_true", help="the table and verdict from --work into --report")
+    plan.add_argument("--d2-max-sentences", type=int, default=None, help="with --evaluate: cap D2's snippets")
+    plan.add_argument("--resamples", type=int, default=10_000, help="with --aggregate: bootstrap resamples")
     p.add_argument("--family", help="a name for the report (minilm, smollm2)")
     p.add_argument("--base")
     p.add_argument("--control", help="fastmi finetune output with --lambda 0")
@@ -95,10 +111,61 @@ def plan_main(args) -> int:
         print(f"{run_status(run['out']):12s} {run['out']}")
     left = sum(run_status(run["out"]) != "done" for run in runs)
     print(f"{len(runs) - left} of {len(runs)} runs done, {left} left")
-    if not args.run:
-        return 0
-    started = run_plan(plan, max_runs=args.max_runs)
-    return max((run["code"] for run in started), default=0)
+    code = 0
+    if args.run:
+        started = run_plan(plan, max_runs=args.max_runs)
+        code = max((run["code"] for run in started), default=0)
+    if code == 0 and (args.evaluate or args.aggregate) and not args.work:
+        raise SystemExit("--evaluate and --aggregate need --work (where the runs' evaluations are kept)")
+    if code == 0 and args.evaluate:
+        evaluate_plan(plan, runs, Path(args.work), args.d2_max_sentences)
+    if code == 0 and args.aggregate:
+        if not args.report:
+            raise SystemExit("--aggregate needs --report (where the table and the verdict are written)")
+        aggregate_plan(plan, runs, Path(args.work), Path(args.report), args.resamples)
+    return code
+
+
+def evaluation_path(plan: dict, run: dict, work: Path) -> Path:
+    """Where a run's evaluation is kept: the run's place under the plan's root, moved under ``work``."""
+    return work / Path(run["out"]).relative_to(plan["out"]) / "evaluation.json"
+
+
+def evaluate_plan(plan: dict, runs: list[dict], work: Path, d2_max_sentences: int | None = None) -> None:
+    """Score every finished run not scored yet; a run's evaluation is written last, whole, so an
+    interrupted evaluation starts that run again (its caches and probes are reused)."""
+    from fastmi.finetune.claim_evaluation import evaluate_run
+    from fastmi.finetune.plan import run_status
+    from fastmi.runtime.files import atomic_write_text
+
+    for run in runs:
+        path = evaluation_path(plan, run, work)
+        if path.is_file() or run_status(run["out"]) != "done":
+            continue
+        print(f"evaluating {run['out']}")
+        evaluation = evaluate_run(run["out"], path.parent, run["lambda"], run["seed"], d2_max_sentences)
+        atomic_write_text(path, json.dumps(evaluation))
+
+
+def aggregate_plan(plan: dict, runs: list[dict], work: Path, report: Path, resamples: int = 10_000) -> dict:
+    """The claim's table and verdict from the evaluations under ``work`` (one model at a time)."""
+    from fastmi.finetune.claim_table import claim_table, format_claim_table
+
+    report.mkdir(parents=True, exist_ok=True)
+    tables = {}
+    for model in dict.fromkeys(run["model"] for run in runs):
+        mine = [run for run in runs if run["model"] == model]
+        paths = [evaluation_path(plan, run, work) for run in mine]
+        missing = [str(path) for path in paths if not path.is_file()]
+        if missing:
+            raise SystemExit(f"{len(missing)} of {len(paths)} runs of {model} are not evaluated yet: {missing[0]} ...")
+        table = claim_table([json.loads(path.read_text()) for path in paths], n_bootstrap=resamples)
+        name = Path(mine[0]["out"]).parent.name
+        (report / f"claim_table_{name}.json").write_text(json.dumps(table, indent=2))
+        (report / f"claim_table_{name}.md").write_text(format_claim_table(table) + "\n")
+        print(format_claim_table(table))
+        tables[model] = table
+    return tables
 
 
 def evaluation_data(treatment: str, max_sentences: int):
@@ -146,13 +213,13 @@ def evaluate(args) -> None:
     bounds = {}
     names = list(dict.fromkeys(str(r["model"]) for r in result.table))  # the sweep keeps the models' order
     for arm, name in zip(arms, names):
-        rows = [r for r in result.table if str(r["model"]) == name]
+        table_rows = [r for r in result.table if str(r["model"]) == name]
         bounds[arm] = {
             int(r["layer"]): {
                 k: r[k]
                 for k in ("variational_bits", "variational_lcb", "list_fano_bits", "list_fano_lcb", "ce_bits", "H_T")
             }
-            for r in rows
+            for r in table_rows
         }
     bounds["paired"] = paired_bounds(result, dict(zip(arms, names)))
     last_layer = max(bounds["base"])
@@ -161,13 +228,18 @@ def evaluate(args) -> None:
         lambda: topic_stage(arms, work, split, args, [args.tuned_layer, last_layer], rows, three_way is not None),
     )
     lm = stage(work / "lm_loss.json", lambda: lm_stage(arms, corpus, split, kind, args))
+    objective = stage(
+        work / "objective_bound.json",
+        lambda: objective_stage(arms, corpus, split, args, [args.tuned_layer, last_layer], work),
+    )
     summary = {
         "family": args.family,
         "kind": kind,
         "tuned_layer": args.tuned_layer,
         "last_layer": last_layer,
         "runs": {arm: _run_info(spec) for arm, spec in arms.items()},
-        "bounds": bounds,
+        "bounds": bounds,  # E2: the sweep's setting
+        "objective_bound": objective,  # E1: the term's own quantity
         "topics": topics,
         "lm_loss": lm,
         "n_train": int(split.train.size),
@@ -176,7 +248,7 @@ def evaluate(args) -> None:
     }
     (report / f"{args.family}.json").write_text(json.dumps(summary, indent=2))
     plot(summary, report / f"{args.family}.png")
-    print(json.dumps({k: summary[k] for k in ("topics", "lm_loss")}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("objective_bound", "topics", "lm_loss")}, indent=2))
     record_history(summary)
 
 
@@ -254,6 +326,35 @@ def topic_stage(arms, work: Path, split, args, layers, rows, three_way: bool) ->
         entry["control-base"] = paired(correct["control"], correct["base"])
         out["layers"][str(layer)] = entry
     out["majority_class"] = float(np.bincount(labels[split.test]).max() / split.test.size)
+    return out
+
+
+def objective_stage(arms, corpus, split, args, layers, work: Path) -> dict:
+    """E1: per layer, each arm's held-out bound of the term's own quantity (fresh full-vocabulary probe
+    on per-token layer-normed, mean-pooled states; fastmi/finetune/objective_bound.py) and the arms'
+    differences, paired over the held-out sentences."""
+    import torch
+
+    from fastmi.finetune.objective_bound import objective_bound, term_pooled_states
+    from fastmi.finetune.run import load_trainable, training_source
+
+    per = {}
+    for arm, spec in arms.items():
+        model, tokenizer, _, _ = load_trainable(training_source(spec), seed=0)
+        features = term_pooled_states(model, tokenizer, corpus.tokenize(tokenizer, args.max_length), layers)
+        del model
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        per[arm] = objective_bound(features, split, checkpoint_dir=work / "e1_probes" / arm, model=arm)
+    out = {"unit": "bits", "layers": {}}
+    for layer in layers:
+        held = {arm: per[arm][layer] for arm in arms}
+        if any(not np.array_equal(held[arm]["rows"], held["base"]["rows"]) for arm in arms):
+            raise ValueError("E1: the arms' tokenizers give other held-out sentences a bag; they cannot be paired")
+        entry = {arm: held[arm]["bound_bits"] for arm in arms}
+        entry["H_T"] = held["base"]["H_T"]
+        for a, b in (("treatment", "control"), ("treatment", "base"), ("control", "base")):
+            entry[f"{a}-{b}"] = paired(held[a]["values"], held[b]["values"])
+        out["layers"][str(layer)] = entry
     return out
 
 
