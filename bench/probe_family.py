@@ -100,6 +100,7 @@ def compare_runs(before: RecoverabilityResult, after: RecoverabilityResult) -> l
                 "epochs_before": old[layer]["log"]["epochs_run"],
                 "epochs_after": new[layer]["log"]["epochs_run"],
                 "start_after": new[layer]["log"]["start"],
+                "form_after": new[layer]["row"]["probe"],
             }
         )
     return rows
@@ -114,6 +115,7 @@ def summary(rows: list[dict], timings: dict[str, dict]) -> dict:
         "flatter": all(r["last_doubling_after"] < r["last_doubling_before"] for r in rows),
         "data_limited_before": sum(r["data_limited_before"] for r in rows),
         "data_limited_after": sum(r["data_limited_after"] for r in rows),
+        "forms_after": {form: sum(r["form_after"] == form for r in rows) for form in {r["form_after"] for r in rows}},
         "cpu_seconds": cpu,
         "cpu_ratio_after_over_before": None if None in cpu.values() else round(cpu["after"] / cpu["before"], 3),
         "per_layer": rows,

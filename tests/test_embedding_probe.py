@@ -15,6 +15,7 @@ import fastmi
 from fastmi.data.bags import BagTargets
 from fastmi.models.unembedding import MissingUnembeddingError
 from fastmi.probe.adamw import AdamW
+from fastmi.probe.checks import AUTO_FORMS
 from fastmi.probe.config import ProbeConfig
 from fastmi.probe.training import TrainConfig
 
@@ -52,7 +53,7 @@ def test_no_lcb_of_the_embedding_probe_is_above_the_true_mi(rows, probe):
         progress=False,
     )
     row = result.table[0]
-    assert row["probe"] == "embedding"
+    assert row["probe"] == "embedding" if probe == "embedding" else row["probe"] in AUTO_FORMS
     for bound in BOUNDS:
         assert row[f"{bound}_lcb"] <= true_mi, bound
     assert abs(row["variational_bits"] - true_mi) < 0.15  # the Bayes decoder is linear here: tight
@@ -118,9 +119,11 @@ def test_rows_unrelated_to_the_layer_start_at_zero():
     assert result.config["training"]["0"]["start"] == "prior"
 
 
-def test_choices_never_read_the_held_out_sentences():
+@pytest.mark.parametrize("probe", ["embedding", "auto"])
+def test_choices_never_read_the_held_out_sentences(probe):
     """Poison the held-out rows' features: every choice made before scoring (the start's scale, the
-    best epoch, the validation cross-entropy, the calibration of "other") is the same."""
+    best epoch, the validation cross-entropy, the calibration of "other", and for "auto" the form
+    kept at each layer) is the same."""
     vocab, dim, n = 300, 32, 600
     z, bags, embedding = embedded_bags(n, vocab, dim, seed=4)
     held_out = torch.as_tensor(ProbeConfig().make_split(n).test)
@@ -132,13 +135,15 @@ def test_choices_never_read_the_held_out_sentences():
             {0: features, 1: 2 * features},
             targets=bags,
             vocab_size=vocab,
-            probe="embedding",
+            probe=probe,
             unembedding=embedding,
             n_bootstrap=100,
             train=FAST,
             progress=False,
         )
         logs.append(result.config["training"])
+    if probe == "auto":
+        assert all(log["form"] in AUTO_FORMS for log in logs[0].values())
     assert logs[0] == logs[1]
 
 
@@ -179,7 +184,7 @@ def test_an_untied_models_input_embedding_is_a_second_start(tmp_path):
     model_dir = make_tiny_model("llama", tmp_path / "llama", hidden=16, layers=2)
     cache = fastmi.extract(str(model_dir), random_sentences(80, seed=3), cache_dir=tmp_path / "cache", progress=False)
     assert cache.input_embedding().shape == cache.unembedding()[0].shape
-    result = fastmi.recoverability(cache, n_bootstrap=100, train=FAST, progress=False)
+    result = fastmi.recoverability(cache, probe="embedding", n_bootstrap=100, train=FAST, progress=False)
     assert {row["probe"] for row in result.table} == {"embedding"}
     assert result.config["unembedding_source"].endswith("; input embedding")
     starts = {log["start"].rsplit(" x", 1)[0] for log in result.config["training"].values()}
@@ -194,16 +199,17 @@ def test_an_untied_models_input_embedding_is_a_second_start(tmp_path):
 
 def test_auto_trains_the_linear_probe_where_the_embedding_probe_cannot():
     """No rows (raw embeddings without unembedding=), a sampled softmax or tied unseen ids: 'auto'
-    trains the linear probe, and says so in each row and in the config."""
+    trains the linear probe, and says so in each row and in the config; with rows, it trains both
+    forms and each row names the one kept."""
     z, t, _ = symmetric_channel(8, 0.2, 400, seed=3)
     common = dict(targets=single_token_bags(t), vocab_size=8, n_bootstrap=100, train=FAST, progress=False)
     cases = [
         ({}, "linear"),
-        ({"unembedding": torch.eye(8)}, "embedding"),
+        ({"unembedding": torch.eye(8)}, "auto"),
         ({"unembedding": torch.eye(8), "train_softmax": "sampled:4"}, "linear"),
         ({"unembedding": torch.eye(8), "train": TrainConfig(max_epochs=4, tie_unseen=True)}, "linear"),
     ]
     for settings, trained in cases:
         result = fastmi.recoverability({0: z}, **{**common, **settings})
         assert result.config["probe"] == "auto" and result.config["probe_trained"] == trained, settings
-        assert result.table[0]["probe"] == trained
+        assert result.table[0]["probe"] in (AUTO_FORMS if trained == "auto" else (trained,))

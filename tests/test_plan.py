@@ -129,9 +129,13 @@ def test_plan_70b_on_8_h200s_fits_and_prints_a_placement(config_70b, capsys):
     assert plan["probe_parameters_per_layer"] == 128256 * 8193
     assert plan["cache_bytes"] >= 100_000 * 81 * 8192 * 4  # fp32: 265 GB and the targets
     assert 1 <= plan["layers_per_group"] < 81 and plan["layer_groups"] == -(-81 // plan["layers_per_group"])
-    # 6 N_train d M per layer and epoch, plus the validation pass
+    # "auto" trains the embedding probe (6 N_train d M per layer and epoch, plus the validation pass)
+    # and the unembedding probe (4 N_train d (M + d), plus 2 N_val d (M + d))
     train, val = round(100_000 * 0.72), round(100_000 * 0.08)
-    assert plan["probe_flops_per_epoch"] == pytest.approx(81 * (6 * train + 2 * val) * 8192 * 128256)
+    d, m = 8192, 128256
+    embedding = (6 * train + 2 * val) * d * m
+    unembedding = 4 * train * d * (m + d) + 2 * val * d * (m + d)
+    assert plan["probe_flops_per_epoch"] == pytest.approx(81 * (embedding + unembedding))
     assert plan["extraction_seconds"] > 0 and plan["probe_seconds_per_epoch"] > 0
 
 

@@ -72,12 +72,22 @@ CASES = {
         "validation_fraction": 0.15,
         "k": 3,
     },
-    # "auto" with the model's rows given: the embedding probe, its start scale chosen per layer.
+    # The embedding probe, its start scale chosen per layer.
     "embedding": lambda: {
+        "probe": "embedding",
         "unembedding": torch.eye(VOCAB),
         "train": TrainConfig(max_epochs=6, batch_size=64),
         "n_bootstrap": 300,
         "curve": (0.5, 1.0),
+    },
+    # "auto" with the model's rows given: the embedding and unembedding probes, the better kept per
+    # layer; two probe seeds and a curve, which train the kept form only.
+    "auto": lambda: {
+        "unembedding": unembedding(),
+        "train": TrainConfig(max_epochs=6, batch_size=64),
+        "n_bootstrap": 300,
+        "curve": (0.5, 1.0),
+        "probe_seeds": 2,
     },
 }
 

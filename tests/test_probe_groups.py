@@ -33,14 +33,14 @@ def caches(tmp_path_factory):
     }
 
 
-def group_memory(cache, layers_per_group: int) -> int:
-    """A max_memory that fits exactly ``layers_per_group`` layers (the observed alphabet: the training
-    ids plus "other")."""
+def group_memory(cache, layers_per_group: int, probe: str = "auto") -> int:
+    """A max_memory that fits exactly ``layers_per_group`` layers of ``probe`` (the observed alphabet:
+    the training ids plus "other")."""
     from fastmi.probe.config import ProbeConfig
     from fastmi.probe.memory import ProbeMemory
     from fastmi.probe.recoverability import prepare
 
-    run = prepare(cache, ProbeConfig(train=TRAIN), progress=False)
+    run = prepare(cache, ProbeConfig(train=TRAIN, probe=probe), progress=False)
     memory = ProbeMemory(cache.num_rows, cache.hidden_size, run.alphabet.size, TRAIN.batch_size, probe=run.probe)
     return memory.shared_bytes + layers_per_group * memory.layer_bytes
 
@@ -59,8 +59,15 @@ class CountingFit:
 
 
 def probe(cache, checkpoint_dir, **kwargs):
+    # The linear probe: one fit_heads call per group ("auto" makes two, one per form).
     return fastmi.recoverability(
-        cache, train=TRAIN, max_memory=group_memory(cache, 1), progress=False, checkpoint_dir=checkpoint_dir, **kwargs
+        cache,
+        probe="linear",
+        train=TRAIN,
+        max_memory=group_memory(cache, 1, "linear"),
+        progress=False,
+        checkpoint_dir=checkpoint_dir,
+        **kwargs,
     )
 
 

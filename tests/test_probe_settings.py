@@ -15,6 +15,7 @@ import fastmi
 from fastmi.data.bags import BagTargets
 from fastmi.models.unembedding import MissingUnembeddingError
 from fastmi.probe.adamw import AdamW
+from fastmi.probe.config import ProbeConfig
 from fastmi.probe.evaluation import score_probes
 from fastmi.probe.head_forms import LinearHead, UnembeddingHead, feature_stats
 from fastmi.probe.heads import batch_loss, fit_heads
@@ -456,18 +457,29 @@ def test_damaged_output_embedding_is_never_read(tmp_path):
         cache.unembedding()
 
 
-def test_unembedding_refuses_an_other_symbol_alphabet():
-    bags = random_bags(40, 8)
-    with pytest.raises(ValueError, match="'other' symbol"):
-        fastmi.recoverability(
-            {0: bag_features(bags, 8)},
-            targets=bags,
-            vocab_size=8,
-            vocab="top:3",
-            probe="unembedding",
-            unembedding=torch.randn(8, 8),
-            progress=False,
-        )
+def test_unembedding_gives_the_other_symbol_a_zero_row():
+    """'other' (top:K's merged ids, the observed alphabet's unseen ones) has no row in U: the
+    unembedding probe gives it a zero row, so its logit is its bias alone, and it trains."""
+    from fastmi.data.alphabet import Alphabet
+    from fastmi.probe.head_rows import head_rows
+
+    bags, u = random_bags(40, 8), torch.randn(8, 8)
+    alphabet = Alphabet.build("top:3", bags, 8, ())
+    form, weight, _, _ = head_rows(None, alphabet, u, ProbeConfig(probe="unembedding", vocab="top:3"))
+    assert form == "unembedding" and weight.shape == (alphabet.size, 8) == (3, 8)  # 2 ids and "other"
+    torch.testing.assert_close(weight[:-1], u[alphabet.vocab_ids])
+    assert not weight[-1].any()
+    result = fastmi.recoverability(
+        {0: bag_features(bags, 8)},
+        targets=bags,
+        vocab_size=8,
+        vocab="top:3",
+        probe="unembedding",
+        unembedding=u,
+        n_bootstrap=100,
+        progress=False,
+    )
+    assert result.table[0]["probe"] == "unembedding" and result.table[0]["M"] == 3
     with pytest.raises(MissingUnembeddingError, match="needs unembedding=U"):
         fastmi.recoverability(
             {0: bag_features(bags, 8)}, targets=bags, vocab_size=8, probe="unembedding", progress=False

@@ -19,6 +19,7 @@ import json
 
 from fastmi.defaults import DEFAULT_MAX_LENGTH
 from fastmi.planning.gpu_presets import ACHIEVED_FRACTION, GPU_NODE_DISK_RATE, GPU_NODE_HOST_MEMORY_PER_GPU, GPU_PRESETS
+from fastmi.probe.checks import PROBE_FORMS
 
 HELP = "estimate the cost, memory and placement of a sweep from the model's config (no weights loaded)"
 
@@ -58,9 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     probe.add_argument(
         "--probe",
-        default="linear",
-        choices=("linear", "unembedding"),
-        help="a linear probe W z + b, or U (A z + c) + b through the frozen output embedding U",
+        default="auto",
+        choices=PROBE_FORMS,
+        help="the probe form, as fastmi probe/sweep take it: auto (the embedding and unembedding probes, "
+        "the better kept per layer), embedding, linear (W z + b from 0) or unembedding (U (A z + c) + b)",
     )
     probe.add_argument(
         "--train-softmax",

@@ -65,7 +65,7 @@ def probe_advice(memory: ProbeMemory, budget: int) -> list[str]:
         if k < memory.alphabet and ProbeMemory(**{**asdict(memory), "alphabet": k}).fits(budget):
             tips.append(f"--vocab top:{k} (an alphabet of {k} fits)")
             break
-    if memory.probe == "linear" and ProbeMemory(**{**asdict(memory), "probe": "unembedding"}).fits(budget):
+    if memory.probe != "unembedding" and ProbeMemory(**{**asdict(memory), "probe": "unembedding"}).fits(budget):
         tips.append("--probe unembedding (trains A [d, d] through the frozen output embedding)")
     tips.append("GPUs with more memory, or fewer sentences (the features of every sentence are on the device)")
     return tips

@@ -129,7 +129,7 @@ def plan(
     host_memory: int | str | None = None,
     matmul_tflops: float | None = None,
     train_softmax: str = "full",
-    probe: str = "linear",
+    probe: str = "auto",
     precision: str = "fp32",
     batch_size: int | None = None,
     hardware: Hardware | None = None,
@@ -156,8 +156,8 @@ def plan(
     if config is not None:  # the run's own settings, so that the plan prices what the run will do
         vocab, probe, train_softmax = config.vocab, config.probe, config.train_softmax
         precision = precision if config.train.precision == "auto" else config.train.precision
-    if probe == "auto":  # what fastmi.recoverability trains for a model with embedding rows
-        probe = "embedding" if train_softmax == "full" else "linear"
+    if probe == "auto" and train_softmax != "full":  # what fastmi.recoverability trains then
+        probe = "linear"
     from fastmi.activations.extraction import parse_layers
 
     if cache_dtype not in CACHE_DTYPE_BYTES:
@@ -270,7 +270,10 @@ def _alternatives(
         if all(getattr(memory, k) == v for k, v in change.items()) or not _samples_fewer(change, work):
             continue
         train_softmax = change.get("train_softmax", memory.train_softmax)
-        alt = estimate_probe(work, shape, hw, layers, train_softmax, change.get("probe", memory.probe), precision)
+        probe = change.get("probe", memory.probe)
+        if probe == "auto" and train_softmax != "full":  # as fastmi.recoverability resolves it
+            probe = "linear"
+        alt = estimate_probe(work, shape, hw, layers, train_softmax, probe, precision)
         alternatives.append(
             {
                 **change,

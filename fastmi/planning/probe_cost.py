@@ -12,11 +12,12 @@ Memory comes from :mod:`fastmi.probe.memory`, the same function that sizes the p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastmi.models.shape import ModelShape
 from fastmi.planning.hardware import Hardware
 from fastmi.planning.workload import Workload
+from fastmi.probe.checks import AUTO_FORMS
 from fastmi.probe.memory import STATE_BYTES, ProbeMemory, layer_groups
 
 __all__ = ["PROBE_BUDGET_FRACTION", "ProbeEstimate", "estimate_probe", "probe_epoch", "probe_seconds_timed"]
@@ -80,6 +81,9 @@ def probe_epoch(
     own code at the work's shape (:func:`probe_seconds_timed`); every other case is counted:
     FLOPs at the matmul rate, elementwise passes at the elementwise rate, a fixed cost per step.
     """
+    if memory.probe == "auto":  # its first fit trains both forms, each epoch of one then the other
+        both = [probe_epoch(replace(memory, probe=form), work, hw, group_sizes) for form in AUTO_FORMS]
+        return tuple(sum(parts) for parts in zip(*both))
     d, m, s = memory.dim, memory.alphabet, memory.trained_columns
     train, val = work.train_rows, work.validation_rows
     if memory.probe == "unembedding":

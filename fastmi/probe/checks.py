@@ -18,12 +18,14 @@ __all__ = [
     "DEFAULT_PROPOSAL",
     "ENTROPY_METHODS",
     "PRECISIONS",
+    "AUTO_FORMS",
     "PROBE_FORMS",
     "PROPOSALS",
     "SAMPLED_ADAM",
 ]
 
 PROBE_FORMS = ("auto", "embedding", "linear", "unembedding")
+AUTO_FORMS = ("embedding", "unembedding")  # what "auto" fits and chooses between, per layer
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 SAMPLED_ADAM = ("dense", "lazy")
 PROPOSALS = ("unigram", "loguniform", "uniform")

@@ -73,6 +73,8 @@ class TrainedHeads:
     start: list[str] = field(default_factory=list)
     converged: list[bool] = field(default_factory=list)  # stopped by patience, not by max_epochs
     other_bias: list[dict] = field(default_factory=list)  # per layer, the calibration of "other" (observed)
+    form: list[str] = field(default_factory=list)  # per layer, the form trained, where "auto" chose it
+    form_ce_nats: list[dict] = field(default_factory=list)  # per layer, each form's validation CE (auto)
 
 
 def fit_heads(

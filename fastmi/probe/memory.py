@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
-PROBES = ("linear", "unembedding", "embedding")
+PROBES = ("linear", "unembedding", "embedding", "auto")
 CACHE_DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
 FEATURE_COPIES = 2  # the standardised z and its train/validation copies (see the module docstring)
 # Bytes per trainable parameter: value, gradient, Adam m and v, best copy (+ a bf16 working copy).
@@ -95,12 +95,15 @@ class ProbeMemory:
 
     @property
     def feature_bytes(self) -> int:
-        return FEATURE_COPIES * self.rows * self.dim * 4
+        # "auto" holds the raw features besides the embedding probe's standardised copy of its rows.
+        copies = FEATURE_COPIES + (1 if self.probe == "auto" else 0)
+        return copies * self.rows * self.dim * 4
 
     @property
     def state_bytes(self) -> int:
         # The embedding probe also keeps its start W0, which the decay pulls W toward: 4 bytes a weight.
-        anchor = 4 if self.probe == "embedding" else 0
+        # "auto" trains it first, then the unembedding probe (d^2 per layer) beside its fitted W.
+        anchor = 4 if self.probe in ("embedding", "auto") else 0
         return self.parameters_per_layer * (STATE_BYTES[self.precision] + anchor)
 
     @property
@@ -122,8 +125,9 @@ class ProbeMemory:
         embedding rows (U's, and E's for an untied model) that start ``embedding``."""
         if self.probe == "linear":
             return 0
-        if self.probe == "embedding":
-            return 2 * self.alphabet * self.dim * 4
+        if self.probe in ("embedding", "auto"):
+            # U's and E's rows as starts; "auto" also holds U's rows for the unembedding probe
+            return (3 if self.probe == "auto" else 2) * self.alphabet * self.dim * 4
         return self.alphabet * self.dim * (2 if self.precision == "bf16" else 4)
 
     def layers_per_group(self, budget_bytes: int, num_layers: int) -> int:
@@ -138,7 +142,7 @@ class ProbeMemory:
 
 def probe_parameters_per_layer(dim: int, alphabet: int, probe: str = "linear") -> int:
     """Trainable parameters of one layer's probe: M (d + 1), or d^2 + d + M through the unembedding."""
-    if probe in ("linear", "embedding"):
+    if probe in ("linear", "embedding", "auto"):  # "auto": the larger of its two forms
         return alphabet * (dim + 1)
     if probe == "unembedding":
         return dim * dim + dim + alphabet

@@ -27,6 +27,7 @@ from fastmi.probe.config import ProbeConfig, TrainConfig
 from fastmi.probe.convergence import warn_unconverged
 from fastmi.probe.curves import finish_curves, fit_curve_points
 from fastmi.probe.evaluation import score_probes
+from fastmi.probe.form_choice import FORMS, fit_forms, standardising
 from fastmi.probe.head_rows import head_rows
 from fastmi.probe.heads import feature_stats, fit_heads
 from fastmi.probe.identity import open_store, result_config
@@ -253,25 +254,17 @@ def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
     z = torch.stack([load_layer(src, layer, src.targets.num_rows) for layer in group]).to(run.device)
     if z.shape[-1] != run.width:
         raise ValueError(f"layers {group} have width {z.shape[-1]}, layer {src.layers[0]} has {run.width}")
-    feature_std = None
-    if run.probe != "unembedding":  # which folds the standardisation into A and c itself
-        mean, feature_std = feature_stats(z, run.index["train"])
-        z = (z - mean) / feature_std
-    # Looked up here, in this module, so that a test can stand in for it.
-    fit = functools.partial(
-        fit_heads,
-        probe=run.probe,
-        train_softmax=config.train_softmax,
-        unembedding=run.head,
-        **({"feature_std": feature_std} if run.probe == "embedding" else {}),
-    )
-    if run.alphabet.setting == "observed" and run.alphabet.other:
-        fit = with_calibrated_other(fit)  # "other" never occurs in training: its bias is set on validation
+    if run.probe in ("linear", "embedding"):  # the others take raw features (form_choice, heads)
+        mean, std = feature_stats(z, run.index["train"])
+        z = (z - mean) / std
+        fit = _fit_function(run, run.probe, run.head, feature_std=std if run.probe == "embedding" else None)
+    elif run.probe == "auto":
+        fits = {form: _fit_function(run, form, run.head[0][form]) for form in FORMS}
+        fit = functools.partial(fit_forms, {**fits, "embedding": standardising(fits["embedding"])})
+    else:
+        fit = _fit_function(run, run.probe, run.head)
     index, bags, size = run.index, run.bags, run.alphabet.size
-    points = []
-    if config.curve:  # the curves refit the first seed's probe only
-        points = fit_curve_points(z, index, bags, size, group, src.model, run.entropy, config, run.progress, fit=fit)
-    fits, seeds = [], config.probe_seeds
+    fits, seeds, points = [], config.probe_seeds, []
     for j in range(seeds):  # probe_seeds > 1: probes differing in training order, all on one split
         fitted = fit(
             z[:, index["train"]],
@@ -288,13 +281,21 @@ def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
         )
         z_test = fitted.features(z[:, index["test"]])
         fits.append((fitted, score_probes(z_test, fitted.weight, fitted.bias, bags["test"], size, config.k)))
+        if j == 0:
+            if fitted.form:  # "auto" chose each layer's form on the first fit: the rest train that form
+                fit = functools.partial(fit, forms=fitted.form)
+            if config.curve:  # the curves refit the first seed's probe only
+                points = fit_curve_points(
+                    z, index, bags, size, group, src.model, run.entropy, config, run.progress, fit=fit
+                )
     fitted, scores, per_seed = fits[0][0], seed_mean(fits), seed_statistics_of(fits)
     del z
     held = HeldOut(rows=run.rows["test"].astype(np.int64))
     rows, training = [], {}
     for i, layer in enumerate(group):
         converged = all(bool(f.converged[i]) for f, _ in fits)
-        rows.append(_layer_row(run, layer, converged, scores, i, per_seed[i] if seeds > 1 else None))
+        form = fitted.form[i] if fitted.form else run.probe
+        rows.append(_layer_row(run, layer, form, converged, scores, i, per_seed[i] if seeds > 1 else None))
         errors, errors_k, ce_bits = (scores.errors[i].numpy(), scores.errors_k[i].numpy(), scores.ce_bits[i].numpy())
         held.add(layer, errors=errors, errors_k=errors_k, ce_bits=ce_bits)
         if seeds > 1:
@@ -307,6 +308,9 @@ def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
         }
         if fitted.other_bias:
             training[str(layer)]["other_bias"] = fitted.other_bias[i]
+        if fitted.form_ce_nats:  # "auto": what each form reached on validation, and which was kept
+            ce = {name: float(nats / np.log(2)) for name, nats in fitted.form_ce_nats[i].items()}
+            training[str(layer)].update(form=form, form_validation_ce_bits=ce)
         if seeds > 1:
             training[str(layer)]["seeds"] = [seed_log(f, i, config.seed + j) for j, (f, _) in enumerate(fits)]
     # Per-sentence scores and curve points travel with the group, so a resumed or multi-process
@@ -316,8 +320,24 @@ def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
     run.store.save(group, rows, training, extra=extra)
 
 
-def _layer_row(run: ProbeRun, layer: int, converged: bool, scores: Any, i: int, per_seed=None) -> dict:
-    """One layer's row of the result table: what was probed, how, and its bounds."""
+def _fit_function(run: ProbeRun, probe: str, head: Any, feature_std: torch.Tensor | None = None):
+    """:func:`fit_heads` of one form with the run's settings bound; for the observed alphabet, followed
+    by the calibration of "other" on validation (it never occurs in training)."""
+    fit = functools.partial(
+        fit_heads,
+        probe=probe,
+        train_softmax=run.config.train_softmax,
+        unembedding=head,
+        **({"feature_std": feature_std} if feature_std is not None else {}),
+    )
+    if run.alphabet.setting == "observed" and run.alphabet.other:
+        fit = with_calibrated_other(fit)
+    return fit
+
+
+def _layer_row(run: ProbeRun, layer: int, form: str, converged: bool, scores: Any, i: int, per_seed=None) -> dict:
+    """One layer's row of the result table: what was probed, how (``form``: the probe form trained
+    at this layer), and its bounds."""
     config, src = run.config, run.source
     row = {
         "model": src.model,
@@ -331,7 +351,7 @@ def _layer_row(run: ProbeRun, layer: int, converged: bool, scores: Any, i: int, 
         "n_test": int(run.rows["test"].size),
         "n_skipped": run.skipped,
         "bag_recall": float(scores.bag_recall[i].mean()),
-        "probe": run.probe,
+        "probe": form,
         "train_softmax": config.train_softmax,
         "converged": converged,
     }
