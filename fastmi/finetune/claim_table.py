@@ -3,7 +3,7 @@
 Each run (one lambda, one seed) has an evaluation: per outcome and layer, the held-out items it was
 scored on (``rows``) and one value per item (``values``, and for a per-token loss the items'
 ``weights``).  :func:`claim_table` contrasts every lambda > 0 with the control (lambda = 0), paired
-on seed and item, with the two-level bootstrap of :mod:`fastmi.stats.seeded_bootstrap`:
+on seed and item, with the seed x sentence interval of :mod:`fastmi.stats.seeded_bootstrap`:
 
 * the verdict's family (E1 at the tuned layer; D1 and D2 at the tuned and the last layer, those
   present) x the lambdas > 0, each interval at the Bonferroni level 1 - alpha / (family size);
