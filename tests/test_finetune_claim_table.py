@@ -3,26 +3,17 @@ bench/finetune_claim.py --aggregate), on synthetic evaluations: no model runs.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import bench_script
 
 from fastmi.finetune.claim_table import claim_table
 from fastmi.finetune.plan import make_plan, plan_runs
 from fastmi.stats.seeded_bootstrap import two_level_interval
 
 N, D2_N, LAYERS = 240, 200, range(7)
-
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "finetune_claim.py"
-    spec = importlib.util.spec_from_file_location("finetune_claim", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _evaluation(lam: float, seed: int, rng, gain: float) -> dict:
@@ -104,7 +95,7 @@ def test_the_table_contrasts_each_lambda_with_the_control_paired_on_seed_and_sen
 
 def test_bench_aggregate_reads_the_runs_evaluations_and_writes_the_table(tmp_path, capsys):
     plan, evaluations = _runs(tmp_path, {0.0: 0.0, 0.3: 0.0})
-    bench = _bench()
+    bench = bench_script("finetune_claim")
     work, report = tmp_path / "eval", tmp_path / "report"
     for run in plan_runs(plan):
         path = bench.evaluation_path(plan, run, work)

@@ -3,25 +3,17 @@ arm x seed a resumable `fastmi finetune` run; done runs are skipped, interrupted
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from bench_scripts import bench_script
 
 from fastmi.cli import build_parser, main
 from fastmi.finetune.plan import load_plan, make_plan, plan_runs, run_plan, run_status
 from tests.tiny import make_tiny_model, random_sentences
 
 OPTIONS = {"batch-size": 4, "logging-steps": 1, "save-steps": 1, "layers": "1", "no-progress": True}
-
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "finetune_claim.py"
-    spec = importlib.util.spec_from_file_location("finetune_claim", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_plan_lists_every_arm_and_seed_as_a_finetune_command(tmp_path):
@@ -62,7 +54,7 @@ def test_plan_driver_runs_one_then_after_an_interrupt_only_the_rest(tmp_path, mo
     (Path(runs[1]["out"]) / "finetune.json").unlink()
     assert [run_status(r["out"]) for r in runs] == ["done", "interrupted", "todo"]
 
-    bench = _bench()
+    bench = bench_script("finetune_claim")
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     assert bench.main(["--plan", str(tmp_path / "plan.json")]) == 0
     listed = capsys.readouterr().out
