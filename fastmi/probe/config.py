@@ -204,8 +204,9 @@ class ProbeConfig:
         help="probe form: 'linear' (logits W z + b, W trained from 0), 'embedding' (the same, W started "
         "from the model's embedding rows at a scale chosen per layer on validation, 0 included, and pulled "
         "toward them), 'unembedding' (logits U (A z + c) + b through the model's frozen output embedding "
-        "U; no V x d parameters per layer) or 'auto' (embedding where the model's rows are stored in the "
-        "cache and the softmax is full, else linear)",
+        "U; no V x d parameters per layer) or 'auto' (embedding and unembedding both trained, the one with "
+        "the lower validation cross-entropy kept per layer, where the model's rows are at hand and the "
+        "softmax is full; else linear)",
     )
     train_softmax: str = setting(
         "full",

@@ -85,8 +85,11 @@ def recoverability(
     every lcb includes its error), "plugin" (biased
     low, hence conservative for lower bounds) or "miller_madow"; ``max_memory``: bytes the
     layer-batched training may use (default: half the free memory); ``probe``: "linear" (logits
-    W z + b) or "unembedding" (logits U (A z + c) + b through the model's frozen output embedding U,
-    stored in the cache; raw embeddings pass ``unembedding=U`` or (U, bias)); ``train_softmax``:
+    W z + b), "embedding" (the same, started from the model's rows), "unembedding" (logits
+    U (A z + c) + b through the model's frozen output embedding U, stored in the cache; raw
+    embeddings pass ``unembedding=U`` or (U, bias)) or "auto", the default (embedding and
+    unembedding both, the better on validation kept per layer, :mod:`fastmi.probe.form_choice`;
+    linear where they cannot train); ``train_softmax``:
     "full" or "sampled:K" (K shared negatives per step; validation and held-out scoring are always
     exact over the whole alphabet, :mod:`fastmi.probe.heads`); ``curve``: fractions of the training
     rows, e.g. (0.125, 0.25, 0.5, 1.0): each layer is also fitted on nested subsets of that size,
