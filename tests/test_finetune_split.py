@@ -118,19 +118,20 @@ def test_an_interrupted_run_resumes_from_its_last_complete_checkpoint(tmp_path, 
 def test_the_claim_bench_evaluates_on_the_probe_and_heldout_parts_alone(tmp_path):
     """bench/finetune_claim.py reads the runs' three-way split: its sweep and topic probes never see
     a tuning sentence, and its held-out rows are the held-out part."""
+    from bench_scripts import bench_script
+
     from fastmi.data.corpus import Corpus
-    from tests.test_finetune_plan import _bench
 
     demo = Corpus.load("demo", max_sentences=200)
     parts = claim_split(200, 5, 0.4, 0.3)
     record = {"seed": 5, "tune_fraction": 0.4, "probe_fraction": 0.3, "num_rows": 200, "corpus": demo.fingerprint}
     (tmp_path / "finetune.json").write_text(json.dumps({"claim_split": record}))
-    corpus, split, rows = _bench().evaluation_data(str(tmp_path), 200)
+    corpus, split, rows = bench_script("finetune_claim").evaluation_data(str(tmp_path), 200)
     assert set(corpus.sentences).isdisjoint(demo.sentences[i] for i in parts.tune)
     assert np.array_equal(rows[split.test], parts.heldout) and len(corpus) == 200 - parts.tune.size
     (tmp_path / "finetune.json").write_text(json.dumps({"claim_split": None}))
-    corpus, split, rows = _bench().evaluation_data(str(tmp_path), 200)
+    corpus, split, rows = bench_script("finetune_claim").evaluation_data(str(tmp_path), 200)
     assert split is None and len(corpus) == 200  # runs without the three-way split: as before
     (tmp_path / "finetune.json").write_text(json.dumps({"claim_split": {**record, "corpus": "other"}}))
     with pytest.raises(ValueError, match="another corpus"):
-        _bench().evaluation_data(str(tmp_path), 200)
+        bench_script("finetune_claim").evaluation_data(str(tmp_path), 200)
