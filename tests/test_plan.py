@@ -359,6 +359,7 @@ def test_probe_epochs_are_the_ones_recorded_runs_ran():
     path = REPO / "docs" / "findings" / "large_10k" / "results.json"
     epochs = [int(n) for n in _values(json.loads(path.read_text()), "epochs_run")]
     rows = [json.loads(line) for line in (REPO / "bench" / "results" / "probe_family.jsonl").read_text().splitlines()]
+    rows = [row for row in rows if "forms_after" in row["figures"]]  # today's default, "auto"
     epochs += [layer["epochs_after"] for row in rows for layer in row["figures"]["per_layer"]]
     assert len(epochs) >= 4 and (min(epochs), max(epochs)) == PROBE_EPOCHS
 
@@ -375,9 +376,9 @@ def _values(tree, key: str):
 def test_plan_prints_the_probes_expected_total_time(config_70b, capsys):
     planned = fastmi.plan(config_70b, sentences=100_000, vocab="full", gpus=8, gpu="h200")
     low, high = planned.probe_expected_seconds
-    assert planned.probe_epochs == (7, 24)
-    assert low == pytest.approx(planned.probe_setup_seconds + 7 * planned.probe_seconds_per_epoch)
-    assert high == pytest.approx(planned.probe_setup_seconds + 24 * planned.probe_seconds_per_epoch)
+    assert planned.probe_epochs == (17, 40)
+    assert low == pytest.approx(planned.probe_setup_seconds + 17 * planned.probe_seconds_per_epoch)
+    assert high == pytest.approx(planned.probe_setup_seconds + 40 * planned.probe_seconds_per_epoch)
     main(
         ["plan", "--model", str(config_70b), "--sentences", "100000", "--vocab", "full", "--gpus", "8", "--gpu", "h200"]
     )
@@ -385,7 +386,7 @@ def test_plan_prints_the_probes_expected_total_time(config_70b, capsys):
     total = next(line for line in out.splitlines() if line.startswith("  in total"))
     from fastmi.planning.planner import PROBE_EPOCHS_SOURCE
 
-    assert f"for 7-24 epochs ({PROBE_EPOCHS_SOURCE})" in total
+    assert f"for 17-40 epochs ({PROBE_EPOCHS_SOURCE})" in total
     assert "a few epochs" not in out
 
 

@@ -41,11 +41,12 @@ from fastmi.probe.sampled_softmax import parse_train_softmax
 
 __all__ = ["PROBE_EPOCHS", "Plan", "plan"]
 
-# The epochs early stopping ran (patience 3, at most 40) at 10,000 sentences: the default (embedding)
-# probe on the observed alphabet 17-21 (MiniLM, every layer) and 7-19 (SmolLM2, layers 0-30 by 5)
-# in bench/results/probe_family.jsonl; the linear probe on top:512, where the default has not been
-# timed yet, 23-24 (docs/findings/large_10k/results.json); "epochs_run" of each layer group.
-PROBE_EPOCHS = (7, 24)
+# The epochs early stopping ran (patience 3, at most 40) at 10,000 sentences: the default probe
+# ("auto", its longer form's epochs) on the observed alphabet, 17-21 (MiniLM, every layer) and 18-40
+# (SmolLM2, layers 0-30 by 5) in bench/probe_family.jsonl's rows with "forms_after"; the linear probe
+# on top:512, where the default has not been timed yet, 23-24 (docs/findings/large_10k/results.json);
+# "epochs_run" of each layer group.
+PROBE_EPOCHS = (17, 40)
 PROBE_EPOCHS_SOURCE = (
     "the epochs early stopping ran in the 10,000-sentence runs of bench/probe_family.py and docs/findings"
 )
