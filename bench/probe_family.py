@@ -47,7 +47,7 @@ def run(cache: ActivationCache, name: str, setting: str, layers, out: Path, max_
     path = out / f"{name}-{setting}.json"
     timing_path = path.with_suffix(".timing.json")
     if path.is_file():
-        return json.loads(timing_path.read_text())
+        return {**json.loads(timing_path.read_text()), "reused": True}
     config = ProbeConfig.resolve(SETTINGS[setting], {"curve": CURVE, "max_memory": max_memory}, "probe_family")
     probe_run = prepare(cache, config, layers=layers, model=name, progress=True)
     pending = probe_run.store.pending(probe_run.groups)
@@ -106,8 +106,35 @@ def compare_runs(before: RecoverabilityResult, after: RecoverabilityResult) -> l
     return rows
 
 
+def plot_curves(before: RecoverabilityResult, after: RecoverabilityResult, name: str, path: Path) -> Path:
+    """One panel per layer: the variational bound against n_train (log scale), before and after."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    old, new = by_layer(before), by_layer(after)
+    layers = sorted(old)
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.2 * len(layers), 2.6), sharey=True, squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        for label, runs, style in (("before (linear)", old, "o--"), ("after (default)", new, "s-")):
+            n = sorted(runs[layer]["curve"])
+            ax.plot(n, [runs[layer]["curve"][k] for k in n], style, label=label, markersize=3)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"layer {layer}: {new[layer]['row']['probe']}", fontsize=8)
+        ax.set_xlabel("training sentences", fontsize=7)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("variational bound (bits)", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{name}: held-out bound against training sentences, form kept by 'auto' per layer", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def summary(rows: list[dict], timings: dict[str, dict]) -> dict:
-    cpu = {k: t["cpu_seconds"] for k, t in timings.items()}
+    cpu = {k: t["cpu_seconds"] for k, t in timings.items()}  # (a reused run's CPU time is its own record's)
     return {
         "layers": [r["layer"] for r in rows],
         "tighter_at_full_n": all(r["gain_bits"] >= -SEED_NOISE_BITS for r in rows),
@@ -129,6 +156,7 @@ def main() -> None:
     parser.add_argument("--layers", action="append", default=[], help="NAME=0,3,6: only these layers, repeat")
     parser.add_argument("--setting", choices=sorted(SETTINGS), action="append", help="run only these (default: both)")
     parser.add_argument("--probe-memory", type=int, default=None, help="bytes per layer group (smaller: saved sooner)")
+    parser.add_argument("--plot", help="a folder for <model>-curves.png: each layer's curves, before and after")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +173,13 @@ def main() -> None:
             **summary(compare_runs(results["before"], results["after"]), timings),
         }
         (out / f"{name}-summary.json").write_text(json.dumps(figures, indent=2) + "\n")
+        if args.plot:
+            Path(args.plot).mkdir(parents=True, exist_ok=True)
+            png = Path(args.plot) / f"{name}-curves.png"
+            print("wrote", plot_curves(results["before"], results["after"], name, png))
         print(json.dumps({k: v for k, v in figures.items() if k != "per_layer"}, indent=2))
+        if all(t.get("reused") for t in timings.values()):
+            continue  # recorded when its runs were made
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import history
 
