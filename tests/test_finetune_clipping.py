@@ -11,8 +11,9 @@ from tests.test_finetune import tiny_trainer
 from tests.tiny import make_tiny_model, random_sentences
 
 
-def _one_sgd_step(path, lam, max_grad_norm, probe_scale, tmp_path, batch_size=8, accumulation=1):
-    """The model's parameter update (divided by the learning rate) of one SGD step on one fixed batch."""
+def _one_sgd_step(path, lam, max_grad_norm, probe_scale, tmp_path, batch_size=8, accumulation=1, **arguments):
+    """The model's parameter update (divided by the learning rate) of one SGD step on one fixed batch;
+    ``arguments`` go to the TrainingArguments (``ddp_backend`` under DDP)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -40,6 +41,7 @@ def _one_sgd_step(path, lam, max_grad_norm, probe_scale, tmp_path, batch_size=8,
         weight_decay=0.0,
         max_grad_norm=max_grad_norm,
         seed=0,
+        **arguments,
     )
     trainer.train()
     return torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters()])
