@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from fastmi.activations.cache import ActivationCache
 from fastmi.probe.config import ProbeConfig
-from fastmi.probe.recoverability import assemble, prepare, probe_group
 from fastmi.results.result import RecoverabilityResult
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from saved_run import record_new, run_saved  # noqa: E402  (bench/ is not a package)
 
 SETTINGS = {
     "before": ProbeConfig(probe="linear"),
@@ -43,26 +44,8 @@ SEED_NOISE_BITS = 0.02
 
 
 def run(cache: ActivationCache, name: str, setting: str, layers, out: Path, max_memory: int | None) -> dict:
-    """One run, saved to ``out``; returns its record (result path, CPU seconds or None if resumed)."""
-    path = out / f"{name}-{setting}.json"
-    timing_path = path.with_suffix(".timing.json")
-    if path.is_file():
-        return {**json.loads(timing_path.read_text()), "reused": True}
     config = ProbeConfig.resolve(SETTINGS[setting], {"curve": CURVE, "max_memory": max_memory}, "probe_family")
-    probe_run = prepare(cache, config, layers=layers, model=name, progress=True)
-    pending = probe_run.store.pending(probe_run.groups)
-    resumed = len(pending) < len(probe_run.groups)
-    started = time.process_time()
-    for group in pending:
-        probe_group(probe_run, group)
-    cpu = time.process_time() - started
-    result = assemble(probe_run)
-    result.to_json(path)
-    record = {"setting": setting, "cpu_seconds": None if resumed else round(cpu, 1), "layers": len(result.table)}
-    if resumed:
-        record["note"] = "resumed from saved layer groups: its CPU time is not the whole run's"
-    timing_path.write_text(json.dumps(record) + "\n")
-    return record
+    return run_saved(cache, name, config, setting, layers, out)
 
 
 def by_layer(result: RecoverabilityResult) -> dict[int, dict]:
@@ -178,12 +161,7 @@ def main() -> None:
             png = Path(args.plot) / f"{name}-curves.png"
             print("wrote", plot_curves(results["before"], results["after"], name, png))
         print(json.dumps({k: v for k, v in figures.items() if k != "per_layer"}, indent=2))
-        if all(t.get("reused") for t in timings.values()):
-            continue  # recorded when its runs were made
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import history
-
-        history.record("probe_family", figures, source="bench/probe_family.py")
+        record_new("probe_family", figures, timings, "bench/probe_family.py")
 
 
 if __name__ == "__main__":

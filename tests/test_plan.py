@@ -152,10 +152,19 @@ def test_cheaper_settings_cost_less(config_70b):
     top = fastmi.plan(config_70b, vocab="top:8192", **common)
     assert top.alphabet_size == 8192 and top.probe_bytes_per_layer < full.probe_bytes_per_layer
     fast = fastmi.plan(config_70b, vocab="full", precision="bf16", **common)
-    assert fast.probe_seconds_per_epoch < full.probe_seconds_per_epoch
+    fp32 = fastmi.plan(config_70b, vocab="full", precision="fp32", **common)
+    assert fast.probe_seconds_per_epoch < fp32.probe_seconds_per_epoch
+    assert full.precision == "bf16"  # "auto", as the probe resolves it on a GPU
+
+
+def test_the_default_precision_is_the_probes_own_on_each_device(config_70b):
+    on_gpus = fastmi.plan(config_70b, sentences=1000, vocab="top:512", gpus=1, gpu="h200")
+    on_cpu = fastmi.plan(config_70b, sentences=1000, vocab="top:512", gpus=0, gpu_memory="1TB", matmul_tflops=1)
+    assert (on_gpus.precision, on_cpu.precision) == ("bf16", "fp32")
 
 
 def test_a_probe_config_plans_what_the_run_will_do(config_70b):
+    """... its batch too: the planner's compute-bound choice is for runs that do not set one."""
     common = dict(sentences=100_000, gpus=8, gpu_memory="141GB", matmul_tflops=593, host_memory="2TB")
     config = fastmi.ProbeConfig(
         vocab="full", probe="unembedding", train_softmax="sampled:8192", train=fastmi.TrainConfig(precision="bf16")
@@ -166,6 +175,10 @@ def test_a_probe_config_plans_what_the_run_will_do(config_70b):
     )
     assert by_config == by_keywords
     assert by_config != fastmi.plan(config_70b, vocab="full", **common)
+    chosen = fastmi.plan(config_70b, vocab="full", **common)
+    assert chosen.probe_batch_size > 256
+    given = fastmi.plan(config_70b, vocab="full", config=fastmi.ProbeConfig(vocab="full"), **common)
+    assert given.probe_batch_size == 256 and given.probe_seconds_per_epoch > chosen.probe_seconds_per_epoch
 
 
 def test_what_does_not_fit_is_named_with_its_fix(config_70b, capsys):

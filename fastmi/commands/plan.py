@@ -73,9 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     probe.add_argument(
         "--precision",
-        default="fp32",
-        choices=("fp32", "tf32", "bf16"),
-        help="the probe's matmul precision (fp32 master weights and Adam state in every case)",
+        default="auto",
+        choices=("auto", "fp32", "tf32", "bf16"),
+        help="the probe's matmul precision (fp32 master weights and Adam state in every case); auto, as the "
+        "probe's default: bf16 on GPUs, fp32 on a CPU",
     )
     probe.add_argument(
         "--cache-dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="dtype of the pooled embeddings on disk"
@@ -168,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
 def format_plan(p) -> str:
     from fastmi.planning.advice import counted
     from fastmi.planning.planner import PROBE_EPOCHS_SOURCE
+    from fastmi.planning.probe_cost import TRAIN_BATCH_SIZE
     from fastmi.probe.memory import format_bytes as size
 
     unit = "GPU" if p.device == "cuda" else "CPU"
@@ -196,6 +198,13 @@ def format_plan(p) -> str:
         + (f" over {p.gpus} GPUs" if p.gpus > 1 else ""),
         f"  per epoch  estimate: {p.probe_flops_per_epoch:.3g} FLOP, {duration(p.probe_seconds_per_epoch)} "
         f"(batch {p.probe_batch_size}), plus {duration(p.probe_setup_seconds)} once to set the groups up",
+    ]
+    if p.probe_batch_size != TRAIN_BATCH_SIZE:
+        lines.append(
+            f"  batch      {p.probe_batch_size} sentences a step, not {TRAIN_BATCH_SIZE}: the smallest at which "
+            f"a step's matmuls outlast its optimizer pass on this GPU; run with --probe-batch-size {p.probe_batch_size}"
+        )
+    lines += [
         f"  in total   estimate: {duration(p.probe_expected_seconds[0])} to {duration(p.probe_expected_seconds[1])} "
         f"for {p.probe_epochs[0]}-{p.probe_epochs[1]} epochs ({PROBE_EPOCHS_SOURCE}), set-up included",
     ]

@@ -37,6 +37,7 @@ from fastmi.planning.placement import CPU_BATCH_SIZE, place
 from fastmi.planning.probe_cost import ProbeEstimate, estimate_probe
 from fastmi.planning.workload import Workload, corpus_workload, synthetic_workload
 from fastmi.probe.memory import CACHE_DTYPE_BYTES
+from fastmi.probe.precision import resolve_precision
 from fastmi.probe.sampled_softmax import parse_train_softmax
 
 __all__ = ["PROBE_EPOCHS", "Plan", "plan"]
@@ -131,7 +132,7 @@ def plan(
     matmul_tflops: float | None = None,
     train_softmax: str = "full",
     probe: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     batch_size: int | None = None,
     hardware: Hardware | None = None,
     model_cache_dir: str | os.PathLike | None = None,
@@ -149,14 +150,19 @@ def plan(
     "a100-80gb", "l40s"; :data:`fastmi.planning.gpu_presets.GPU_PRESETS`) for the memory and the matmul rate,
     which ``gpu_memory`` and ``matmul_tflops`` override.  ``disk_rate``: bytes/s or "1GB/s" at which one
     extracting process writes its cache files on the target (measured here when planning for this
-    machine; :data:`fastmi.planning.gpu_presets.GPU_NODE_DISK_RATE` for GPUs elsewhere).  ``config``: the
-    :class:`fastmi.ProbeConfig` the run will use; its alphabet, probe family, training softmax and (unless
-    "auto") precision replace ``vocab``, ``probe``, ``train_softmax`` and ``precision``.  Other settings as in
-    :func:`fastmi.extract` and :func:`fastmi.recoverability`.
+    machine; :data:`fastmi.planning.gpu_presets.GPU_NODE_DISK_RATE` for GPUs elsewhere).  ``precision``: the
+    probe's, "auto" as the probe resolves it (bf16 on GPUs, fp32 on a CPU).  ``config``: the
+    :class:`fastmi.ProbeConfig` the run will use; its alphabet, probe family, training softmax, batch and
+    (unless "auto") precision replace ``vocab``, ``probe``, ``train_softmax`` and ``precision``; without
+    it the probe batch on a GPU is the compute-bound one (:func:`fastmi.planning.probe_cost.compute_bound_batch`),
+    to be passed as ``--probe-batch-size``.  Other settings as in :func:`fastmi.extract` and
+    :func:`fastmi.recoverability`.
     """
+    probe_batch = None  # on a GPU the planner chooses it (compute_bound_batch); a given config says it
     if config is not None:  # the run's own settings, so that the plan prices what the run will do
         vocab, probe, train_softmax = config.vocab, config.probe, config.train_softmax
         precision = precision if config.train.precision == "auto" else config.train.precision
+        probe_batch = config.train.batch_size
     if probe == "auto" and train_softmax != "full":  # what fastmi.recoverability trains then
         probe = "linear"
     from fastmi.activations.extraction import parse_layers
@@ -166,6 +172,7 @@ def plan(
     parse_train_softmax(train_softmax)
     shape = model if isinstance(model, ModelShape) else model_shape(model, model_cache_dir)
     hw = hardware or _hardware(gpus, gpu_memory, host_memory, matmul_tflops, gpu, disk_rate)
+    precision = resolve_precision(precision, hw.device)  # "auto": what the probe runs there
     wanted = parse_layers(layers, shape.num_layers)
     work = _workload(shape, corpus, sentences, mean_tokens, max_length, vocab, batch_size, len(wanted), model_cache_dir)
     _check_sampled_below_alphabet(train_softmax, work.alphabet_size)
@@ -174,7 +181,7 @@ def plan(
     problems, advice = list(placement.problems), list(placement.advice)
     extraction_flops = work.padded_tokens * shape.flops_per_token(max(wanted), work.mean_width)
     extraction = extraction_seconds(shape, hw, work, placement, extraction_flops, max(wanted), len(wanted), cache_dtype)
-    probing = estimate_probe(work, shape, hw, wanted, train_softmax, probe, precision)
+    probing = estimate_probe(work, shape, hw, wanted, train_softmax, probe, precision, probe_batch)
     memory, budget = probing.memory, probing.budget
     if not memory.fits(budget):
         problems.append(probe_does_not_fit(memory, budget))

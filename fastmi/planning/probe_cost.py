@@ -20,15 +20,30 @@ from fastmi.planning.workload import Workload
 from fastmi.probe.checks import AUTO_FORMS
 from fastmi.probe.memory import STATE_BYTES, ProbeMemory, layer_groups
 
-__all__ = ["PROBE_BUDGET_FRACTION", "ProbeEstimate", "estimate_probe", "probe_epoch", "probe_seconds_timed"]
+__all__ = [
+    "PROBE_BUDGET_FRACTION",
+    "ProbeEstimate",
+    "compute_bound_batch",
+    "estimate_probe",
+    "probe_epoch",
+    "probe_seconds_timed",
+]
 
 PROBE_BUDGET_FRACTION = 0.5  # the probe's default max_memory: half of the device memory (fastmi.probe.recoverability)
 TRAIN_BATCH_SIZE = 256  # TrainConfig().batch_size
 VALIDATION_CHUNK_STEPS = 0.6  # fixed cost of a validation chunk (forward only) in probe steps
 EPOCH_FIXED_STEPS = 3  # per epoch: shuffling, the validation bookkeeping, the best-copy update
-# Elements one AdamW update moves per trainable parameter: 7 operations (lerp, mul, addcmul, sqrt, div,
-# add, addcdiv), each reading or writing ~3 of value, gradient, moments and temporaries.
-ADAM_PASSES = 20
+# Elementwise passes (an fp32 read and write) one AdamW update makes per trainable parameter.  On a
+# CPU: 7 operations (lerp, mul, addcmul, sqrt, div, add, addcdiv), each reading or writing ~3 of value,
+# gradient, moments and temporaries.  On CUDA, torch's fused kernel (fastmi/probe/adamw.py) reads the
+# value, gradient and both moments and writes three of them once (3.5 passes), after the backward has
+# written the gradient (0.5).  The embedding probe's pull toward its start (p.lerp_(anchor)) adds 1.5.
+ADAM_PASSES = {"cpu": 20.0, "cuda": 4.0}
+ANCHOR_PASSES = 1.5
+# The probe batch on a GPU (:func:`compute_bound_batch`): powers of two from the default up to this,
+# keeping at least MIN_STEPS_PER_EPOCH steps in an epoch, so early stopping still sees many steps.
+MAX_PROBE_BATCH = 8192
+MIN_STEPS_PER_EPOCH = 16
 BEST_COPY_PASSES = 2  # per epoch: the improved layers' weights copied into the best copy
 SETUP_PASSES = 4  # per fit: W, Adam's two moments and the best copy, each written once
 # The default probe on a measured CPU is timed at the work's own shape up to this many weights
@@ -52,22 +67,62 @@ class ProbeEstimate:
 
 
 def estimate_probe(
-    work: Workload, shape: ModelShape, hw: Hardware, layers: list[int], train_softmax: str, probe: str, precision: str
+    work: Workload,
+    shape: ModelShape,
+    hw: Hardware,
+    layers: list[int],
+    train_softmax: str,
+    probe: str,
+    precision: str,
+    batch_size: int | None = None,
 ) -> ProbeEstimate:
+    """The probe's memory, groups and cost at ``batch_size`` sentences a step (None: the default
+    batch, or on a GPU the one :func:`compute_bound_batch` chooses)."""
     memory = ProbeMemory(
         rows=work.probe_rows,
         dim=shape.hidden_size,
         alphabet=work.alphabet_size,
-        batch_size=TRAIN_BATCH_SIZE,
+        batch_size=batch_size or TRAIN_BATCH_SIZE,
         precision=precision,
         train_softmax=train_softmax,
         probe=probe,
         mean_bag=work.mean_bag,
     )
     budget = int(hw.memory * PROBE_BUDGET_FRACTION)
+    if batch_size is None:
+        memory = replace(memory, batch_size=compute_bound_batch(memory, work, hw, budget))
     groups = layer_groups(layers, memory.layers_per_group(budget, len(layers)))
     flops, seconds, setup_seconds = probe_epoch(memory, work, hw, [len(g) for g in groups])
     return ProbeEstimate(memory, budget, groups, flops, seconds, setup_seconds)
+
+
+def optimizer_passes(probe: str, device: str) -> float:
+    """Elementwise passes of one AdamW step per trainable parameter of ``probe`` on ``device``."""
+    return ADAM_PASSES[device] + (ANCHOR_PASSES if probe in ("embedding", "auto") else 0.0)
+
+
+def compute_bound_batch(memory: ProbeMemory, work: Workload, hw: Hardware, budget: int) -> int:
+    """The probe batch at which a training step on a GPU is bound by its matmuls, not its optimizer.
+
+    A step's matmuls cost 6 B d S FLOPs (B rows against the S trained columns) and its AdamW pass a
+    fixed number of elementwise passes over the M (d + 1) weights, whatever B is.  At B = 256 and a
+    GPU's rates the optimizer's pass is the larger (docs/performance.md), so the epoch is paid
+    mostly in optimizer passes, one per step.  The batch chosen is the smallest power of two from
+    the default at which the matmuls take at least as long as the optimizer pass, capped at
+    :data:`MAX_PROBE_BATCH`, at :data:`MIN_STEPS_PER_EPOCH` steps an epoch and at the memory budget.
+    A CPU (compute-bound already, and timed at the default), the sampled softmax (whose steps touch
+    S rows, not M) and the unembedding probe (d^2 weights) keep the default."""
+    if hw.device != "cuda" or memory.train_softmax != "full" or memory.probe == "unembedding":
+        return memory.batch_size
+    flops_per_row = 6.0 * memory.dim * memory.trained_columns
+    optimizer = optimizer_passes(memory.probe, hw.device) * memory.parameters_per_layer / hw.elementwise_rate
+    ceiling = min(MAX_PROBE_BATCH, work.train_rows // MIN_STEPS_PER_EPOCH)
+    batch, fits = memory.batch_size, memory.fits(budget)
+    while batch * flops_per_row / hw.probe_flops(memory.precision) < optimizer and 2 * batch <= ceiling:
+        if fits and not replace(memory, batch_size=2 * batch).fits(budget):
+            break  # a larger batch would not fit where this one does
+        batch *= 2
+    return batch
 
 
 def probe_epoch(
@@ -107,7 +162,7 @@ def probe_epoch(
     elements = (
         train * s * train_passes
         + val * m * val_passes
-        + (steps * ADAM_PASSES + BEST_COPY_PASSES) * memory.parameters_per_layer
+        + (steps * optimizer_passes(memory.probe, hw.device) + BEST_COPY_PASSES) * memory.parameters_per_layer
     )
     setup_elements = val * m * val_passes + SETUP_PASSES * memory.parameters_per_layer
     rate = hw.probe_flops(memory.precision)
