@@ -19,7 +19,10 @@ JSON rewritten after every stage and every timing (a killed run keeps what it me
    forward only, and reduction="none", against naive torch where it fits;
 4. ``baselines``: at B = 8192, d = 4096, V = 128256, bf16: Liger-Kernel with rows repeated per
    target token, Cut Cross-Entropy's LSE form, torch.compile of the naive loss, gradient filtering;
-5. ``bag_topk`` and 6. ``masked_pool``.
+5. ``bag_topk`` and 6. ``masked_pool``;
+7. ``probe_step``: one training step of the probe (bf16 bag CE forward and backward, fused AdamW;
+   the linear and the embedding probe) at B = 256, 1024 and 2048, d = 8192, beside the planner's
+   matmul and optimizer milliseconds for that step at the GPU's preset.
 
 Each timing records the median ms, the peak memory of one call *after* a warm-up call (so
 compilation and caches are not counted), and both FLOP counts: useful (6*B*d*V*L for forward +

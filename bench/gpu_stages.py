@@ -27,6 +27,7 @@ def shapes(run) -> SimpleNamespace:
             pool=(4, 16, 32),
             topk=(64, 32),
             matmul=(64, 64, 64),
+            probe_step=(256, 32),
         )
     return SimpleNamespace(
         vocab=run.args.vocab,
@@ -38,6 +39,7 @@ def shapes(run) -> SimpleNamespace:
         pool=(64, 2048, 4096),
         topk=(8192, 4096),
         matmul=(8192, 4096, run.args.vocab),
+        probe_step=(2048, 8192),
     )
 
 
@@ -308,6 +310,46 @@ def masked_pool(run) -> None:
     run.measure("masked_pool mean", "naive torch", naive, bytes_moved=moved)
 
 
+def probe_step(run) -> None:
+    """One training step of the probe as fastmi runs it (fastmi.probe.training.train_step: the bag CE
+    forward and backward in bf16, then the fused AdamW pass, plus the embedding probe's pull toward
+    its start), at the batches the planner chooses between, beside the planner's own estimate of the
+    step's matmul and optimizer seconds at this GPU's preset: does the step turn compute-bound where
+    the planner says (fastmi.planning.probe_cost.compute_bound_batch)?"""
+    from fastmi.planning.hardware import detect_hardware
+    from fastmi.planning.probe_cost import optimizer_passes
+    from fastmi.probe.adamw import AdamW
+    from fastmi.probe.training import train_step
+
+    rows, dim = shapes(run).probe_step
+    vocab = shapes(run).vocab
+    name = torch.cuda.get_device_name() if run.device == "cuda" else ""
+    preset = "h100" if "H100" in name else "h200"
+    hw = detect_hardware(1, gpu=preset)
+    z = torch.randn(1, rows, dim, device=run.device)
+    weight = (torch.randn(1, vocab, dim, device=run.device) / dim**0.5).requires_grad_(True)
+    bias = torch.zeros(1, vocab, device=run.device, requires_grad=True)
+    targets = make_bags(rows, vocab, shapes(run).bag, run.device)
+    for form, anchors in (("linear", None), ("embedding", [weight.detach().clone(), None])):
+        optimizer = AdamW([weight, bias], lr=1e-4, weight_decay=[3.0 if anchors else 0.0, 0.0], anchors=anchors)
+        for batch in (256, 1024, 2048):
+            if batch > rows:
+                continue
+            index = torch.arange(batch, device=run.device)
+            planned_matmul = 6.0 * batch * dim * vocab / hw.probe_flops("bf16")
+            planned_optimizer = optimizer_passes(form, "cuda") * vocab * (dim + 1) / hw.elementwise_rate
+            run.measure(
+                f"probe step {form} B={batch} d={dim}",
+                "fastmi",
+                lambda: train_step(z, index, targets, weight, bias, optimizer, "bf16"),
+                useful_flops=6 * batch * dim * vocab,
+                ceiling="matmul_bf16_tflops",
+                planned_ms={"preset": preset, "matmul": planned_matmul * 1e3, "optimizer": planned_optimizer * 1e3},
+            )
+        del optimizer
+    _release(weight, bias)
+
+
 STAGES = {
     "checks": checks,
     "ceilings": ceilings,
@@ -315,6 +357,7 @@ STAGES = {
     "baselines": baselines,
     "bag_topk": bag_topk,
     "masked_pool": masked_pool,
+    "probe_step": probe_step,
 }
 
 

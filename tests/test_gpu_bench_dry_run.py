@@ -34,7 +34,15 @@ def test_gpu_bench_dry_run_writes_every_stage(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads(out.read_text())
-    assert set(record["stages"]) == {"checks", "ceilings", "sweep_shapes", "baselines", "bag_topk", "masked_pool"}
+    assert set(record["stages"]) == {
+        "checks",
+        "ceilings",
+        "sweep_shapes",
+        "baselines",
+        "bag_topk",
+        "masked_pool",
+        "probe_step",
+    }
     assert all(s["status"] == "ok" for s in record["stages"].values()), record["stages"]
     assert record["checks"] and all(c["ok"] for c in record["checks"])
     timed = [r for r in record["timings"] if "ms" in r]
@@ -43,6 +51,9 @@ def test_gpu_bench_dry_run_writes_every_stage(tmp_path):
     recompute = [r for r in timed if "recompute" in r["impl"]]
     assert recompute and all(r["executed_tflops"] > r["useful_tflops"] for r in recompute)
     assert record["ceilings"]["matmul_bf16_tflops"] > 0 and record["ceilings"]["copy_gb_per_s"] > 0
+    steps = [r for r in timed if r["op"].startswith("probe step")]
+    assert {r["op"].split()[2] for r in steps} == {"linear", "embedding"}
+    assert all(r["planned_ms"]["optimizer"] > 0 and r["planned_ms"]["matmul"] > 0 for r in steps)
     assert not (tmp_path / "history").exists()  # a dry run measures nothing: it adds no row to the history
 
 
