@@ -208,6 +208,17 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         disable_tqdm=not config.progress,
         use_cpu=not torch.cuda.is_available(),
     )
+    # Within one pass every batch's term is scored by a probe that has not yet trained on its bags (a
+    # held-out-bag term); a second pass rewards what the probe memorised (docs/finetune.md, "One pass").
+    per_step = config.batch_size * args.world_size * args.gradient_accumulation_steps
+    passes = config.steps * per_step / max(len(train), 1)
+    if passes > 1:
+        notice(
+            f"finetune: {config.steps} steps of {per_step} sentences pass over the {len(train):,} training "
+            f"sentences {passes:.2f} times; after the first pass the recoverability term is scored by a probe "
+            f"that has trained on the batch's bags, and rewards what it memorised (docs/finetune.md, "
+            f"'One pass'); {len(train) // per_step} steps make one pass"
+        )
     trainer = RecoverabilityTrainer(
         model=model,
         args=args,
@@ -232,6 +243,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         "layers": layers,
         "max_length": config.max_length,  # tokens per sentence trained on (also in "config")
         "train_sentences": len(train),
+        "passes": passes,  # sentences drawn per training sentence: steps x sentences a step / train_sentences
         "claim_split": three_way,  # None: the sweep split's train rows
         "missing_weights": missing,
         "train_runtime_s": result.metrics.get("train_runtime"),
