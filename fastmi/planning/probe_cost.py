@@ -106,7 +106,7 @@ def compute_bound_batch(memory: ProbeMemory, work: Workload, hw: Hardware, budge
 
     A step's matmuls cost 6 B d S FLOPs (B rows against the S trained columns) and its AdamW pass a
     fixed number of elementwise passes over the M (d + 1) weights, whatever B is.  At B = 256 and a
-    GPU's rates the optimizer's pass is the larger (docs/performance.md), so the epoch is paid
+    GPU's rates the optimizer's pass is the larger (docs/scaling.md), so the epoch is paid
     mostly in optimizer passes, one per step.  The batch chosen is the smallest power of two from
     the default at which the matmuls take at least as long as the optimizer pass, capped at
     :data:`MAX_PROBE_BATCH`, at :data:`MIN_STEPS_PER_EPOCH` steps an epoch and at the memory budget.
