@@ -164,7 +164,7 @@ def test_the_default_precision_is_the_probes_own_on_each_device(config_70b):
 
 
 def test_a_probe_config_plans_what_the_run_will_do(config_70b):
-    """... its batch too: the planner's compute-bound choice is for runs that do not set one."""
+    """... its batch too; the compute-bound batch is priced beside the run's own, not instead of it."""
     common = dict(sentences=100_000, gpus=8, gpu_memory="141GB", matmul_tflops=593, host_memory="2TB")
     config = fastmi.ProbeConfig(
         vocab="full", probe="unembedding", train_softmax="sampled:8192", train=fastmi.TrainConfig(precision="bf16")
@@ -175,10 +175,14 @@ def test_a_probe_config_plans_what_the_run_will_do(config_70b):
     )
     assert by_config == by_keywords
     assert by_config != fastmi.plan(config_70b, vocab="full", **common)
-    chosen = fastmi.plan(config_70b, vocab="full", **common)
-    assert chosen.probe_batch_size > 256
-    given = fastmi.plan(config_70b, vocab="full", config=fastmi.ProbeConfig(vocab="full"), **common)
-    assert given.probe_batch_size == 256 and given.probe_seconds_per_epoch > chosen.probe_seconds_per_epoch
+    plain = fastmi.plan(config_70b, vocab="full", **common)
+    assert plain.probe_batch_size == 256 and plain.compute_bound_batch_size > 256  # priced beside it
+    assert plain.compute_bound_seconds_per_epoch < plain.probe_seconds_per_epoch
+    given = fastmi.plan(
+        config_70b, config=fastmi.ProbeConfig(vocab="full", train=fastmi.TrainConfig(batch_size=1024)), **common
+    )
+    assert given.probe_batch_size == 1024
+    assert given.probe_seconds_per_epoch == pytest.approx(plain.compute_bound_seconds_per_epoch)
 
 
 def test_what_does_not_fit_is_named_with_its_fix(config_70b, capsys):

@@ -169,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
 def format_plan(p) -> str:
     from fastmi.planning.advice import counted
     from fastmi.planning.planner import PROBE_EPOCHS_SOURCE
-    from fastmi.planning.probe_cost import TRAIN_BATCH_SIZE
     from fastmi.probe.memory import format_bytes as size
 
     unit = "GPU" if p.device == "cuda" else "CPU"
@@ -199,10 +198,12 @@ def format_plan(p) -> str:
         f"  per epoch  estimate: {p.probe_flops_per_epoch:.3g} FLOP, {duration(p.probe_seconds_per_epoch)} "
         f"(batch {p.probe_batch_size}), plus {duration(p.probe_setup_seconds)} once to set the groups up",
     ]
-    if p.probe_batch_size != TRAIN_BATCH_SIZE:
+    if p.compute_bound_batch_size != p.probe_batch_size:
         lines.append(
-            f"  batch      {p.probe_batch_size} sentences a step, not {TRAIN_BATCH_SIZE}: the smallest at which "
-            f"a step's matmuls outlast its optimizer pass on this GPU; run with --probe-batch-size {p.probe_batch_size}"
+            f"  batch      --probe-batch-size {p.compute_bound_batch_size}: "
+            f"{duration(p.compute_bound_seconds_per_epoch)} per epoch, the smallest batch at which a step's "
+            "matmuls outlast its optimizer pass on this GPU (but 0.02-0.07 bit looser on the demo caches at "
+            "7,200 training sentences, and more epochs: docs/performance.md)"
         )
     lines += [
         f"  in total   estimate: {duration(p.probe_expected_seconds[0])} to {duration(p.probe_expected_seconds[1])} "

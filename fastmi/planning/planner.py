@@ -34,7 +34,7 @@ from fastmi.planning.advice import fp32_cache_advice, probe_advice, probe_does_n
 from fastmi.planning.extraction_cost import cache_bytes, extraction_seconds
 from fastmi.planning.hardware import Hardware, detect_hardware, parse_rate
 from fastmi.planning.placement import CPU_BATCH_SIZE, place
-from fastmi.planning.probe_cost import ProbeEstimate, estimate_probe
+from fastmi.planning.probe_cost import ProbeEstimate, compute_bound_batch, estimate_probe
 from fastmi.planning.workload import Workload, corpus_workload, synthetic_workload
 from fastmi.probe.memory import CACHE_DTYPE_BYTES
 from fastmi.probe.precision import resolve_precision
@@ -101,6 +101,10 @@ class Plan:
     offloaded_bytes: int  # weight bytes (with the headroom) that do not fit on the GPUs of one replica
     extraction_batch_size: int
     probe_batch_size: int
+    # The smallest batch at which a GPU step's matmuls outlast its optimizer pass, and the epoch there
+    # (probe_cost.compute_bound_batch); the run's own batch where that is already so.
+    compute_bound_batch_size: int
+    compute_bound_seconds_per_epoch: float
     extraction_flops: float
     extraction_seconds: float
     probe_flops_per_epoch: float
@@ -153,12 +157,12 @@ def plan(
     machine; :data:`fastmi.planning.gpu_presets.GPU_NODE_DISK_RATE` for GPUs elsewhere).  ``precision``: the
     probe's, "auto" as the probe resolves it (bf16 on GPUs, fp32 on a CPU).  ``config``: the
     :class:`fastmi.ProbeConfig` the run will use; its alphabet, probe family, training softmax, batch and
-    (unless "auto") precision replace ``vocab``, ``probe``, ``train_softmax`` and ``precision``; without
-    it the probe batch on a GPU is the compute-bound one (:func:`fastmi.planning.probe_cost.compute_bound_batch`),
-    to be passed as ``--probe-batch-size``.  Other settings as in :func:`fastmi.extract` and
-    :func:`fastmi.recoverability`.
+    (unless "auto") precision replace ``vocab``, ``probe``, ``train_softmax`` and ``precision``.  On GPUs
+    the plan also prices the compute-bound probe batch
+    (:func:`fastmi.planning.probe_cost.compute_bound_batch`, ``--probe-batch-size``) beside the run's
+    own.  Other settings as in :func:`fastmi.extract` and :func:`fastmi.recoverability`.
     """
-    probe_batch = None  # on a GPU the planner chooses it (compute_bound_batch); a given config says it
+    probe_batch = None  # the default batch, unless a given config says otherwise
     if config is not None:  # the run's own settings, so that the plan prices what the run will do
         vocab, probe, train_softmax = config.vocab, config.probe, config.train_softmax
         precision = precision if config.train.precision == "auto" else config.train.precision
@@ -183,6 +187,12 @@ def plan(
     extraction = extraction_seconds(shape, hw, work, placement, extraction_flops, max(wanted), len(wanted), cache_dtype)
     probing = estimate_probe(work, shape, hw, wanted, train_softmax, probe, precision, probe_batch)
     memory, budget = probing.memory, probing.budget
+    fast_batch = compute_bound_batch(memory, work, hw, budget)
+    fast = (
+        probing
+        if fast_batch == memory.batch_size
+        else estimate_probe(work, shape, hw, wanted, train_softmax, probe, precision, fast_batch)
+    )
     if not memory.fits(budget):
         problems.append(probe_does_not_fit(memory, budget))
         advice.extend(probe_advice(memory, budget))
@@ -230,6 +240,8 @@ def plan(
         offloaded_bytes=placement.offloaded_bytes,
         extraction_batch_size=placement.batch_size,
         probe_batch_size=memory.batch_size,
+        compute_bound_batch_size=fast_batch,
+        compute_bound_seconds_per_epoch=fast.seconds,
         extraction_flops=extraction_flops,
         extraction_seconds=extraction,
         probe_flops_per_epoch=probing.flops,

@@ -76,8 +76,7 @@ def estimate_probe(
     precision: str,
     batch_size: int | None = None,
 ) -> ProbeEstimate:
-    """The probe's memory, groups and cost at ``batch_size`` sentences a step (None: the default
-    batch, or on a GPU the one :func:`compute_bound_batch` chooses)."""
+    """The probe's memory, groups and cost at ``batch_size`` sentences a step (None: the default)."""
     memory = ProbeMemory(
         rows=work.probe_rows,
         dim=shape.hidden_size,
@@ -89,8 +88,6 @@ def estimate_probe(
         mean_bag=work.mean_bag,
     )
     budget = int(hw.memory * PROBE_BUDGET_FRACTION)
-    if batch_size is None:
-        memory = replace(memory, batch_size=compute_bound_batch(memory, work, hw, budget))
     groups = layer_groups(layers, memory.layers_per_group(budget, len(layers)))
     flops, seconds, setup_seconds = probe_epoch(memory, work, hw, [len(g) for g in groups])
     return ProbeEstimate(memory, budget, groups, flops, seconds, setup_seconds)
@@ -107,11 +104,13 @@ def compute_bound_batch(memory: ProbeMemory, work: Workload, hw: Hardware, budge
     A step's matmuls cost 6 B d S FLOPs (B rows against the S trained columns) and its AdamW pass a
     fixed number of elementwise passes over the M (d + 1) weights, whatever B is.  At B = 256 and a
     GPU's rates the optimizer's pass is the larger (docs/scaling.md), so the epoch is paid
-    mostly in optimizer passes, one per step.  The batch chosen is the smallest power of two from
-    the default at which the matmuls take at least as long as the optimizer pass, capped at
+    mostly in optimizer passes, one per step.  The batch named is the smallest power of two from
+    ``memory``'s at which the matmuls take at least as long as the optimizer pass, capped at
     :data:`MAX_PROBE_BATCH`, at :data:`MIN_STEPS_PER_EPOCH` steps an epoch and at the memory budget.
-    A CPU (compute-bound already, and timed at the default), the sampled softmax (whose steps touch
-    S rows, not M) and the unembedding probe (d^2 weights) keep the default."""
+    A CPU (compute-bound already), the sampled softmax (whose steps touch S rows, not M) and the
+    unembedding probe (d^2 weights) keep ``memory``'s batch.  The plan prices it beside the run's
+    own batch, not instead of it: on the demo caches a larger batch ended with looser bounds
+    (docs/performance.md)."""
     if hw.device != "cuda" or memory.train_softmax != "full" or memory.probe == "unembedding":
         return memory.batch_size
     flops_per_row = 6.0 * memory.dim * memory.trained_columns
