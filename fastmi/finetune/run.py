@@ -35,6 +35,7 @@ import torch
 
 from fastmi.defaults import DEFAULT_MAX_LENGTH
 from fastmi.probe.config import ProbeConfig, default_of
+from fastmi.runtime.distributed import trainer_step_sentences
 from fastmi.runtime.files import atomic_write_text
 from fastmi.runtime.notices import notice
 
@@ -210,7 +211,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     )
     # Within one pass every batch's term is scored by a probe that has not yet trained on its bags (a
     # held-out-bag term); a second pass rewards what the probe memorised (docs/finetune.md, "One pass").
-    per_step = config.batch_size * args.world_size * args.gradient_accumulation_steps
+    per_step = trainer_step_sentences(args)
     passes = config.steps * per_step / max(len(train), 1)
     if passes > 1:
         notice(

@@ -34,7 +34,7 @@ from fastmi.planning.advice import fp32_cache_advice, probe_advice, probe_does_n
 from fastmi.planning.extraction_cost import cache_bytes, extraction_seconds
 from fastmi.planning.hardware import Hardware, detect_hardware, parse_rate
 from fastmi.planning.placement import CPU_BATCH_SIZE, place
-from fastmi.planning.probe_cost import ProbeEstimate, compute_bound_batch, estimate_probe
+from fastmi.planning.probe_cost import ProbeEstimate, compute_bound_estimate, estimate_probe
 from fastmi.planning.workload import Workload, corpus_workload, synthetic_workload
 from fastmi.probe.memory import CACHE_DTYPE_BYTES
 from fastmi.probe.precision import resolve_precision
@@ -154,21 +154,13 @@ def plan(
     "a100-80gb", "l40s"; :data:`fastmi.planning.gpu_presets.GPU_PRESETS`) for the memory and the matmul rate,
     which ``gpu_memory`` and ``matmul_tflops`` override.  ``disk_rate``: bytes/s or "1GB/s" at which one
     extracting process writes its cache files on the target (measured here when planning for this
-    machine; :data:`fastmi.planning.gpu_presets.GPU_NODE_DISK_RATE` for GPUs elsewhere).  ``precision``: the
-    probe's, "auto" as the probe resolves it (bf16 on GPUs, fp32 on a CPU).  ``config``: the
-    :class:`fastmi.ProbeConfig` the run will use; its alphabet, probe family, training softmax, batch and
-    (unless "auto") precision replace ``vocab``, ``probe``, ``train_softmax`` and ``precision``.  On GPUs
-    the plan also prices the compute-bound probe batch
-    (:func:`fastmi.planning.probe_cost.compute_bound_batch`, ``--probe-batch-size``) beside the run's
-    own.  Other settings as in :func:`fastmi.extract` and :func:`fastmi.recoverability`.
+    machine; :data:`fastmi.planning.gpu_presets.GPU_NODE_DISK_RATE` for GPUs elsewhere).  ``precision``: "auto"
+    as the probe resolves it (bf16 on GPUs).  ``config``: the :class:`fastmi.ProbeConfig` the run will use
+    (:func:`_run_settings`).  On GPUs the plan also prices the compute-bound probe batch beside the run's
+    (:func:`fastmi.planning.probe_cost.compute_bound_batch`).  Other settings as in :func:`fastmi.extract`
+    and :func:`fastmi.recoverability`.
     """
-    probe_batch = None  # the default batch, unless a given config says otherwise
-    if config is not None:  # the run's own settings, so that the plan prices what the run will do
-        vocab, probe, train_softmax = config.vocab, config.probe, config.train_softmax
-        precision = precision if config.train.precision == "auto" else config.train.precision
-        probe_batch = config.train.batch_size
-    if probe == "auto" and train_softmax != "full":  # what fastmi.recoverability trains then
-        probe = "linear"
+    vocab, probe, train_softmax, precision, probe_batch = _run_settings(config, vocab, probe, train_softmax, precision)
     from fastmi.activations.extraction import parse_layers
 
     if cache_dtype not in CACHE_DTYPE_BYTES:
@@ -187,12 +179,7 @@ def plan(
     extraction = extraction_seconds(shape, hw, work, placement, extraction_flops, max(wanted), len(wanted), cache_dtype)
     probing = estimate_probe(work, shape, hw, wanted, train_softmax, probe, precision, probe_batch)
     memory, budget = probing.memory, probing.budget
-    fast_batch = compute_bound_batch(memory, work, hw, budget)
-    fast = (
-        probing
-        if fast_batch == memory.batch_size
-        else estimate_probe(work, shape, hw, wanted, train_softmax, probe, precision, fast_batch)
-    )
+    fast = compute_bound_estimate(probing, work, shape, hw, wanted, train_softmax, probe, precision)
     if not memory.fits(budget):
         problems.append(probe_does_not_fit(memory, budget))
         advice.extend(probe_advice(memory, budget))
@@ -240,7 +227,7 @@ def plan(
         offloaded_bytes=placement.offloaded_bytes,
         extraction_batch_size=placement.batch_size,
         probe_batch_size=memory.batch_size,
-        compute_bound_batch_size=fast_batch,
+        compute_bound_batch_size=fast.memory.batch_size,
         compute_bound_seconds_per_epoch=fast.seconds,
         extraction_flops=extraction_flops,
         extraction_seconds=extraction,
@@ -254,6 +241,21 @@ def plan(
         advice=advice,
         alternatives=_alternatives(work, shape, hw, wanted, probing, precision),
     )
+
+
+def _run_settings(config, vocab: str, probe: str, train_softmax: str, precision: str) -> tuple:
+    """``(vocab, probe, train_softmax, precision, batch)`` of the run: ``config``'s where given (so that
+    the plan prices what the run will do; its "auto" precision leaves ``precision``), the probe form
+    ``fastmi.recoverability`` trains (``auto`` is the linear probe under a sampled softmax), and the
+    probe batch (None: the default)."""
+    batch = None
+    if config is not None:
+        vocab, probe, train_softmax = config.vocab, config.probe, config.train_softmax
+        precision = precision if config.train.precision == "auto" else config.train.precision
+        batch = config.train.batch_size
+    if probe == "auto" and train_softmax != "full":
+        probe = "linear"
+    return vocab, probe, train_softmax, precision, batch
 
 
 def _hardware(gpus, gpu_memory, host_memory, matmul_tflops, gpu, disk_rate) -> Hardware:

@@ -24,6 +24,7 @@ __all__ = [
     "PROBE_BUDGET_FRACTION",
     "ProbeEstimate",
     "compute_bound_batch",
+    "compute_bound_estimate",
     "estimate_probe",
     "probe_epoch",
     "probe_seconds_timed",
@@ -122,6 +123,23 @@ def compute_bound_batch(memory: ProbeMemory, work: Workload, hw: Hardware, budge
             break  # a larger batch would not fit where this one does
         batch *= 2
     return batch
+
+
+def compute_bound_estimate(
+    chosen: ProbeEstimate,
+    work: Workload,
+    shape: ModelShape,
+    hw: Hardware,
+    layers: list[int],
+    train_softmax: str,
+    probe: str,
+    precision: str,
+) -> ProbeEstimate:
+    """``chosen``'s setting priced at its :func:`compute_bound_batch` (``chosen`` where that is its batch)."""
+    batch = compute_bound_batch(chosen.memory, work, hw, chosen.budget)
+    if batch == chosen.memory.batch_size:
+        return chosen
+    return estimate_probe(work, shape, hw, layers, train_softmax, probe, precision, batch)
 
 
 def probe_epoch(

@@ -37,6 +37,7 @@ import torch
 __all__ = [
     "Context",
     "context",
+    "trainer_step_sentences",
     "init_from_env",
     "shutdown",
     "launched",
@@ -95,6 +96,12 @@ def context() -> Context:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     return Context(rank, world, local_rank, local_world)
+
+
+def trainer_step_sentences(args) -> int:
+    """Sentences one optimizer step of a ``transformers.Trainer`` with TrainingArguments ``args`` takes
+    over every process: the per-device batch x the processes x the accumulation steps."""
+    return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
 
 
 def init_from_env() -> Context:
