@@ -179,7 +179,7 @@ def plan(
     extraction = extraction_seconds(shape, hw, work, placement, extraction_flops, max(wanted), len(wanted), cache_dtype)
     probing = estimate_probe(work, shape, hw, wanted, train_softmax, probe, precision, probe_batch)
     memory, budget = probing.memory, probing.budget
-    fast = compute_bound_estimate(probing, work, shape, hw, wanted, train_softmax, probe, precision)
+    fast = compute_bound_estimate(probing, work, shape, hw)
     if not memory.fits(budget):
         problems.append(probe_does_not_fit(memory, budget))
         advice.extend(probe_advice(memory, budget))

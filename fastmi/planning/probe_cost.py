@@ -125,21 +125,14 @@ def compute_bound_batch(memory: ProbeMemory, work: Workload, hw: Hardware, budge
     return batch
 
 
-def compute_bound_estimate(
-    chosen: ProbeEstimate,
-    work: Workload,
-    shape: ModelShape,
-    hw: Hardware,
-    layers: list[int],
-    train_softmax: str,
-    probe: str,
-    precision: str,
-) -> ProbeEstimate:
+def compute_bound_estimate(chosen: ProbeEstimate, work: Workload, shape: ModelShape, hw: Hardware) -> ProbeEstimate:
     """``chosen``'s setting priced at its :func:`compute_bound_batch` (``chosen`` where that is its batch)."""
-    batch = compute_bound_batch(chosen.memory, work, hw, chosen.budget)
-    if batch == chosen.memory.batch_size:
+    memory = chosen.memory
+    batch = compute_bound_batch(memory, work, hw, chosen.budget)
+    if batch == memory.batch_size:
         return chosen
-    return estimate_probe(work, shape, hw, layers, train_softmax, probe, precision, batch)
+    layers = [layer for group in chosen.groups for layer in group]
+    return estimate_probe(work, shape, hw, layers, memory.train_softmax, memory.probe, memory.precision, batch)
 
 
 def probe_epoch(
