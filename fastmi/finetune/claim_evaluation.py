@@ -25,15 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["evaluate_run", "run_split"]
+__all__ = ["claim_run", "evaluate_run", "run_split"]
 
 
-def run_split(run: str | Path):
-    """``(config, corpus, split, rows)`` of a finished run: the probe and held-out parts of its claim
-    split as a corpus, a Split of it whose held-out rows are the held-out part, and each sentence's
-    row in the run's corpus."""
+def claim_run(run: str | Path):
+    """``(info, corpus, parts)`` of a finished ``fastmi finetune --tune-fraction`` run: its
+    finetune.json, its corpus (checked to be the one it was tuned on) and its three-way split."""
     from fastmi.data.corpus import Corpus
-    from fastmi.finetune.split import claim_split, evaluation_split
+    from fastmi.finetune.split import claim_split
 
     done = Path(run) / "finetune.json"
     if not done.is_file():
@@ -47,6 +46,16 @@ def run_split(run: str | Path):
     if corpus.fingerprint != record["corpus"]:
         raise ValueError(f"{run} was tuned on another corpus than {config['corpus']!r} gives now")
     parts = claim_split(record["num_rows"], record["seed"], record["tune_fraction"], record["probe_fraction"])
+    return info, corpus, parts
+
+
+def run_split(run: str | Path):
+    """``(config, corpus, split, rows)`` of a finished run: the probe and held-out parts of its claim
+    split as a corpus, a Split of it whose held-out rows are the held-out part, and each sentence's
+    row in the run's corpus."""
+    from fastmi.finetune.split import evaluation_split
+
+    info, corpus, parts = claim_run(run)
     return info, *evaluation_split(corpus.sentences, parts)
 
 

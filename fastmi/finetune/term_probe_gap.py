@@ -13,7 +13,6 @@ where a masked-LM run's training saw 15% of it masked).  The gap is held-out CE 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -31,23 +30,14 @@ def term_probe_gap(run: str | Path, max_sentences: int = 1000, seed: int = 0) ->
     gap is diluted by as much)."""
     from fastmi import kernels
     from fastmi.data.corpus import Corpus
+    from fastmi.finetune.claim_evaluation import claim_run
     from fastmi.finetune.objective_bound import term_pooled_states
     from fastmi.finetune.run import load_trainable, training_source
-    from fastmi.finetune.split import claim_split
     from fastmi.finetune.trainer import load_probe
 
     run = Path(run)
-    done = run / "finetune.json"
-    if not done.is_file():
-        raise ValueError(f"{run} is not a finished fastmi finetune run (no finetune.json)")
-    info = json.loads(done.read_text())
-    record, config = info.get("claim_split"), info["config"]
-    if not record:
-        raise ValueError(f"{run} was not tuned with --tune-fraction: its tune and held-out parts are unknown")
-    corpus = Corpus.load(config["corpus"], max_sentences=config.get("max_sentences"))
-    if corpus.fingerprint != record["corpus"]:
-        raise ValueError(f"{run} was tuned on another corpus than {config['corpus']!r} gives now")
-    parts = claim_split(record["num_rows"], record["seed"], record["tune_fraction"], record["probe_fraction"])
+    info, corpus, parts = claim_run(run)
+    config = info["config"]
     rng = np.random.default_rng(seed)
     model, tokenizer, _, _ = load_trainable(training_source(str(run)), seed=0)
     probe = load_probe(run / "recoverability")
