@@ -17,7 +17,7 @@ and no tuning sentence is seen by an evaluation probe.  Otherwise the sweep's ow
 Plan mode lists (and with --run, runs) every arm x seed of the experiment as a resumable
 ``fastmi finetune`` run (fastmi/finetune/plan.py): done ones are skipped, interrupted ones resumed:
 
-    python bench/finetune_claim.py --plan PLAN.json [--run [--max-runs N]]
+    python bench/finetune_claim.py --plan PLAN.json [--run [--max-runs N] [--worker K/N]]
     python bench/finetune_claim.py --models minilm --lambdas 0,0.1,0.3,1,3 --seeds 0,1,2 --steps 200 \
         --plan-out RUNS/claim --finetune-options '{"layers": "3", "full": true, "lr": 5e-5}' [--run]
 
@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--finetune-options", default="{}", help="JSON: further fastmi finetune options")
     plan.add_argument("--run", action="store_true", help="run the runs not done yet (else: list them)")
     plan.add_argument("--max-runs", type=int, default=None, help="with --run: at most this many")
+    plan.add_argument(
+        "--worker",
+        default="0/1",
+        metavar="K/N",
+        help="with --run: only every N-th run of the plan from the K-th (0-based), so N processes share it",
+    )
     plan.add_argument("--evaluate", action="store_true", help="score the finished runs, one JSON each under --work")
     plan.add_argument("--aggregate", action="store_true", help="the table and verdict from --work into --report")
     plan.add_argument("--d2-max-sentences", type=int, default=None, help="with --evaluate: cap D2's snippets")
@@ -113,7 +119,8 @@ def plan_main(args) -> int:
     print(f"{len(runs) - left} of {len(runs)} runs done, {left} left")
     code = 0
     if args.run:
-        started = run_plan(plan, max_runs=args.max_runs)
+        k, n = (int(x) for x in args.worker.split("/"))
+        started = run_plan(plan, max_runs=args.max_runs, worker=(k, n))
         code = max((run["code"] for run in started), default=0)
     if code == 0 and (args.evaluate or args.aggregate) and not args.work:
         raise SystemExit("--evaluate and --aggregate need --work (where the runs' evaluations are kept)")

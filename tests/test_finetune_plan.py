@@ -82,3 +82,16 @@ def test_the_default_runner_runs_fastmi_finetune_in_a_subprocess_and_returns_its
     started = run_plan(plan, say=lambda _: None)
     assert [r["code"] for r in started] == [2]  # fastmi's exit code for bad input; the plan stops there
     assert run_status(started[0]["out"]) == "todo"
+
+
+def test_workers_share_a_plan_by_taking_disjoint_runs(tmp_path):
+    plan = make_plan(str(tmp_path), ["m"], [0, 0.1, 0.3, 1, 3], [0, 1, 2])
+    taken = []
+    for k in range(2):
+        started = run_plan(plan, runner=lambda args: 0, say=lambda _: None, worker=(k, 2))
+        taken.append([run["out"] for run in started])
+    assert not set(taken[0]) & set(taken[1])
+    assert sorted(taken[0] + taken[1]) == sorted(run["out"] for run in plan_runs(plan))
+    assert len(taken[0]) == 8 and len(taken[1]) == 7
+    with pytest.raises(ValueError, match="worker 2/2"):
+        run_plan(plan, runner=lambda args: 0, say=lambda _: None, worker=(2, 2))

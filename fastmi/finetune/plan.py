@@ -10,6 +10,8 @@ Each run writes OUT/<model>/lambda-<lambda>-seed-<seed>.  A run is *done* when i
 there (written last, atomically), *interrupted* when it was started (OUT/finetune_config.json) and not
 finished, else *todo*.  :func:`run_plan` runs the runs not done in the plan's order; an interrupted one
 is the same command again, which resumes from its last complete checkpoint (fastmi.finetune.run).
+Several processes share a plan by taking disjoint runs (``worker=(k, n)``: the k-th of every n runs
+in the plan's order), so that one machine's cores, or several machines over one folder, run it at once.
 """
 
 from __future__ import annotations
@@ -119,11 +121,16 @@ def run_plan(
     max_runs: int | None = None,
     runner: Callable[[list[str]], int] = _subprocess_runner,
     say: Callable[[str], Any] = print,
+    worker: tuple[int, int] = (0, 1),
 ) -> list[dict]:
     """Run the plan's runs that are not done, in order (at most ``max_runs``); stop at a failed one.
+    ``worker=(k, n)``: only the runs at positions k, k + n, k + 2n, ... of the plan (0 <= k < n).
     Returns the runs started, each with its exit code."""
+    k, n = worker
+    if not 0 <= k < n:
+        raise ValueError(f"worker {k}/{n}: needs 0 <= k < n")
     started = []
-    for run in plan_runs(plan):
+    for run in plan_runs(plan)[k::n]:
         if max_runs is not None and len(started) >= max_runs:
             break
         status = run_status(run["out"])
