@@ -89,3 +89,25 @@ def test_objective_bound_scores_the_held_out_part_only(bert, tmp_path, monkeypat
         assert entry["H_T"] == pytest.approx(_held_out_entropy(features.bags.select(split.test)), rel=1e-9)
         assert np.ptp(entry["values"]) > 0
     assert not np.allclose(result[1]["values"], result[2]["values"])
+
+
+def test_objective_bound_ties_unseen_ids_by_default_and_bounds_as_the_untied_probe(bert, tmp_path, monkeypatch):
+    # Tying the ids no training bag holds is exact (the same problem as the untied full softmax) and
+    # makes E1 affordable over a 30k vocabulary; the two must agree up to where early stopping ends.
+    monkeypatch.setenv("FASTMI_HOME", str(tmp_path / "home"))
+    model, tokenizer = bert
+    sentences = random_sentences(150, seed=9, min_words=3)
+    parts = claim_split(len(sentences), seed=1, tune_fraction=0.3, probe_fraction=0.4)
+    corpus, split, _ = evaluation_split(sentences, parts)
+    features = term_pooled_states(model, tokenizer, corpus.tokenize(tokenizer, 24), layers=[1])
+    quick = {"max_epochs": 8, "batch_size": 32}
+    tied = objective_bound(features, split, checkpoint_dir=tmp_path / "a", train=TrainConfig(**quick))
+    untied = objective_bound(
+        features, split, checkpoint_dir=tmp_path / "b", train=TrainConfig(tie_unseen=False, **quick)
+    )
+    stored = {p.parent.name for p in (tmp_path / "a").rglob("*.json")} ^ {
+        p.parent.name for p in (tmp_path / "b").rglob("*.json")
+    }
+    assert stored  # different settings, different stores: the default is not the untied probe
+    assert tied[1]["bound_bits"] == pytest.approx(untied[1]["bound_bits"], abs=0.05)
+    assert not np.array_equal(tied[1]["values"], untied[1]["values"])
