@@ -1,0 +1,103 @@
+"""Early stopping's patience: does a probe stopped after P epochs without gain end where a longer
+patience would take it, and do its seeds agree?
+
+In the 10,000-sentence findings (docs/findings.md, the re-run over ``observed``) the three probe
+seeds of SmolLM2's middle layers stopped at best epochs from 14 to 34 and their validation
+cross-entropies differed by up to 0.13 bit: a seed that met a plateau of 3 epochs (the default
+patience) stopped there, one that did not went on.  This runs the same probe at each patience over
+the same split, layers and alphabet (default ``observed``), three seeds, no curve, and reports per
+layer the bound (seed mean), the seeds' spread and best epochs, and per run its CPU seconds.
+Runs are saved as they finish (OUT/<model>-p<P>.json) and skipped when there.
+
+    python bench/probe_patience.py --out runs/patience --cache smollm2=runs/cache/smollm2 \
+        --layers smollm2=12,13,15,18 --probe unembedding --patience 3,6 --probe-memory 400000000
+
+Appends one row per model to bench/results/probe_patience.jsonl (bench/history.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from fastmi.activations.cache import ActivationCache
+from fastmi.probe.config import ProbeConfig
+from fastmi.results.result import RecoverabilityResult
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from saved_run import record_new, run_saved  # noqa: E402  (bench/ is not a package)
+
+
+def config_for(patience: int, probe: str, vocab: str, seeds: int, max_memory: int | None) -> ProbeConfig:
+    base = ProbeConfig()
+    train = replace(base.train, patience=patience)
+    overrides = {"vocab": vocab, "probe": probe, "probe_seeds": seeds, "train": train, "max_memory": max_memory}
+    return ProbeConfig.resolve(base, overrides, "probe_patience")
+
+
+def per_layer(result: RecoverabilityResult) -> dict[int, dict]:
+    training = result.config["training"]
+    layers = {}
+    for row in result.table:
+        log = training[str(row["layer"])]
+        seeds = log.get("seeds", [])
+        layers[row["layer"]] = {
+            "bound_bits": round(row["variational_bits"], 4),
+            "lcb_bits": round(row["variational_lcb"], 4),
+            "seed_sd_bits": round(row.get("variational_seed_sd") or 0.0, 4),
+            "best_epochs": [s["best_epoch"] for s in seeds] or [log["best_epoch"]],
+            "validation_ce_bits": [round(s["validation_ce_bits"], 4) for s in seeds],
+        }
+    return layers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--cache", action="append", required=True, help="NAME=DIR, repeat")
+    parser.add_argument("--layers", action="append", default=[], help="NAME=0,3,6: only these layers, repeat")
+    parser.add_argument("--patience", default="3,6", help="comma-separated patiences; the first is the baseline")
+    parser.add_argument("--probe", default="auto")
+    parser.add_argument("--vocab", default="observed")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--probe-memory",
+        type=int,
+        default=None,
+        help="bytes per layer group: a group stops when all its layers are stale, so a small one (one "
+        "layer) measures each layer's own patience, as the findings' runs did",
+    )
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    patiences = [int(p) for p in args.patience.split(",")]
+    chosen = {name: [int(v) for v in layers.split(",")] for name, layers in (x.split("=", 1) for x in args.layers)}
+    for name, directory in (c.split("=", 1) for c in args.cache):
+        cache = ActivationCache.open(directory)
+        timings, layers = {}, {}
+        for patience in patiences:
+            config = config_for(patience, args.probe, args.vocab, args.seeds, args.probe_memory)
+            timings[f"p{patience}"] = run_saved(cache, name, config, f"p{patience}", chosen.get(name), out)
+            layers[f"p{patience}"] = per_layer(RecoverabilityResult.from_json(out / f"{name}-p{patience}.json"))
+        base = layers[f"p{patiences[0]}"]
+        for rows in layers.values():
+            for layer, row in rows.items():
+                row["bound_change_bits"] = round(row["bound_bits"] - base[layer]["bound_bits"], 4)
+        figures = {
+            "model": name,
+            "probe": args.probe,
+            "vocab": args.vocab,
+            "seeds": args.seeds,
+            "per_setting": layers,
+            "cpu_seconds": {s: t.get("cpu_seconds") for s, t in timings.items()},
+        }
+        (out / f"{name}-summary.json").write_text(json.dumps(figures, indent=2) + "\n")
+        print(json.dumps(figures, indent=2))
+        record_new("probe_patience", figures, timings, "bench/probe_patience.py")
+
+
+if __name__ == "__main__":
+    main()
