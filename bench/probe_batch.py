@@ -27,12 +27,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from fastmi.activations.cache import ActivationCache
 from fastmi.probe.config import ProbeConfig
 from fastmi.results.result import RecoverabilityResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from saved_run import record_new, run_saved  # noqa: E402  (bench/ is not a package)
+from saved_run import add_run_arguments, caches_of, record_new, run_saved  # noqa: E402  (bench/ is not a package)
 
 BASE_BATCH = 256  # TrainConfig's default
 SEED_NOISE_BITS = 0.02  # the bound's spread between probe seeds at 10,000 sentences (docs/performance.md)
@@ -87,29 +86,22 @@ def compare(results: dict[str, RecoverabilityResult], timings: dict[str, dict]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--cache", action="append", required=True, help="NAME=DIR, repeat")
-    parser.add_argument("--layers", action="append", default=[], help="NAME=0,3,6: only these layers, repeat")
+    add_run_arguments(parser)
     parser.add_argument("--batches", default="256,1024,2048", help="comma-separated; the first must be 256")
     parser.add_argument("--lr-scaling", choices=("none", "sqrt", "both"), default="none")
     parser.add_argument("--vocab", default="observed")
-    parser.add_argument("--probe-memory", type=int, default=None, help="bytes per layer group (smaller: saved sooner)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if batches[0] != BASE_BATCH:
         raise SystemExit(f"--batches must start with the default, {BASE_BATCH}")
     scalings = {"none": (False,), "sqrt": (True,), "both": (False, True)}[args.lr_scaling]
     settings = [(BASE_BATCH, False)] + [(b, s) for b in batches[1:] for s in scalings]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    chosen = {name: [int(v) for v in layers.split(",")] for name, layers in (x.split("=", 1) for x in args.layers)}
-    for name, directory in (c.split("=", 1) for c in args.cache):
-        cache = ActivationCache.open(directory)
+    for name, cache, layers_of_cache, out in caches_of(args):
         timings = {}
         for batch, sqrt_lr in settings:
             setting = setting_name(batch, sqrt_lr)
             config = config_for(batch, sqrt_lr, args.vocab, args.probe_memory)
-            timings[setting] = run_saved(cache, name, config, setting, chosen.get(name), out)
+            timings[setting] = run_saved(cache, name, config, setting, layers_of_cache, out)
         results = {s: RecoverabilityResult.from_json(out / f"{name}-{s}.json") for s in timings}
         figures = {"model": name, "rows": cache.num_rows, "vocab": args.vocab, "settings": compare(results, timings)}
         (out / f"{name}-summary.json").write_text(json.dumps(figures, indent=2) + "\n")

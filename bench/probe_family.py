@@ -33,7 +33,7 @@ from fastmi.probe.config import ProbeConfig
 from fastmi.results.result import RecoverabilityResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from saved_run import record_new, run_saved  # noqa: E402  (bench/ is not a package)
+from saved_run import add_run_arguments, caches_of, record_new, run_saved  # noqa: E402  (bench/ is not a package)
 
 SETTINGS = {
     "before": ProbeConfig(probe="linear"),
@@ -134,19 +134,12 @@ def summary(rows: list[dict], timings: dict[str, dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--cache", action="append", required=True, help="NAME=DIR, repeat")
-    parser.add_argument("--layers", action="append", default=[], help="NAME=0,3,6: only these layers, repeat")
+    add_run_arguments(parser)
     parser.add_argument("--setting", choices=sorted(SETTINGS), action="append", help="run only these (default: both)")
-    parser.add_argument("--probe-memory", type=int, default=None, help="bytes per layer group (smaller: saved sooner)")
     parser.add_argument("--plot", help="a folder for <model>-curves.png: each layer's curves, before and after")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    chosen = {name: [int(v) for v in layers.split(",")] for name, layers in (x.split("=", 1) for x in args.layers)}
-    for name, directory in (c.split("=", 1) for c in args.cache):
-        cache = ActivationCache.open(directory)
-        timings = {s: run(cache, name, s, chosen.get(name), out, args.probe_memory) for s in args.setting or SETTINGS}
+    for name, cache, layers_of_cache, out in caches_of(args):
+        timings = {s: run(cache, name, s, layers_of_cache, out, args.probe_memory) for s in args.setting or SETTINGS}
         if set(timings) != set(SETTINGS):
             continue
         results = {s: RecoverabilityResult.from_json(out / f"{name}-{s}.json") for s in SETTINGS}

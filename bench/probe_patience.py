@@ -23,12 +23,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from fastmi.activations.cache import ActivationCache
 from fastmi.probe.config import ProbeConfig
 from fastmi.results.result import RecoverabilityResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from saved_run import record_new, run_saved  # noqa: E402  (bench/ is not a package)
+from saved_run import add_run_arguments, caches_of, record_new, run_saved  # noqa: E402  (bench/ is not a package)
 
 
 def config_for(patience: int, probe: str, vocab: str, seeds: int, max_memory: int | None) -> ProbeConfig:
@@ -56,31 +55,18 @@ def per_layer(result: RecoverabilityResult) -> dict[int, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--cache", action="append", required=True, help="NAME=DIR, repeat")
-    parser.add_argument("--layers", action="append", default=[], help="NAME=0,3,6: only these layers, repeat")
+    add_run_arguments(parser)
     parser.add_argument("--patience", default="3,6", help="comma-separated patiences; the first is the baseline")
     parser.add_argument("--probe", default="auto")
     parser.add_argument("--vocab", default="observed")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument(
-        "--probe-memory",
-        type=int,
-        default=None,
-        help="bytes per layer group: a group stops when all its layers are stale, so a small one (one "
-        "layer) measures each layer's own patience, as the findings' runs did",
-    )
     args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     patiences = [int(p) for p in args.patience.split(",")]
-    chosen = {name: [int(v) for v in layers.split(",")] for name, layers in (x.split("=", 1) for x in args.layers)}
-    for name, directory in (c.split("=", 1) for c in args.cache):
-        cache = ActivationCache.open(directory)
+    for name, cache, layers_of_cache, out in caches_of(args):
         timings, layers = {}, {}
         for patience in patiences:
             config = config_for(patience, args.probe, args.vocab, args.seeds, args.probe_memory)
-            timings[f"p{patience}"] = run_saved(cache, name, config, f"p{patience}", chosen.get(name), out)
+            timings[f"p{patience}"] = run_saved(cache, name, config, f"p{patience}", layers_of_cache, out)
             layers[f"p{patience}"] = per_layer(RecoverabilityResult.from_json(out / f"{name}-p{patience}.json"))
         base = layers[f"p{patiences[0]}"]
         for rows in layers.values():

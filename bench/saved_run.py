@@ -3,13 +3,39 @@ compare probe settings run by run (bench/probe_family.py, bench/probe_batch.py).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from fastmi.activations.cache import ActivationCache
 from fastmi.probe.config import ProbeConfig
 from fastmi.probe.recoverability import assemble, prepare, probe_group
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every saved-run bench takes: where runs go, which caches, which layers, group size."""
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--cache", action="append", required=True, help="NAME=DIR, repeat")
+    parser.add_argument("--layers", action="append", default=[], help="NAME=0,3,6: only these layers, repeat")
+    parser.add_argument(
+        "--probe-memory",
+        type=int,
+        default=None,
+        help="bytes per layer group (smaller: saved sooner; a group stops when all its layers are stale, "
+        "so one layer a group measures each layer's own early stopping)",
+    )
+
+
+def caches_of(args: argparse.Namespace) -> Iterator[tuple[str, ActivationCache, list[int] | None, Path]]:
+    """Per ``--cache NAME=DIR``: its name, the cache, its ``--layers`` (None: all) and ``--out``, made."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = {name: [int(v) for v in layers.split(",")] for name, layers in (x.split("=", 1) for x in args.layers)}
+    for name, directory in (c.split("=", 1) for c in args.cache):
+        yield name, ActivationCache.open(directory), chosen.get(name), out
 
 
 def run_saved(cache, name: str, config: ProbeConfig, setting: str, layers, out: Path) -> dict:
