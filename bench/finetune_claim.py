@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--max-runs", type=int, default=None, help="with --run: at most this many")
     plan.add_argument(
         "--worker",
-        default="0/1",
+        type=worker_share,
+        default=(0, 1),
         metavar="K/N",
         help="with --run: only every N-th run of the plan from the K-th (0-based), so N processes share it",
     )
@@ -97,6 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def worker_share(text: str) -> tuple[int, int]:
+    """``K/N`` as (K, N), 0 <= K < N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N, e.g. 0/2") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: needs 0 <= K < N")
+    return k, n
+
+
 def plan_main(args) -> int:
     """List the plan's runs with their state; with --run, run those not done."""
     from fastmi.finetune.plan import load_plan, make_plan, plan_runs, run_plan, run_status
@@ -119,8 +131,7 @@ def plan_main(args) -> int:
     print(f"{len(runs) - left} of {len(runs)} runs done, {left} left")
     code = 0
     if args.run:
-        k, n = (int(x) for x in args.worker.split("/"))
-        started = run_plan(plan, max_runs=args.max_runs, worker=(k, n))
+        started = run_plan(plan, max_runs=args.max_runs, worker=args.worker)
         code = max((run["code"] for run in started), default=0)
     if code == 0 and (args.evaluate or args.aggregate) and not args.work:
         raise SystemExit("--evaluate and --aggregate need --work (where the runs' evaluations are kept)")
