@@ -71,13 +71,20 @@ def test_term_pooled_states_equal_each_sentence_run_alone(bert):
     assert set(first.ids.tolist()) == {t for t in tokens[0] if t not in special}
 
 
-def test_objective_bound_scores_the_held_out_part_only(bert, tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTMI_HOME", str(tmp_path / "home"))
+def _split_features(bert, layers):
+    """150 random sentences split three ways: (parts, the probe/held-out split, its rows in the
+    corpus, the term's pooled states at ``layers``)."""
     model, tokenizer = bert
     sentences = random_sentences(150, seed=9, min_words=3)
     parts = claim_split(len(sentences), seed=1, tune_fraction=0.3, probe_fraction=0.4)
     corpus, split, rows = evaluation_split(sentences, parts)
-    features = term_pooled_states(model, tokenizer, corpus.tokenize(tokenizer, 24), layers=[1, 2])
+    features = term_pooled_states(model, tokenizer, corpus.tokenize(tokenizer, 24), layers=layers)
+    return parts, split, rows, features
+
+
+def test_objective_bound_scores_the_held_out_part_only(bert, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTMI_HOME", str(tmp_path / "home"))
+    parts, split, rows, features = _split_features(bert, [1, 2])
     quick = TrainConfig(max_epochs=3, batch_size=32)
     result = objective_bound(features, split, checkpoint_dir=tmp_path / "probes", train=quick)
     assert sorted(result) == [1, 2]
@@ -95,11 +102,7 @@ def test_objective_bound_ties_unseen_ids_by_default_and_bounds_as_the_untied_pro
     # Tying the ids no training bag holds is exact (the same problem as the untied full softmax) and
     # makes E1 affordable over a 30k vocabulary; the two must agree up to where early stopping ends.
     monkeypatch.setenv("FASTMI_HOME", str(tmp_path / "home"))
-    model, tokenizer = bert
-    sentences = random_sentences(150, seed=9, min_words=3)
-    parts = claim_split(len(sentences), seed=1, tune_fraction=0.3, probe_fraction=0.4)
-    corpus, split, _ = evaluation_split(sentences, parts)
-    features = term_pooled_states(model, tokenizer, corpus.tokenize(tokenizer, 24), layers=[1])
+    _, split, _, features = _split_features(bert, [1])
     quick = {"max_epochs": 8, "batch_size": 32}
     tied = objective_bound(features, split, checkpoint_dir=tmp_path / "a", train=TrainConfig(**quick))
     untied = objective_bound(
