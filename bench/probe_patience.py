@@ -1,16 +1,19 @@
-"""Early stopping's patience: does a probe stopped after P epochs without gain end where a longer
-patience would take it, and do its seeds agree?
+"""Early stopping's patience and the step on a plateau: does a probe stopped after P epochs without
+gain end where a longer patience, or a step that drops on a plateau, would take it, and do its seeds
+agree?
 
 In the 10,000-sentence findings (docs/findings.md, the re-run over ``observed``) the three probe
 seeds of SmolLM2's middle layers stopped at best epochs from 14 to 34 and their validation
 cross-entropies differed by up to 0.13 bit: a seed that met a plateau of 3 epochs (the default
-patience) stopped there, one that did not went on.  This runs the same probe at each patience over
-the same split, layers and alphabet (default ``observed``), three seeds, no curve, and reports per
-layer the bound (seed mean), the seeds' spread and best epochs, and per run its CPU seconds.
-Runs are saved as they finish (OUT/<model>-p<P>.json) and skipped when there.
+patience) stopped there, one that did not went on.  This runs the same probe in each stopping
+setting over the same split, layers and alphabet (default ``observed``), three seeds, no curve, and
+reports per layer the bound (seed mean), the seeds' spread and best epochs, and per run its CPU
+seconds.  A setting is ``p<P>`` (patience P, constant step) or ``p<P>-f<F>`` (patience P, and each
+epoch without gain multiplies that layer's step by F: ``TrainConfig.plateau_factor``).  Runs are
+saved as they finish (OUT/<model>-<setting>.json) and skipped when there.
 
     python bench/probe_patience.py --out runs/patience --cache smollm2=runs/cache/smollm2 \
-        --layers smollm2=12,13,15,18 --probe unembedding --patience 3,6 --probe-memory 400000000
+        --layers smollm2=12,13,15,18 --probe unembedding --settings p3,p6,p3-f0.5 --probe-memory 400000000
 
 Appends one row per model to bench/results/probe_patience.jsonl (bench/history.py).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -30,9 +34,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from saved_run import add_run_arguments, caches_of, record_new, run_saved  # noqa: E402  (bench/ is not a package)
 
 
-def config_for(patience: int, probe: str, vocab: str, seeds: int, max_memory: int | None) -> ProbeConfig:
+def parse_setting(text: str) -> tuple[int, float]:
+    """``p6`` -> (6, 1.0); ``p3-f0.5`` -> (3, 0.5)."""
+    match = re.fullmatch(r"p(\d+)(?:-f([0-9.]+))?", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"a setting is p<patience> or p<patience>-f<factor>, got {text!r}")
+    return int(match[1]), float(match[2] or 1.0)
+
+
+def config_for(setting: str, probe: str, vocab: str, seeds: int, max_memory: int | None) -> ProbeConfig:
     base = ProbeConfig()
-    train = replace(base.train, patience=patience)
+    patience, factor = parse_setting(setting)
+    train = replace(base.train, patience=patience, plateau_factor=factor)
     overrides = {"vocab": vocab, "probe": probe, "probe_seeds": seeds, "train": train, "max_memory": max_memory}
     return ProbeConfig.resolve(base, overrides, "probe_patience")
 
@@ -56,19 +69,23 @@ def per_layer(result: RecoverabilityResult) -> dict[int, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
-    parser.add_argument("--patience", default="3,6", help="comma-separated patiences; the first is the baseline")
+    parser.add_argument(
+        "--settings", default="p3,p6", help="comma-separated p<P> or p<P>-f<F>; the first is the baseline"
+    )
     parser.add_argument("--probe", default="auto")
     parser.add_argument("--vocab", default="observed")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    patiences = [int(p) for p in args.patience.split(",")]
+    settings = args.settings.split(",")
+    for setting in settings:
+        parse_setting(setting)
     for name, cache, layers_of_cache, out in caches_of(args):
         timings, layers = {}, {}
-        for patience in patiences:
-            config = config_for(patience, args.probe, args.vocab, args.seeds, args.probe_memory)
-            timings[f"p{patience}"] = run_saved(cache, name, config, f"p{patience}", layers_of_cache, out)
-            layers[f"p{patience}"] = per_layer(RecoverabilityResult.from_json(out / f"{name}-p{patience}.json"))
-        base = layers[f"p{patiences[0]}"]
+        for setting in settings:
+            config = config_for(setting, args.probe, args.vocab, args.seeds, args.probe_memory)
+            timings[setting] = run_saved(cache, name, config, setting, layers_of_cache, out)
+            layers[setting] = per_layer(RecoverabilityResult.from_json(out / f"{name}-{setting}.json"))
+        base = layers[settings[0]]
         for rows in layers.values():
             for layer, row in rows.items():
                 row["bound_change_bits"] = round(row["bound_bits"] - base[layer]["bound_bits"], 4)

@@ -33,7 +33,8 @@ class AdamW:
     row moves by its momentum, as every row does under the full softmax, where each step pushes down
     all the ids a batch lacks; it costs a few elementwise passes over all M rows (what a full-softmax
     step's optimiser costs too), but no [L, M, d] gradient.  The bias corrections use the global
-    step count.  ``weight_decay`` and ``lr_scale``: one per parameter.  ``anchors``: per parameter,
+    step count.  ``layer_lr``: None, or a float tensor [L] multiplying each layer's step size and decay
+    (every parameter's dim 0 is the layer), which the epoch loop lowers on a layer's plateau.  ``weight_decay`` and ``lr_scale``: one per parameter.  ``anchors``: per parameter,
     None (decay toward 0) or the tensor its weight decay pulls it toward (a Gaussian prior centred
     there, as the embedding probe's W is pulled toward its start; full-gradient steps only); an
     anchored parameter's decay may be a tensor that broadcasts against it (one strength per layer).
@@ -58,6 +59,7 @@ class AdamW:
         self.anchors = list(anchors) if anchors is not None else [None] * len(self.params)
         self.lr_scale = list(lr_scale) if lr_scale is not None else [1.0] * len(self.params)
         self.betas, self.eps, self.steps = betas, eps, 0
+        self.layer_lr: torch.Tensor | None = None
         self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
 
     @torch.no_grad()
@@ -73,21 +75,24 @@ class AdamW:
         ):
             if grad is None:
                 continue
+            layer = self._layer_factor(p)
+            lr = self.lr if layer is None else self.lr * layer  # float, or per layer [L, 1, ...]
             if anchor is not None:
                 if rows is not None:
                     raise ValueError("a parameter with an anchor takes full-gradient steps only")
                 # p - lr * decay * (p - anchor): decay toward the anchor, then Adam's step
-                p.lerp_(anchor, self.lr * decay if isinstance(decay, torch.Tensor) else float(self.lr * decay))
+                weight = lr * decay
+                p.lerp_(anchor, weight if isinstance(weight, torch.Tensor) else float(weight))
                 decay = 0.0
             if rows is not None and not self.lazy:
                 if decay:
-                    p.mul_(1 - self.lr * decay)
+                    p.mul_(1 - lr * decay)
                 m.mul_(beta1).index_add_(1, rows, grad, alpha=1 - beta1)
                 v.mul_(beta2).index_add_(1, rows, grad * grad, alpha=1 - beta2)
-                p.addcdiv_(m, v.sqrt().div_(correction2).add_(self.eps), value=-step_size * scale)
+                p.addcdiv_(_scaled(m, layer), v.sqrt().div_(correction2).add_(self.eps), value=-step_size * scale)
                 continue
             if rows is None and self.fused and not isinstance(decay, torch.Tensor):
-                self._fused_step(p, grad, m, v, decay, scale)
+                self._fused_steps(p, grad, m, v, decay, scale)
                 continue
             if rows is None:
                 p_rows, m_rows, v_rows = p, m, v
@@ -95,27 +100,46 @@ class AdamW:
                 p_rows = gathered[0] if gathered else p.index_select(1, rows)
                 m_rows, v_rows = m.index_select(1, rows), v.index_select(1, rows)
             if decay:
-                p_rows.mul_(1 - self.lr * decay)
+                p_rows.mul_(1 - lr * decay)
             m_rows.lerp_(grad, 1 - beta1)
             v_rows.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            p_rows.addcdiv_(m_rows, v_rows.sqrt().div_(correction2).add_(self.eps), value=-step_size * scale)
+            denominator = v_rows.sqrt().div_(correction2).add_(self.eps)
+            p_rows.addcdiv_(_scaled(m_rows, layer), denominator, value=-step_size * scale)
             if rows is not None:
                 p.index_copy_(1, rows, p_rows)
                 m.index_copy_(1, rows, m_rows)
                 v.index_copy_(1, rows, v_rows)
 
-    def _fused_step(self, p, grad, m, v, decay: float, scale: float) -> None:
-        """Plain AdamW on every row of ``p`` through torch's fused kernel (given the global step count,
-        already counting this step, as torch.optim.AdamW gives it)."""
-        step = torch.tensor(float(self.steps), device=p.device)
+    def _layer_factor(self, p: torch.Tensor) -> torch.Tensor | None:
+        """``layer_lr`` shaped to broadcast against ``p`` (its dim 0 is the layer), or None."""
+        if self.layer_lr is None:
+            return None
+        return self.layer_lr.to(p.device, p.dtype).view(-1, *([1] * (p.dim() - 1)))
+
+    def _fused_steps(self, p, grad, m, v, decay: float, scale: float) -> None:
+        """Plain AdamW on every row of ``p`` through torch's fused kernel: one call, or under
+        ``layer_lr`` one call per distinct step size over the views of the layers that share it."""
+        if self.layer_lr is None:
+            self._fused_step([p], [grad], [m], [v], decay, self.lr * scale)
+            return
+        factors = self.layer_lr.tolist()
+        for factor in sorted(set(factors)):
+            layers = [i for i, f in enumerate(factors) if f == factor]
+            views = [[t[i] for i in layers] for t in (p, grad, m, v)]
+            self._fused_step(*views, decay, self.lr * scale * factor)
+
+    def _fused_step(self, ps, grads, ms, vs, decay: float, lr: float) -> None:
+        """torch's fused AdamW kernel on lists of tensors (given the global step count, already counting
+        this step, as torch.optim.AdamW gives it)."""
+        steps = [torch.tensor(float(self.steps), device=p.device) for p in ps]
         torch._fused_adamw_(
-            [p],
-            [grad],
-            [m],
-            [v],
+            ps,
+            grads,
+            ms,
+            vs,
             [],
-            [step],
-            lr=self.lr * scale,
+            steps,
+            lr=lr,
             beta1=self.betas[0],
             beta2=self.betas[1],
             weight_decay=float(decay),
@@ -123,3 +147,8 @@ class AdamW:
             amsgrad=False,
             maximize=False,
         )
+
+
+def _scaled(moment: torch.Tensor, layer: torch.Tensor | None) -> torch.Tensor:
+    """Adam's first moment times each layer's step factor (a new tensor; the moment is kept)."""
+    return moment if layer is None else moment * layer

@@ -112,6 +112,13 @@ class TrainConfig:
         check=checks.non_negative,
         key="unless default",
     )
+    plateau_factor: float = setting(
+        1.0,
+        help="after each epoch in which a layer's validation cross-entropy did not improve, multiply that "
+        "layer's step size by this (a per-layer ReduceLROnPlateau with patience 0); 1 keeps the step constant",
+        check=checks.share,
+        key="unless default",
+    )
     min_improvement: float = setting(
         1e-4, help="validation gains (nats) below this do not reset the patience counter", check=checks.non_negative
     )

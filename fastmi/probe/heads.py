@@ -137,8 +137,9 @@ def fit_heads(
     def validation() -> torch.Tensor:
         return validation_ce(head, z_val, setup.targets_val, chunk) + setup.validation_shift
 
+    params = head.dense + head.rowwise
     stopping, epochs_run = train_epochs(
-        step, validation, head.dense + head.rowwise, z_train.shape[1], config, seed, progress, description
+        step, validation, params, z_train.shape[1], config, seed, progress, description, optimizer
     )
     return _trained(setup, stopping, epochs_run)
 

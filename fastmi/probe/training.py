@@ -205,12 +205,20 @@ def train_epochs(
     seed: int,
     progress: bool,
     description: str,
+    optimizer: AdamW | None = None,
 ) -> tuple[EarlyStopping, int]:
     """The epoch loop of every probe: ``step(rows)`` trains on one minibatch of training rows (a
     seeded shuffle each epoch), ``validation_ce()`` scores ``params`` per layer [L] after each epoch,
     until every layer has stopped improving or ``max_epochs`` ran out.  Returns the stopping record
-    (each layer's best parameters) and the number of epochs run."""
+    (each layer's best parameters) and the number of epochs run.
+
+    With ``config.plateau_factor`` below 1, each epoch that leaves a layer without a new best
+    multiplies that layer's step size in ``optimizer`` by it: a layer whose validation CE stalls
+    because a constant step keeps it circling the optimum takes smaller steps instead of stopping."""
     stopping = EarlyStopping(params, validation_ce(), config)
+    lower_on_plateau = optimizer is not None and config.plateau_factor < 1.0
+    if lower_on_plateau:
+        optimizer.layer_lr = torch.ones(len(stopping.best_ce), dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     chunk = max(config.batch_size, 1)
     epochs = tqdm(range(1, config.max_epochs + 1), desc=description, leave=False, disable=not progress)
@@ -220,6 +228,9 @@ def train_epochs(
         for start in range(0, num_rows, chunk):
             step(order[start : start + chunk])
         done = stopping.update(epoch, params, validation_ce())
+        if lower_on_plateau:
+            stalled = stopping.stale > 0
+            optimizer.layer_lr[stalled] *= config.plateau_factor
         epochs.set_postfix(val_ce=f"{float(stopping.best_ce.mean()):.3f}", stale=int(stopping.stale.min()))
         if done:
             break
@@ -260,7 +271,7 @@ def fit_probes(
         return mean_ce(z_val, weight.detach(), bias.detach(), targets_val, chunk)
 
     stopping, epochs_run = train_epochs(
-        step, validation_ce, [weight, bias], num_rows, config, seed, progress, description
+        step, validation_ce, [weight, bias], num_rows, config, seed, progress, description, optimizer
     )
     best_weight, best_bias = stopping.best
     return FittedProbes(
