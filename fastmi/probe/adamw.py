@@ -33,11 +33,12 @@ class AdamW:
     row moves by its momentum, as every row does under the full softmax, where each step pushes down
     all the ids a batch lacks; it costs a few elementwise passes over all M rows (what a full-softmax
     step's optimiser costs too), but no [L, M, d] gradient.  The bias corrections use the global
-    step count.  ``layer_lr``: None, or a float tensor [L] multiplying each layer's step size and decay
-    (every parameter's dim 0 is the layer), which the epoch loop lowers on a layer's plateau.  ``weight_decay`` and ``lr_scale``: one per parameter.  ``anchors``: per parameter,
+    step count.  ``weight_decay`` and ``lr_scale``: one per parameter.  ``anchors``: per parameter,
     None (decay toward 0) or the tensor its weight decay pulls it toward (a Gaussian prior centred
     there, as the embedding probe's W is pulled toward its start; full-gradient steps only); an
     anchored parameter's decay may be a tensor that broadcasts against it (one strength per layer).
+    ``layer_lr`` (an attribute, None at first): a float tensor [L] multiplying each layer's step size
+    and decay (every parameter's dim 0 is the layer), which the epoch loop lowers on a layer's plateau.
     """
 
     def __init__(
