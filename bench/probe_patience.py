@@ -8,8 +8,9 @@ cross-entropies differed by up to 0.13 bit: a seed that met a plateau of 3 epoch
 patience) stopped there, one that did not went on.  This runs the same probe in each stopping
 setting over the same split, layers and alphabet (default ``observed``), three seeds, no curve, and
 reports per layer the bound (seed mean), the seeds' spread and best epochs, and per run its CPU
-seconds.  A setting is ``p<P>`` (patience P, constant step) or ``p<P>-f<F>`` (patience P, and each
-epoch without gain multiplies that layer's step by F: ``TrainConfig.plateau_factor``).  Runs are
+seconds.  A setting is ``p<P>`` (patience P, constant step), then optionally ``-lr<LR>`` (the probe's
+step size, default the default's) and ``-f<F>`` (each epoch without gain multiplies that layer's
+step by F: ``TrainConfig.plateau_factor``), as in ``p3-lr0.1-f0.5``.  Runs are
 saved as they finish (OUT/<model>-<setting>.json) and skipped when there.
 
     python bench/probe_patience.py --out runs/patience --cache smollm2=runs/cache/smollm2 \
@@ -34,18 +35,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from saved_run import add_run_arguments, caches_of, record_new, run_saved  # noqa: E402  (bench/ is not a package)
 
 
-def parse_setting(text: str) -> tuple[int, float]:
-    """``p6`` -> (6, 1.0); ``p3-f0.5`` -> (3, 0.5)."""
-    match = re.fullmatch(r"p(\d+)(?:-f([0-9.]+))?", text)
+def parse_setting(text: str) -> dict:
+    """``p6`` -> {"patience": 6}; ``p3-lr0.1-f0.5`` -> {"patience": 3, "lr": 0.1, "plateau_factor": 0.5}."""
+    match = re.fullmatch(r"p(\d+)(?:-lr([0-9.]+))?(?:-f([0-9.]+))?", text)
     if match is None:
-        raise argparse.ArgumentTypeError(f"a setting is p<patience> or p<patience>-f<factor>, got {text!r}")
-    return int(match[1]), float(match[2] or 1.0)
+        raise argparse.ArgumentTypeError(f"a setting is p<patience>[-lr<step>][-f<factor>], got {text!r}")
+    train = {"patience": int(match[1])}
+    if match[2]:
+        train["lr"] = float(match[2])
+    if match[3]:
+        train["plateau_factor"] = float(match[3])
+    return train
 
 
 def config_for(setting: str, probe: str, vocab: str, seeds: int, max_memory: int | None) -> ProbeConfig:
     base = ProbeConfig()
-    patience, factor = parse_setting(setting)
-    train = replace(base.train, patience=patience, plateau_factor=factor)
+    train = replace(base.train, **parse_setting(setting))
     overrides = {"vocab": vocab, "probe": probe, "probe_seeds": seeds, "train": train, "max_memory": max_memory}
     return ProbeConfig.resolve(base, overrides, "probe_patience")
 
