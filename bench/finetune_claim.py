@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--evaluate", action="store_true", help="score the finished runs, one JSON each under --work")
     plan.add_argument("--aggregate", action="store_true", help="the table and verdict from --work into --report")
     plan.add_argument("--d2-max-sentences", type=int, default=None, help="with --evaluate: cap D2's snippets")
+    plan.add_argument(
+        "--e2-seeds",
+        type=seed_set,
+        default=None,
+        help="with --evaluate: comma-separated training seeds whose runs get E2, the costliest outcome "
+        "(default: every run's); the table contrasts E2 over the seeds that have it in every arm",
+    )
     plan.add_argument("--resamples", type=int, default=10_000, help="with --aggregate: bootstrap resamples")
     p.add_argument("--family", help="a name for the report (minilm, smollm2)")
     p.add_argument("--base")
@@ -109,6 +116,14 @@ def worker_share(text: str) -> tuple[int, int]:
     return k, n
 
 
+def seed_set(text: str) -> set[int]:
+    """``0,2`` as {0, 2}."""
+    try:
+        return {int(x) for x in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated seeds, e.g. 0 or 0,1") from None
+
+
 def plan_main(args) -> int:
     """List the plan's runs with their state; with --run, run those not done."""
     from fastmi.finetune.plan import load_plan, make_plan, plan_runs, run_plan, run_status
@@ -136,7 +151,7 @@ def plan_main(args) -> int:
     if code == 0 and (args.evaluate or args.aggregate) and not args.work:
         raise SystemExit("--evaluate and --aggregate need --work (where the runs' evaluations are kept)")
     if code == 0 and args.evaluate:
-        evaluate_plan(plan, runs, Path(args.work), args.d2_max_sentences)
+        evaluate_plan(plan, runs, Path(args.work), args.d2_max_sentences, args.e2_seeds)
     if code == 0 and args.aggregate:
         if not args.report:
             raise SystemExit("--aggregate needs --report (where the table and the verdict are written)")
@@ -149,9 +164,12 @@ def evaluation_path(plan: dict, run: dict, work: Path) -> Path:
     return work / Path(run["out"]).relative_to(plan["out"]) / "evaluation.json"
 
 
-def evaluate_plan(plan: dict, runs: list[dict], work: Path, d2_max_sentences: int | None = None) -> None:
+def evaluate_plan(
+    plan: dict, runs: list[dict], work: Path, d2_max_sentences: int | None = None, e2_seeds: set[int] | None = None
+) -> None:
     """Score every finished run not scored yet; a run's evaluation is written last, whole, so an
-    interrupted evaluation starts that run again (its caches and probes are reused)."""
+    interrupted evaluation starts that run again (its caches and probes are reused).  ``e2_seeds``:
+    the training seeds whose runs get E2 (None: every run)."""
     from fastmi.finetune.claim_evaluation import evaluate_run
     from fastmi.finetune.plan import run_status
     from fastmi.runtime.files import atomic_write_text
@@ -161,7 +179,8 @@ def evaluate_plan(plan: dict, runs: list[dict], work: Path, d2_max_sentences: in
         if path.is_file() or run_status(run["out"]) != "done":
             continue
         print(f"evaluating {run['out']}")
-        evaluation = evaluate_run(run["out"], path.parent, run["lambda"], run["seed"], d2_max_sentences)
+        e2 = e2_seeds is None or run["seed"] in e2_seeds
+        evaluation = evaluate_run(run["out"], path.parent, run["lambda"], run["seed"], d2_max_sentences, e2=e2)
         atomic_write_text(path, json.dumps(evaluation))
 
 

@@ -27,9 +27,19 @@ def test_plan_runs_are_evaluated_on_the_held_out_part_and_aggregated(tmp_path, m
     bench = bench_script("finetune_claim")
     work = tmp_path / "eval"
     common = ["--plan", str(tmp_path / "plan.json"), "--work", str(work), "--d2-max-sentences", "60"]
-    assert bench.main([*common, "--run", "--evaluate"]) == 0
-
+    # E2 for no run first (--e2-seeds names none of the plan's seeds): the sweep's embeddings alone.
+    assert bench.main([*common, "--run", "--evaluate", "--e2-seeds", "7"]) == 0
     runs = plan_runs(plan)
+    for run in runs:
+        evaluation = json.loads(bench.evaluation_path(plan, run, work).read_text())
+        assert "E2" not in evaluation["outcomes"] and "E1" in evaluation["outcomes"]
+    # Then every run's E2: the evaluations are made again, and the sweep finds its cache complete.
+    for run in runs:
+        bench.evaluation_path(plan, run, work).unlink()
+    capsys.readouterr()
+    assert bench.main([*common, "--evaluate"]) == 0
+    assert "is complete; not loading the model" in capsys.readouterr().err
+
     _, _, split, rows = run_split(runs[0]["out"])
     heldout = set(rows[split.test].tolist())
     for run in runs:

@@ -93,6 +93,24 @@ def test_the_table_contrasts_each_lambda_with_the_control_paired_on_seed_and_sen
     assert "lambda 3" in table["verdict"]["reason"] and "3 seeds" in table["verdict"]["scale"]
 
 
+def test_e2_on_some_seeds_is_contrasted_over_those_seeds_only_and_says_so(tmp_path):
+    _, evaluations = _runs(tmp_path, {0.0: 0.0, 3.0: 0.3})
+    for (_, seed), evaluation in evaluations.items():
+        if seed != 0:
+            del evaluation["outcomes"]["E2"]
+    table = claim_table(list(evaluations.values()), n_bootstrap=4000)
+    rows = {(r["outcome"], r["layer"]): r for r in table["rows"]}
+    e2 = rows[("E2", "3")]
+    assert e2["training_seeds"] == [0] and e2["seeds"] == 1 and rows[("E1", "3")]["training_seeds"] == [0, 1, 2]
+    treated = np.array([evaluations[(3.0, 0)]["outcomes"]["E2"]["3"]["values"]])
+    control = np.array([evaluations[(0.0, 0)]["outcomes"]["E2"]["3"]["values"]])
+    expected = two_level_interval(treated, control, level=1 - 0.05 / 7, n_bootstrap=4000)
+    assert (e2["point"], e2["low"], e2["high"]) == pytest.approx((expected.point, expected.low, expected.high))
+    # E2 on seed 0 of the control only: no seed has it in every arm, so there is no E2 row.
+    del evaluations[(3.0, 0)]["outcomes"]["E2"]
+    assert not any(r["outcome"] == "E2" for r in claim_table(list(evaluations.values()), n_bootstrap=4000)["rows"])
+
+
 def test_bench_aggregate_reads_the_runs_evaluations_and_writes_the_table(tmp_path, capsys):
     plan, evaluations = _runs(tmp_path, {0.0: 0.0, 0.3: 0.0})
     bench = bench_script("finetune_claim")

@@ -73,10 +73,12 @@ def evaluate_run(
     seed: int,
     d2_max_sentences: int | None = None,
     probe_settings: dict | None = None,
+    e2: bool = True,
 ) -> dict:
     """Every outcome of the module docstring for the finished run ``run`` (its lambda ``lam`` and
     training seed ``seed``), intermediate work under ``work``.  ``probe_settings``: ProbeConfig
-    fields for E1's and E2's probes (tests shorten their training)."""
+    fields for E1's and E2's probes (tests shorten their training).  ``e2=False`` leaves out E2's
+    probes, the costliest outcome, and extracts the sweep's embeddings alone (D1 reads them)."""
     import torch
 
     from fastmi.finetune.evaluation import lm_token_losses
@@ -109,14 +111,17 @@ def evaluate_run(
     sweep_dir = work / "sweep"
     sweep_dir.mkdir(exist_ok=True)
     split.save(sweep_dir / "split.json")
-    settings = ProbeConfig(seed=split.seed, test_fraction=split.test_fraction, **(probe_settings or {}))
-    result = sweep([str(run)], corpus, sweep_dir, settings=settings, max_length=max_length, progress=False)
-    name = str(result.table[0]["model"])
-    held = result.held_out[name]
-    outcomes["E2"] = {
-        str(int(r["layer"])): _entry(rows[held.rows], float(r["H_T"]) - held.layers[int(r["layer"])]["ce_bits"])
-        for r in result.table
-    }
+    if e2:
+        settings = ProbeConfig(seed=split.seed, test_fraction=split.test_fraction, **(probe_settings or {}))
+        result = sweep([str(run)], corpus, sweep_dir, settings=settings, max_length=max_length, progress=False)
+        name = str(result.table[0]["model"])
+        held = result.held_out[name]
+        outcomes["E2"] = {
+            str(int(r["layer"])): _entry(rows[held.rows], float(r["H_T"]) - held.layers[int(r["layer"])]["ce_bits"])
+            for r in result.table
+        }
+    else:
+        _sweep_embeddings(run, corpus, sweep_dir, max_length)
 
     d1 = _topic_outcome(run, sweep_dir, info, split, rows, [tuned, last])
     if d1 is not None:
@@ -136,6 +141,17 @@ def evaluate_run(
         "last_layer": last,
         "outcomes": outcomes,
     }
+
+
+def _sweep_embeddings(run, corpus, sweep_dir: Path, max_length: int) -> None:
+    """The cache the sweep would extract (its defaults, its folder), without its probes: a later
+    sweep there finds it complete and reuses it."""
+    from fastmi.activations.extraction import extract
+    from fastmi.models.loading import load_model
+    from fastmi.sweep import model_slug
+
+    model = load_model(str(run))
+    extract(model, corpus, cache_dir=sweep_dir / "cache" / model_slug(str(run)), max_length=max_length, progress=False)
 
 
 def _topic_outcome(run, sweep_dir: Path, info: dict, split, rows, layers) -> dict | None:

@@ -8,7 +8,8 @@ on seed and item, with the seed x sentence interval of :mod:`fastmi.stats.seeded
 * the verdict's family (E1 at the tuned layer; D1 and D2 at the tuned and the last layer, those
   present) x the lambdas > 0, each interval at the Bonferroni level 1 - alpha / (family size);
 * reported beside it, outside the family: E1 at the last layer and the own loss O at 1 - alpha,
-  and E2 at every layer at 1 - alpha / (its layers);
+  and E2 at every layer at 1 - alpha / (its layers), over the seeds whose runs hold E2 in every arm
+  (the plan may run E2, the most costly outcome, on some seeds only; its rows name them);
 
 and reads the verdict off the family (:func:`fastmi.finetune.verdict.claim_verdict`).
 
@@ -117,7 +118,8 @@ def claim_table(evaluations: Sequence[dict], alpha: float = 0.05, n_bootstrap: i
         )
     family_level = bonferroni_level(alpha, len(family) * len(lambdas))
     reported = [(o, w) for o, w in REPORTED_OUTCOMES if _present(everything, o)]
-    e2_layers = sorted(runs_of[0.0][0]["outcomes"].get("E2", {}), key=int) if _present(everything, "E2") else []
+    e2_seeds = [i for i in range(len(seeds)) if all("E2" in runs_of[lam][i]["outcomes"] for lam in arms)]
+    e2_layers = sorted(runs_of[0.0][e2_seeds[0]]["outcomes"]["E2"], key=int) if e2_seeds else []
 
     rows, contrasts = [], {}
     for lam in lambdas:
@@ -125,7 +127,9 @@ def claim_table(evaluations: Sequence[dict], alpha: float = 0.05, n_bootstrap: i
         plan = [(o, w, family_level, True) for o, w in family] + [(o, w, 1 - alpha, False) for o, w in reported]
         plan += [("E2", layer, bonferroni_level(alpha, len(e2_layers)), False) for layer in e2_layers]
         for outcome, where, level, in_family in plan:
-            entry = _contrast(treated, control, outcome, where, level, n_bootstrap, seed)
+            which = e2_seeds if outcome == "E2" else range(len(seeds))
+            arm, base = [treated[i] for i in which], [control[i] for i in which]
+            entry = _contrast(arm, base, outcome, where, level, n_bootstrap, seed)
             layer = _layer_key(treated[0], where)
             rows.append(
                 {
@@ -135,6 +139,7 @@ def claim_table(evaluations: Sequence[dict], alpha: float = 0.05, n_bootstrap: i
                     "layer": layer,
                     "unit": UNITS[outcome],
                     "in_family": in_family,
+                    "training_seeds": [seeds[i] for i in which],
                     **entry,
                 }
             )
@@ -169,12 +174,14 @@ def _scale(runs: list[dict], lambdas: list[float], seeds: list[int]) -> str:
 def format_claim_table(table: dict) -> str:
     """Markdown: one line per lambda and outcome, the verdict's family first, then the verdict."""
     lines = [
-        "| lambda | outcome | layer | control | change (arm - control) | interval | level | in the verdict's family |",
-        "|---|---|---|---|---|---|---|---|",
+        "| lambda | outcome | layer | seeds | control | change (arm - control) | interval | level "
+        "| in the verdict's family |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table["rows"]:
         lines.append(
-            f"| {row['lambda']:g} | {row['outcome']} ({row['unit']}) | {row['layer']} | {row['control']:.4f} | "
+            f"| {row['lambda']:g} | {row['outcome']} ({row['unit']}) | {row['layer']} | "
+            f"{','.join(map(str, row['training_seeds']))} | {row['control']:.4f} | "
             f"{row['point']:+.4f} | [{row['low']:+.4f}, {row['high']:+.4f}] | {row['level']:.4f} | "
             f"{'yes' if row['in_family'] else 'no'} |"
         )
