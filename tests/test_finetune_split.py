@@ -99,6 +99,7 @@ def test_an_interrupted_run_resumes_from_its_last_complete_checkpoint(tmp_path, 
     corpus.write_text("\n".join(random_sentences(30, seed=2)))
     out = tmp_path / "tuned"
     assert _finetune(model_dir, corpus, out) == 0
+    assert json.loads((out / "finetune.json").read_text())["resumed_from_step"] is None
     # 'Interrupt' it: the finished marker gone, a checkpoint half written after the last complete one.
     (out / "finetune.json").unlink()
     checkpoints = out / "checkpoints"
@@ -109,7 +110,8 @@ def test_an_interrupted_run_resumes_from_its_last_complete_checkpoint(tmp_path, 
     assert last_complete_checkpoint(checkpoints) == complete and not (checkpoints / "checkpoint-9").exists()
     (checkpoints / "checkpoint-9").mkdir()  # the run itself skips it too
     assert _finetune(model_dir, corpus, out) == 0
-    assert json.loads((out / "finetune.json").read_text())["config"]["steps"] == 2
+    done = json.loads((out / "finetune.json").read_text())
+    assert done["config"]["steps"] == 2 and done["resumed_from_step"] == 2  # its runtime counts this sitting only
     # An unfinished run is not resumed with other settings.
     (out / "finetune.json").unlink()
     assert _finetune(model_dir, corpus, out, "--lambda", "0.7") == 2

@@ -247,7 +247,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         "passes": passes,  # sentences drawn per training sentence: steps x sentences a step / train_sentences
         "claim_split": three_way,  # None: the sweep split's train rows
         "missing_weights": missing,
-        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_runtime_s": result.metrics.get("train_runtime"),  # this sitting's: from resumed_from_step
+        "resumed_from_step": None if resume is None else int(Path(resume).name.rsplit("-", 1)[-1]),
         "last_log": logs[-1] if logs else None,
     }
     atomic_write_text(out / FINISHED, json.dumps(done, indent=2))
