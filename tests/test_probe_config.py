@@ -205,6 +205,7 @@ EXAMPLES = {
     "lr": (["0.01"], 0.01),
     "weight_decay": (["0.001"], 0.001),
     "embedding_decay": (["1.5"], 1.5),
+    "plateau_factor": (["0.5"], 0.5),
     "min_improvement": (["0.01"], 0.01),
     "prior_smoothing": (["0.1"], 0.1),
     "precision": (["bf16"], "bf16"),
