@@ -68,12 +68,29 @@ PRINTED_BY = {
 
 def printed_hints(capsys) -> list[str]:
     """Every hint the code prints after a probe: the epoch cap reached, and most layers vacuous."""
-    from fastmi.probe.convergence import warn_unconverged
+    from fastmi.probe.convergence import warn_seed_spread, warn_unconverged
 
     capsys.readouterr()
     warn_unconverged("m", [{"layer": 1, "converged": False}, {"layer": 2, "converged": True}], 40)
     unconverged = capsys.readouterr().err.strip()
-    return [unconverged, vacuous_hint(result([ALL, ALL, ALL]))]
+    warn_seed_spread("m", [{"layer": 1, "variational_seed_sd": 0.06}], 3)
+    spread = capsys.readouterr().err.strip()
+    return [unconverged, vacuous_hint(result([ALL, ALL, ALL])), spread]
+
+
+def test_seeds_far_apart_are_named_with_a_longer_patience(capsys):
+    from fastmi.probe.convergence import SEED_SPREAD_BITS, warn_seed_spread
+
+    rows = [
+        {"layer": 0, "variational_seed_sd": 0.004},
+        {"layer": 12, "variational_seed_sd": 0.064},
+        {"layer": 13, "variational_seed_sd": SEED_SPREAD_BITS + 0.001},
+        {"layer": 14, "variational_seed_sd": None},  # one seed: no spread
+    ]
+    assert warn_seed_spread("smollm2", rows, 3) == [12, 13]
+    line = capsys.readouterr().err
+    assert "layer(s) 12-13 (2 of 4)" in line and "0.064 bit" in line and "--patience 6" in line
+    assert warn_seed_spread("smollm2", rows[:1] + rows[3:], 3) == [] and capsys.readouterr().err == ""
 
 
 def hint_options(hint: str, parser) -> list[tuple[str, str | None]]:
@@ -96,6 +113,7 @@ def test_every_hint_names_options_its_commands_accept(capsys):
     commands = parser._subparsers._group_actions[0].choices
     hints = printed_hints(capsys)
     assert "--max-epochs 80" in hints[0] and "--vocab top:" in hints[1]  # the hints this test is about
+    assert "--patience 6" in hints[2]
     for command, required in PRINTED_BY.items():
         for hint in hints:
             options = hint_options(hint, commands[command])

@@ -24,7 +24,7 @@ from fastmi.data.alphabet import Alphabet, check_targets
 from fastmi.data.bags import BagTargets
 from fastmi.data.split import Split
 from fastmi.probe.config import ProbeConfig, TrainConfig
-from fastmi.probe.convergence import warn_unconverged
+from fastmi.probe.convergence import warn_seed_spread, warn_unconverged
 from fastmi.probe.curves import finish_curves, fit_curve_points
 from fastmi.probe.evaluation import score_probes
 from fastmi.probe.form_choice import FORMS, fit_forms, standardising
@@ -389,6 +389,7 @@ def assemble(run: ProbeRun):
         held["seeds"].update(extra.get("seeds", {}))
     points = [point for extra in extras for point in extra["curve_points"]]
     warn_unconverged(src.model, rows, config.train.max_epochs)
+    warn_seed_spread(src.model, rows, config.train.patience)
     stored = result_config(run, training)
     curves = finish_curves(rows, points) if config.curve else []
     return RecoverabilityResult(rows, stored, {src.model: HeldOut.from_dict(held)}, curves)
