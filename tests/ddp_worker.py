@@ -4,7 +4,9 @@ gradients are written for the test to read."""
 
 from __future__ import annotations
 
+import faulthandler
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -48,16 +50,33 @@ def full_batch(B: int = 8, T: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+# A rank stuck for this long prints every thread's stack and exits, so that a hang in gloo shows where
+# it is instead of holding the test until its subprocess timeout.
+HANG_SECONDS = 120
+
+
 def worker(rank: int, world: int, out: Path) -> None:
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out / 'store'}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{out / 'store'}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=HANG_SECONDS),
+    )
     model = torch.nn.parallel.DistributedDataParallel(TinyModel())
     ids, mask = full_batch()
     rows = slice(rank * ids.shape[0] // world, (rank + 1) * ids.shape[0] // world)
     model(ids[rows], mask[rows]).backward()
     grads = {name: p.grad.contiguous() for name, p in model.module.named_parameters()}
-    save_file(grads, str(out / f"grads_rank{rank}.safetensors"))
-    dist.barrier()
+    # Written whole, then renamed: the test reads a rank's gradients only if they were saved complete.
+    partial = out / f"grads_rank{rank}.partial"
+    save_file(grads, str(partial))
+    partial.rename(out / f"grads_rank{rank}.safetensors")
+    # DDP's reducer goes before the group it talks through: freed after destroy_process_group, as the
+    # function's locals would be on return, it has hung a rank now and then (gloo, torch 2.13).
+    del model
     dist.destroy_process_group()
 
 
