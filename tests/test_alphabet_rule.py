@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import fastmi
+import fastmi.probe.group_fit
 import fastmi.probe.recoverability as recoverability_module
 from fastmi.data.alphabet import Alphabet
 from fastmi.data.bags import BagTargets
@@ -159,7 +160,7 @@ def test_calibrated_other_on_a_channel_with_many_rare_symbols(monkeypatch):
     kwargs = dict(targets=bags, vocab_size=q, seed=0, n_bootstrap=300, progress=False, k=3)
     kwargs["train"] = TrainConfig(max_epochs=10, patience=2, batch_size=256)
     calibrated = fastmi.recoverability(layers, **kwargs)
-    monkeypatch.setattr(recoverability_module, "with_calibrated_other", lambda fit: fit)
+    monkeypatch.setattr(fastmi.probe.group_fit, "with_calibrated_other", lambda fit: fit)
     plain = fastmi.recoverability(layers, **kwargs)
     row, before = calibrated.table[0], plain.table[0]
     assert row["M"] < q  # symbols no training sentence shows are merged into "other"

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-import fastmi.probe.recoverability
+import fastmi.probe.group_fit
 from fastmi.probe.training import TrainConfig, probe_bytes
 
 SENTENCES = random_sentences(30, seed=6, min_words=1)
@@ -42,8 +42,8 @@ def _worker(rank: int, root: str, model: str) -> None:
         )
         in_memory = fastmi.recoverability(tensors, **kwargs)
         fits = []
-        real_fit = fastmi.probe.recoverability.fit_heads
-        fastmi.probe.recoverability.fit_heads = lambda *a, **k: fits.append(1) or real_fit(*a, **k)
+        real_fit = fastmi.probe.group_fit.fit_heads
+        fastmi.probe.group_fit.fit_heads = lambda *a, **k: fits.append(1) or real_fit(*a, **k)
         resumed = fastmi.recoverability(tensors, checkpoint_dir=Path(root) / "groups", **kwargs)
         (Path(root) / f"rank{rank}.json").write_text(
             json.dumps({"in_memory": in_memory.table, "resumed": resumed.table, "trained_groups": len(fits)})

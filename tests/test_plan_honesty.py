@@ -25,7 +25,7 @@ from tiny import make_tiny_model, random_sentences
 
 import fastmi
 import fastmi.planning.rates
-import fastmi.probe.recoverability
+import fastmi.probe.group_fit
 from fastmi.data.corpus import Corpus
 from fastmi.models.loading import DEMO_MODELS, load_model
 from fastmi.models.shape import model_shape
@@ -51,7 +51,7 @@ def measure_and_plan(spec, corpus, vocab, tmp_path, monkeypatch, max_length=128,
     loaded = load_model(spec, model_cache_dir=model_cache_dir)
     shape = model_shape(spec, model_cache_dir)
     fitting = {"seconds": 0.0, "epochs": 0}
-    real_fit = fastmi.probe.recoverability.fit_heads
+    real_fit = fastmi.probe.group_fit.fit_heads
 
     def timed_fit(*args, **kwargs):
         start = clock()
@@ -60,7 +60,7 @@ def measure_and_plan(spec, corpus, vocab, tmp_path, monkeypatch, max_length=128,
         fitting["epochs"] += fitted.epochs_run
         return fitted
 
-    monkeypatch.setattr(fastmi.probe.recoverability, "fit_heads", timed_fit)
+    monkeypatch.setattr(fastmi.probe.group_fit, "fit_heads", timed_fit)
     machine = [detect_hardware(gpus=0)]
     start = clock()
     cache = fastmi.extract(loaded, corpus, cache_dir=tmp_path / "cache", max_length=max_length, progress=False)

@@ -11,7 +11,7 @@ import torch
 from tiny import make_tiny_model, random_sentences
 
 import fastmi
-import fastmi.probe.recoverability
+import fastmi.probe.group_fit
 from fastmi.probe.training import TrainConfig
 
 TRAIN = TrainConfig(max_epochs=3)
@@ -49,7 +49,7 @@ class CountingFit:
     """fit_heads, counting its calls; raises KeyboardInterrupt on call ``interrupt_at`` (a Ctrl-C)."""
 
     def __init__(self, interrupt_at: int | None = None) -> None:
-        self.calls, self.interrupt_at, self.real = 0, interrupt_at, fastmi.probe.recoverability.fit_heads
+        self.calls, self.interrupt_at, self.real = 0, interrupt_at, fastmi.probe.group_fit.fit_heads
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -77,14 +77,14 @@ def test_an_interrupted_probe_resumes_from_its_saved_groups(caches, tmp_path, mo
     assert uninterrupted.config["layer_groups"] == [[0], [1], [2], [3]]
 
     fit = CountingFit(interrupt_at=3)
-    monkeypatch.setattr(fastmi.probe.recoverability, "fit_heads", fit)
+    monkeypatch.setattr(fastmi.probe.group_fit, "fit_heads", fit)
     with pytest.raises(KeyboardInterrupt):
         probe(cache, tmp_path / "run")
     saved = sorted((tmp_path / "run").rglob("group_*.json"))
     assert [json.loads(p.read_text())["layers"] for p in saved] == [[0], [1]]  # two groups finished, kept
 
     fit = CountingFit()
-    monkeypatch.setattr(fastmi.probe.recoverability, "fit_heads", fit)
+    monkeypatch.setattr(fastmi.probe.group_fit, "fit_heads", fit)
     resumed = probe(cache, tmp_path / "run")
     assert fit.calls == 2  # only layers 2 and 3 were trained again
     assert resumed.table == uninterrupted.table
@@ -92,7 +92,7 @@ def test_an_interrupted_probe_resumes_from_its_saved_groups(caches, tmp_path, mo
 
     # A finished run is read back whole; other settings share nothing with it.
     fit = CountingFit()
-    monkeypatch.setattr(fastmi.probe.recoverability, "fit_heads", fit)
+    monkeypatch.setattr(fastmi.probe.group_fit, "fit_heads", fit)
     assert probe(cache, tmp_path / "run").table == uninterrupted.table and fit.calls == 0
     other = probe(cache, tmp_path / "run", seed=1)
     assert fit.calls == 4 and other.table != uninterrupted.table
@@ -119,7 +119,7 @@ def test_saved_groups_of_other_data_are_not_reused(caches, tmp_path, monkeypatch
     )
     first = fastmi.recoverability(tensors, **kwargs)
     fit = CountingFit()
-    monkeypatch.setattr(fastmi.probe.recoverability, "fit_heads", fit)
+    monkeypatch.setattr(fastmi.probe.group_fit, "fit_heads", fit)
     tensors[2] = tensors[2] + torch.randn_like(tensors[2])
     changed = fastmi.recoverability(tensors, **kwargs)
     assert fit.calls == 1  # layer 2 alone

@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probe.add_argument(
         "--vocab",
         default=None,
-        metavar="{observed,full,top:K}",
-        help="alphabet of T (default: observed with --corpus, full with --sentences)",
+        metavar="{observed,full,top:K,min:C,auto}",
+        help="alphabet of T (default: observed with --corpus, full with --sentences); auto is priced as "
+        "observed plus its trial fits",
     )
     probe.add_argument(
         "--probe",

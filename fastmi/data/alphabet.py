@@ -9,10 +9,12 @@ count + 1.  The probe never trains on "other" (no training token is one), so its
 calibrated on the validation sentences (:mod:`fastmi.probe.other_bias`).  ``"full"``: every id of
 the tokenizer's vocabulary except the excluded special tokens.  ``"top:K"``: the K-1 ids most
 frequent in the training and validation bags plus one "other" symbol standing for every other id
-(M = K).  Every setting trains the probe on compact ids 0..M-1, so its weight matrix has M rows,
-never more.
+(M = K).  ``"min:C"``: the ids that occur at least C times in the training and validation bags plus
+"other" for every rarer or unseen id.  ``"auto"`` is not built here: the run chooses one of
+:data:`COARSENINGS` on the validation sentences first (:mod:`fastmi.probe.alphabet_choice`).  Every
+setting trains the probe on compact ids 0..M-1, so its weight matrix has M rows, never more.
 
-Why "top:K" is still a bound on the same quantity: it probes f(T), a function of T fixed before any
+Why "top:K" and "min:C" are still bounds on the same quantity: it probes f(T), a function of T fixed before any
 embedding is seen, and I(T; z) >= I(f(T); z) by data processing.  With a few hundred sentences the
 rare ids cannot be learned nor their entropy estimated, so they only add noise to both sides of
 H(T) - CE; merging them gives a smaller, honest bound that small corpora can actually show.
@@ -27,9 +29,11 @@ import torch
 
 from fastmi.data.bags import BagTargets
 
-__all__ = ["Alphabet", "VOCAB_SETTINGS", "alphabet_rule", "check_targets"]
+__all__ = ["Alphabet", "COARSENINGS", "VOCAB_SETTINGS", "alphabet_rule", "check_targets"]
 
-VOCAB_SETTINGS = ("observed", "full", "top:K")
+VOCAB_SETTINGS = ("observed", "full", "top:K", "min:C", "auto")
+# What vocab="auto" tries, finest first: it coarsens while the validation bound improves.
+COARSENINGS = ("observed", "min:2", "min:4", "min:8", "min:16", "min:32")
 
 
 def alphabet_rule(setting: str) -> dict[str, str | None]:
@@ -38,8 +42,10 @@ def alphabet_rule(setting: str) -> dict[str, str | None]:
     kind, _ = parse_vocab(setting)
     if kind == "observed":
         return {"alphabet_from": "train", "other_calibrated_on": "validation"}
-    if kind == "top":
+    if kind in ("top", "min"):
         return {"alphabet_from": "train+validation", "other_calibrated_on": None}
+    if kind == "auto":
+        return {"alphabet_from": "chosen on validation", "other_calibrated_on": "validation, if observed"}
     return {"alphabet_from": "vocabulary", "other_calibrated_on": None}
 
 
@@ -60,17 +66,20 @@ def _mask(vocab_size: int, ids: Sequence[int]) -> torch.Tensor:
 
 
 def parse_vocab(setting: str) -> tuple[str, int | None]:
-    """("observed" | "full", None) or ("top", K) for "top:K"; a clear error otherwise."""
-    if setting in ("observed", "full"):
+    """("observed" | "full" | "auto", None), ("top", K) for "top:K" or ("min", C) for "min:C"; a clear
+    error otherwise."""
+    if setting in ("observed", "full", "auto"):
         return setting, None
-    if isinstance(setting, str) and setting.startswith("top:"):
+    if isinstance(setting, str) and setting[:4] in ("top:", "min:"):
         try:
-            size = int(setting[4:])
+            number = int(setting[4:])
         except ValueError:
-            size = 0
-        if size >= 2:
-            return "top", size
-    raise ValueError(f"vocab must be 'observed', 'full' or 'top:K' with an integer K >= 2, got {setting!r}")
+            number = 0
+        if number >= 2:
+            return setting[:3], number
+    raise ValueError(
+        f"vocab must be 'observed', 'full', 'auto', 'top:K' or 'min:C' with an integer K or C >= 2, got {setting!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -98,9 +107,11 @@ class Alphabet:
         validation: BagTargets | None = None,
     ) -> Alphabet:
         """The alphabet of ``setting`` fixed by ``targets``, the TRAINING bags (and ``validation``, the
-        validation bags, which "top:K" also ranks on).  Never pass held-out bags: the decoder scored on
-        them must be fixed without them (docs/theory.md §7)."""
-        kind, top = parse_vocab(setting)
+        validation bags, which "top:K" and "min:C" also count).  Never pass held-out bags: the decoder
+        scored on them must be fixed without them (docs/theory.md §7)."""
+        kind, number = parse_vocab(setting)
+        if kind == "auto":
+            raise ValueError("vocab='auto' is chosen on validation before an alphabet is built (fastmi.recoverability)")
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
         parts = [targets] + ([validation] if validation is not None else [])
@@ -110,7 +121,9 @@ class Alphabet:
         if kind == "full":
             return cls(setting=setting, vocab_ids=torch.nonzero(allowed).flatten(), vocab_size=vocab_size)
         if kind == "top":
-            return cls._most_frequent(setting, parts, vocab_size, top, allowed)
+            return cls._most_frequent(setting, parts, vocab_size, number, allowed)
+        if kind == "min":
+            return cls._counted(setting, parts, vocab_size, number, allowed)
         present = torch.zeros(vocab_size, dtype=torch.bool)
         present[targets.ids.cpu()] = True
         vocab_ids = torch.nonzero(present).flatten()
@@ -141,6 +154,25 @@ class Alphabet:
         order = torch.sort(mass, descending=True, stable=True).indices
         kept = torch.sort(order[: size - 1]).values
         return cls(setting=setting, vocab_ids=kept, vocab_size=vocab_size, other=True)
+
+    @classmethod
+    def _counted(
+        cls, setting: str, parts: Sequence[BagTargets], vocab_size: int, least: int, allowed: torch.Tensor
+    ) -> Alphabet:
+        # Token counts over the training and validation sentences; like top:K's ranking it reads no
+        # embedding and no held-out sentence.
+        counts = torch.zeros(vocab_size, dtype=torch.long)
+        for targets in parts:
+            counts.index_add_(0, targets.ids.cpu(), targets.counts.cpu().long())
+        kept = torch.nonzero(counts >= least).flatten()
+        if kept.numel() == 0:
+            raise ValueError(
+                f"the alphabet {setting!r} is empty: no id occurs {least} times in the training and "
+                "validation sentences"
+            )
+        return cls(
+            setting=setting, vocab_ids=kept, vocab_size=vocab_size, other=bool((allowed & (counts < least)).any())
+        )
 
     def compact(self, targets: BagTargets) -> BagTargets:
         """``targets`` with vocabulary ids replaced by compact ids (every id outside ``vocab_ids``

@@ -235,7 +235,7 @@ def plan(
         probe_seconds_per_epoch=probing.seconds,
         probe_setup_seconds=probing.setup_seconds,
         probe_epochs=PROBE_EPOCHS,
-        probe_expected_seconds=tuple(probing.setup_seconds + n * probing.seconds for n in PROBE_EPOCHS),
+        probe_expected_seconds=_expected_probe_seconds(probing, vocab, len(wanted)),
         fits=not problems,
         problems=problems,
         advice=advice,
@@ -270,6 +270,27 @@ def _hardware(gpus, gpu_memory, host_memory, matmul_tflops, gpu, disk_rate) -> H
         gpu=gpu,
         disk_rate=parse_rate(disk_rate) if disk_rate else None,
     )
+
+
+def _expected_probe_seconds(probing: ProbeEstimate, vocab: str, num_layers: int) -> tuple[float, float]:
+    """The probe's set-up plus :data:`PROBE_EPOCHS` epochs, and vocab="auto"'s trial fits."""
+    return tuple(
+        probing.setup_seconds + epochs * probing.seconds * (1 + extra)
+        for epochs, extra in zip(PROBE_EPOCHS, vocab_trials_share(vocab, num_layers))
+    )
+
+
+def vocab_trials_share(vocab: str, num_layers: int) -> tuple[float, float]:
+    """The probe work vocab="auto" adds before the run's own fit, as a share of that fit: from two trial
+    maps (the search stops at the first that does not improve) to every map of COARSENINGS, each
+    trained on TRIAL_LAYERS of the layers (:mod:`fastmi.probe.alphabet_choice`); (0, 0) otherwise."""
+    from fastmi.data.alphabet import COARSENINGS
+    from fastmi.probe.alphabet_choice import TRIAL_LAYERS
+
+    if vocab != "auto":
+        return 0.0, 0.0
+    share = min(TRIAL_LAYERS, num_layers) / num_layers
+    return 2 * share, len(COARSENINGS) * share
 
 
 def _workload(shape, corpus, sentences, mean_tokens, max_length, vocab, batch_size, taps, model_cache_dir) -> Workload:

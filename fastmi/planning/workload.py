@@ -22,6 +22,8 @@ __all__ = ["DEFAULT_MEAN_TOKENS", "Workload", "corpus_workload", "synthetic_work
 DEFAULT_MEAN_TOKENS = 32
 DISTINCT_SHARE = 0.85  # distinct ids / tokens in an English sentence of ~30 tokens
 CHARS_PER_TOKEN = 4.0  # when no tokenizer can be read: BPE vocabularies of 30k-250k tokens on English text
+# Alphabets that need the corpus's token counts (fastmi.data.alphabet.parse_vocab kinds).
+COUNTED = ("observed", "min", "auto")
 TEST_FRACTION, VALIDATION_FRACTION = 0.2, 0.1  # fastmi.recoverability's defaults
 
 
@@ -55,9 +57,9 @@ def synthetic_workload(
     if sentences < 2:
         raise ValueError(f"sentences must be at least 2, got {sentences}")
     kind, top = parse_vocab(vocab)
-    if kind == "observed":
+    if kind in COUNTED:
         raise ValueError(
-            "vocab='observed' needs the corpus to count the ids it holds; give a corpus, "
+            f"vocab={vocab!r} needs the corpus to count the ids it holds; give a corpus, "
             "or plan with vocab='full' or 'top:K'"
         )
     per_sentence = min(float(mean_tokens or DEFAULT_MEAN_TOKENS), float(max_length))
@@ -86,9 +88,9 @@ def corpus_workload(
     corpus = _as_corpus(corpus)
     tokenizer = _tokenizer(shape, model_cache_dir)
     if tokenizer is None:
-        if kind == "observed":
+        if kind in COUNTED:
             raise ValueError(
-                f"vocab='observed' needs {shape.name}'s tokenizer, which cannot be read here; "
+                f"vocab={vocab!r} needs {shape.name}'s tokenizer, which cannot be read here; "
                 "plan with vocab='full' or 'top:K'"
             )
         lengths = np.array([min(max_length, 2 + math.ceil(len(s) / CHARS_PER_TOKEN)) for s in corpus.sentences])
@@ -152,6 +154,8 @@ def probe_alphabet_size(vocab: str, token_lists, specials: set[int], vocab_size:
     from fastmi.data.bags import BagTargets
     from fastmi.probe.config import ProbeConfig
 
+    if vocab == "auto":  # its finest trial, the largest M the run can keep (fastmi.probe.alphabet_choice)
+        vocab = "observed"
     bags = BagTargets.from_token_lists(token_lists, exclude=sorted(specials), vocab_size=vocab_size)
     split = ProbeConfig().make_split(bags.num_rows)
     nonempty = (bags.lengths > 0).numpy()

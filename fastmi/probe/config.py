@@ -164,11 +164,13 @@ class ProbeConfig:
     vocab: str = setting(
         "observed",
         check=checks.vocab,
-        metavar="{observed,full,top:K}",
+        metavar="{observed,full,top:K,min:C,auto}",
         help="alphabet of T, fixed without the held-out sentences: the token ids of the training "
         "sentences plus one 'other' symbol (its bias calibrated on validation), the whole vocabulary minus "
-        "special tokens, or the K-1 ids most frequent in training+validation plus 'other' (each a bound on "
-        "I(f(T); z) <= I(T; z); top:K is far tighter on small corpora)",
+        "special tokens, the K-1 ids most frequent in training+validation plus 'other', the ids seen at least "
+        "C times in training+validation plus 'other', or auto: the coarsest of observed, min:2, min:4, ... "
+        "reached while the validation bound of a few layers improves (each a bound on I(f(T); z) <= I(T; z); "
+        "coarser maps are far tighter on small corpora)",
     )
     test_fraction: float = setting(0.2, check=checks.fraction, help="share of sentences held out for the bounds")
     validation_fraction: float = setting(

@@ -74,6 +74,8 @@ def result_config(run: Any, training: dict) -> dict:
     }
     if config.curve:
         stored["curve"] = list(config.curve)
+    if run.vocab_choice is not None:  # vocab="auto": "vocab" above is the map it chose
+        stored["vocab_choice"] = run.vocab_choice
     return stored
 
 

@@ -10,6 +10,7 @@ each group as one layer-batched problem (:mod:`fastmi.probe.training`), score it
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Sequence
@@ -27,12 +28,10 @@ from fastmi.probe.config import ProbeConfig, TrainConfig
 from fastmi.probe.convergence import warn_seed_spread, warn_unconverged
 from fastmi.probe.curves import finish_curves, fit_curve_points
 from fastmi.probe.evaluation import score_probes
-from fastmi.probe.form_choice import FORMS, fit_forms, standardising
+from fastmi.probe.group_fit import group_features
 from fastmi.probe.head_rows import head_rows
-from fastmi.probe.heads import feature_stats, fit_heads
 from fastmi.probe.identity import open_store, result_config
 from fastmi.probe.memory import layer_groups, layers_per_group
-from fastmi.probe.other_bias import with_calibrated_other
 from fastmi.probe.precision import resolve_precision
 from fastmi.probe.seeds import seed_log, seed_mean, seed_statistics_of
 from fastmi.probe.source import ProbeSource, default_max_memory, load_layer
@@ -104,9 +103,7 @@ def recoverability(
     in ``result.held_out`` for paired comparisons (:func:`fastmi.compare`).
     """
     config = ProbeConfig.resolve(config, overrides, "recoverability")
-    run = prepare(
-        source,
-        config,
+    data = dict(
         targets=targets,
         vocab_size=vocab_size,
         split=split,
@@ -115,8 +112,15 @@ def recoverability(
         excluded_ids=excluded_ids,
         progress=progress,
         unembedding=unembedding,
-        checkpoint_dir=checkpoint_dir,
     )
+    choice = None
+    if config.vocab == "auto":  # the alphabet map is chosen on the validation sentences first
+        from fastmi.probe.alphabet_choice import choose_vocab
+
+        vocab, choice = choose_vocab(source, config, **data)
+        config = dataclasses.replace(config, vocab=vocab)
+    run = prepare(source, config, checkpoint_dir=checkpoint_dir, **data)
+    run.vocab_choice = choice
     mine = run.store.pending(run.groups)  # this rank's groups not saved by an earlier run
     one_bar = not run.progress or len(run.groups) == 1  # a single group: its epoch bar is enough
     for group in tqdm(mine, desc=f"{run.source.model}: layer groups", disable=one_bar):
@@ -147,6 +151,7 @@ class ProbeRun:
     groups: list[list[int]]
     store: Any  # fastmi.probe.groups.GroupStore
     progress: bool
+    vocab_choice: dict | None = None  # vocab="auto": each trial's validation bounds (fastmi.probe.alphabet_choice)
 
 
 def prepare(
@@ -162,9 +167,11 @@ def prepare(
     progress: bool = True,
     unembedding: Any = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    keep_groups: bool = True,
 ) -> ProbeRun:
     """Everything before training: the source, the alphabet, the split and its parts, H(T), the
-    unembedding of the alphabet (probe="unembedding"), the layer groups and their store."""
+    unembedding of the alphabet (probe="unembedding"), the layer groups and their store (none with
+    ``keep_groups=False``: fits that are not the result's, such as vocab="auto"'s trials)."""
     src = ProbeSource.of(source, targets, vocab_size, model=model, excluded_ids=excluded_ids, layers=layers)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num_rows = src.targets.num_rows
@@ -211,7 +218,7 @@ def prepare(
         head=(head_weight, head_bias),
         head_source=head_source,
         groups=groups,
-        store=open_store(source, src, config, alphabet.size, split, checkpoint_dir),
+        store=open_store(source, src, config, alphabet.size, split, checkpoint_dir) if keep_groups else None,
         progress=distributed.main_only(progress),
     )
 
@@ -254,18 +261,7 @@ def _groups(
 def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
     """Fit, score and bound one group of layers, and save it in the run's store."""
     config, src = run.config, run.source
-    z = torch.stack([load_layer(src, layer, src.targets.num_rows) for layer in group]).to(run.device)
-    if z.shape[-1] != run.width:
-        raise ValueError(f"layers {group} have width {z.shape[-1]}, layer {src.layers[0]} has {run.width}")
-    if run.probe in ("linear", "embedding"):  # the others take raw features (form_choice, heads)
-        mean, std = feature_stats(z, run.index["train"])
-        z = (z - mean) / std
-        fit = _fit_function(run, run.probe, run.head, feature_std=std if run.probe == "embedding" else None)
-    elif run.probe == "auto":
-        fits = {form: _fit_function(run, form, run.head[0][form]) for form in FORMS}
-        fit = functools.partial(fit_forms, {**fits, "embedding": standardising(fits["embedding"])})
-    else:
-        fit = _fit_function(run, run.probe, run.head)
+    z, fit = group_features(run, group)
     index, bags, size = run.index, run.bags, run.alphabet.size
     fits, seeds, points = [], config.probe_seeds, []
     for j in range(seeds):  # probe_seeds > 1: probes differing in training order, all on one split
@@ -321,21 +317,6 @@ def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
     saved = held.to_dict()
     extra = {"held_out": saved["layers"], "curve_points": points, "seeds": saved.get("seeds", {})}
     run.store.save(group, rows, training, extra=extra)
-
-
-def _fit_function(run: ProbeRun, probe: str, head: Any, feature_std: torch.Tensor | None = None):
-    """:func:`fit_heads` of one form with the run's settings bound; for the observed alphabet, followed
-    by the calibration of "other" on validation (it never occurs in training)."""
-    fit = functools.partial(
-        fit_heads,
-        probe=probe,
-        train_softmax=run.config.train_softmax,
-        unembedding=head,
-        **({"feature_std": feature_std} if feature_std is not None else {}),
-    )
-    if run.alphabet.setting == "observed" and run.alphabet.other:
-        fit = with_calibrated_other(fit)
-    return fit
 
 
 def _layer_row(run: ProbeRun, layer: int, form: str, converged: bool, scores: Any, i: int, per_seed=None) -> dict:
