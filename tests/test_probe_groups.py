@@ -168,3 +168,17 @@ def test_a_checkpoint_directory_that_cannot_be_made_leaves_the_groups_in_memory(
         unsaved = probe(cache, blocker / "groups")
     assert unsaved.table == probe(cache, tmp_path / "saved").table
     assert blocker.is_file() and not list(tmp_path.rglob("a file/*"))
+
+
+def test_a_resumed_auto_vocab_run_reads_its_choice_instead_of_repeating_the_trials(caches, tmp_path, monkeypatch):
+    cache = caches["fp32"]
+    first = probe(cache, tmp_path / "run", vocab="auto")
+    saved = list((tmp_path / "run").glob("vocab-choice-*.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text()) == first.config["vocab_choice"]
+    fit = CountingFit()
+    monkeypatch.setattr(fastmi.probe.group_fit, "fit_heads", fit)
+    again = probe(cache, tmp_path / "run", vocab="auto")
+    assert fit.calls == 0 and again.table == first.table  # no trial, no group trained again
+    assert again.config["vocab_choice"] == first.config["vocab_choice"]
+    probe(cache, tmp_path / "run", vocab="auto", seed=1)  # other settings: a choice of their own
+    assert len(list((tmp_path / "run").glob("vocab-choice-*.json"))) == 2 and fit.calls > 0

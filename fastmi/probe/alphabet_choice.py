@@ -17,9 +17,13 @@ valid for the same reason a probe's early stopping on validation keeps it valid 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,9 +32,10 @@ from fastmi.data.alphabet import COARSENINGS, Alphabet
 from fastmi.probe.group_fit import group_features
 from fastmi.probe.source import ProbeSource
 from fastmi.probe.training import mean_ce
+from fastmi.runtime.files import atomic_write_text, content_hash
 from fastmi.stats.bounds import token_entropy_bits
 
-__all__ = ["TRIAL_LAYERS", "choose_vocab", "trial_layers"]
+__all__ = ["TRIAL_LAYERS", "choose_vocab", "resolve_auto_vocab", "trial_layers"]
 
 # Layers whose validation bounds decide the map: the first, the middle and the last probed, so that the
 # choice sees shallow and deep representations at a fraction of a full run's cost.
@@ -44,6 +49,39 @@ def trial_layers(layers: Sequence[int], count: int = TRIAL_LAYERS) -> list[int]:
         return layers
     positions = np.linspace(0, len(layers) - 1, count).round().astype(int)
     return [layers[i] for i in sorted(set(positions.tolist()))]
+
+
+def resolve_auto_vocab(
+    source: Any, config: Any, checkpoint_dir: str | os.PathLike | None, **data: Any
+) -> tuple[str, dict]:
+    """:func:`choose_vocab`, kept beside an ActivationCache's probe groups (``checkpoint_dir``, default
+    ``<cache>/probes``) so that a resumed run reads its choice instead of repeating the trials."""
+    path = _saved_choice(source, config, checkpoint_dir, data)
+    if path is not None and path.is_file():
+        choice = json.loads(path.read_text())
+        return choice["chosen"], choice
+    chosen, choice = choose_vocab(source, config, **data)
+    if path is not None:
+        with contextlib.suppress(OSError):  # a read-only cache: the run goes on, a rerun chooses again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(choice, indent=1) + "\n")
+    return chosen, choice
+
+
+def _saved_choice(source: Any, config: Any, checkpoint_dir, data: dict) -> Path | None:
+    from fastmi.activations.cache import ActivationCache
+
+    if not isinstance(source, ActivationCache):
+        return None
+    split = data.get("split")
+    key = {
+        "cache": source.identity,
+        "settings": config.key(),
+        "split": None if split is None else split.to_dict(),
+        **{name: data.get(name) for name in ("layers", "model", "excluded_ids")},
+    }
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else Path(source.directory) / "probes"
+    return directory / f"vocab-choice-{content_hash(key, default=str)[:16]}.json"
 
 
 def choose_vocab(source: Any, config: Any, *, layers: Sequence[int] | None = None, **data: Any) -> tuple[str, dict]:

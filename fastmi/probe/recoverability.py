@@ -103,7 +103,9 @@ def recoverability(
     in ``result.held_out`` for paired comparisons (:func:`fastmi.compare`).
     """
     config = ProbeConfig.resolve(config, overrides, "recoverability")
-    data = dict(
+    run = prepare(
+        source,
+        config,
         targets=targets,
         vocab_size=vocab_size,
         split=split,
@@ -112,15 +114,8 @@ def recoverability(
         excluded_ids=excluded_ids,
         progress=progress,
         unembedding=unembedding,
+        checkpoint_dir=checkpoint_dir,
     )
-    choice = None
-    if config.vocab == "auto":  # the alphabet map is chosen on the validation sentences first
-        from fastmi.probe.alphabet_choice import choose_vocab
-
-        vocab, choice = choose_vocab(source, config, **data)
-        config = dataclasses.replace(config, vocab=vocab)
-    run = prepare(source, config, checkpoint_dir=checkpoint_dir, **data)
-    run.vocab_choice = choice
     mine = run.store.pending(run.groups)  # this rank's groups not saved by an earlier run
     one_bar = not run.progress or len(run.groups) == 1  # a single group: its epoch bar is enough
     for group in tqdm(mine, desc=f"{run.source.model}: layer groups", disable=one_bar):
@@ -169,9 +164,19 @@ def prepare(
     checkpoint_dir: str | os.PathLike | None = None,
     keep_groups: bool = True,
 ) -> ProbeRun:
-    """Everything before training: the source, the alphabet, the split and its parts, H(T), the
-    unembedding of the alphabet (probe="unembedding"), the layer groups and their store (none with
-    ``keep_groups=False``: fits that are not the result's, such as vocab="auto"'s trials)."""
+    """Everything before training: the source, the alphabet (vocab="auto": the map chosen on validation,
+    :mod:`fastmi.probe.alphabet_choice`), the split and its parts, H(T), the unembedding of the
+    alphabet (probe="unembedding"), the layer groups and their store (none with ``keep_groups=False``:
+    fits that are not the result's, such as vocab="auto"'s trials)."""
+    if config.vocab == "auto":
+        from fastmi.probe.alphabet_choice import resolve_auto_vocab
+
+        data = dict(targets=targets, vocab_size=vocab_size, split=split, model=model, excluded_ids=excluded_ids)
+        data.update(progress=progress, unembedding=unembedding, layers=layers)
+        vocab, choice = resolve_auto_vocab(source, config, checkpoint_dir, **data)
+        run = prepare(source, dataclasses.replace(config, vocab=vocab), checkpoint_dir=checkpoint_dir, **data)
+        run.vocab_choice = choice
+        return run
     src = ProbeSource.of(source, targets, vocab_size, model=model, excluded_ids=excluded_ids, layers=layers)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num_rows = src.targets.num_rows
