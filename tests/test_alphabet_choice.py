@@ -19,9 +19,10 @@ from fastmi.data.alphabet import COARSENINGS, Alphabet, parse_vocab
 from fastmi.data.bags import BagTargets
 from fastmi.data.split import Split
 from fastmi.planning.planner import vocab_trials_share
-from fastmi.probe.alphabet_choice import choose_vocab, trial_layers
+from fastmi.probe.alphabet_choice import choose_vocab, projected_entropy_bits, trial_layers
 from fastmi.probe.config import ProbeConfig
 from fastmi.probe.training import TrainConfig
+from fastmi.stats.bounds import token_entropy_bits
 
 FREQUENT, RARE, ROWS, RARE_SHARE = 8, 2000, 3000, 0.5
 VOCAB = FREQUENT + RARE
@@ -113,3 +114,22 @@ def test_the_planner_prices_the_trials_of_auto():
     low, high = vocab_trials_share("auto", 30)
     assert low == pytest.approx(2 * 3 / 30) and high == pytest.approx(len(COARSENINGS) * 3 / 30)
     assert vocab_trials_share("auto", 2) == (2.0, float(len(COARSENINGS)))
+
+
+def zipf_sentences(rows: int, g: torch.Generator) -> BagTargets:
+    ranks = torch.arange(1, 301, dtype=torch.float64)
+    lengths = torch.randint(3, 12, (rows,), generator=g).tolist()
+    return BagTargets.from_token_lists(
+        [torch.multinomial(1 / ranks, n, replacement=True, generator=g).tolist() for n in lengths], vocab_size=300
+    )
+
+
+def test_the_projected_entropy_is_what_the_estimator_reads_on_more_sentences():
+    g = torch.Generator().manual_seed(0)
+    validation = zipf_sentences(100, g)
+    assert projected_entropy_bits(validation, 100, "plugin", 0) == pytest.approx(token_entropy_bits(validation))
+    # What the held-out plug-in reads on 400 sentences of the same source, on average.
+    target = np.mean([token_entropy_bits(zipf_sentences(400, g)) for _ in range(20)])
+    projected = projected_entropy_bits(validation, 400, "plugin", 0)
+    raw = token_entropy_bits(validation)
+    assert raw < projected and abs(projected - target) < 0.5 * abs(raw - target)

@@ -162,12 +162,13 @@ def prepare(
     progress: bool = True,
     unembedding: Any = None,
     checkpoint_dir: str | os.PathLike | None = None,
-    keep_groups: bool = True,
+    trial: bool = False,
 ) -> ProbeRun:
     """Everything before training: the source, the alphabet (vocab="auto": the map chosen on validation,
     :mod:`fastmi.probe.alphabet_choice`), the split and its parts, H(T), the unembedding of the
-    alphabet (probe="unembedding"), the layer groups and their store (none with ``keep_groups=False``:
-    fits that are not the result's, such as vocab="auto"'s trials)."""
+    alphabet (probe="unembedding"), the layer groups and their store.  ``trial=True``: a trial of
+    vocab="auto", whose fits are not the result's: no store, and the alphabet fixed by the training
+    sentences alone, so that the validation sentences it is judged on are new to every map."""
     if config.vocab == "auto":
         from fastmi.probe.alphabet_choice import resolve_auto_vocab
 
@@ -193,7 +194,7 @@ def prepare(
         src.targets.select(rows["train"]),
         src.vocab_size,
         src.excluded_ids,
-        validation=src.targets.select(rows["validation"]),
+        validation=None if trial else src.targets.select(rows["validation"]),
     )
     bags = alphabet.compact(src.targets)
     probe, head_weight, head_bias, head_source = head_rows(source, alphabet, unembedding, config)
@@ -223,7 +224,7 @@ def prepare(
         head=(head_weight, head_bias),
         head_source=head_source,
         groups=groups,
-        store=open_store(source, src, config, alphabet.size, split, checkpoint_dir) if keep_groups else None,
+        store=None if trial else open_store(source, src, config, alphabet.size, split, checkpoint_dir),
         progress=distributed.main_only(progress),
     )
 
