@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ def choose_vocab(source: Any, config: Any, *, layers: Sequence[int] | None = Non
     trial_config = dataclasses.replace(config, curve=None, probe_seeds=1)
     trials: dict[str, dict] = {}
     best, best_bound, previous_ids = None, -math.inf, None
+    started = time.process_time()
     for setting in COARSENINGS:
         try:
             run = prepare(
@@ -139,7 +141,8 @@ def choose_vocab(source: Any, config: Any, *, layers: Sequence[int] | None = Non
         if mean_bound <= best_bound:
             break
         best, best_bound = setting, mean_bound
-    return best, {"chosen": best, "layers": chosen_layers, "trials": trials}
+    cpu = round(time.process_time() - started, 1)  # what the search added to the run, this process
+    return best, {"chosen": best, "layers": chosen_layers, "trials": trials, "cpu_seconds": cpu}
 
 
 def _same_map(alphabet: Alphabet, previous_ids: Any) -> bool:
