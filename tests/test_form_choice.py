@@ -47,6 +47,27 @@ def test_auto_is_at_each_layer_exactly_the_form_it_names():
     assert auto.config["probe"] == auto.config["probe_trained"] == "auto"
 
 
+def test_each_curve_point_is_the_form_it_names_chosen_at_its_own_size():
+    layers, bags, embedding, vocab = two_layers()
+    common = dict(targets=bags, vocab_size=vocab, unembedding=embedding, n_bootstrap=200, train=FAST, progress=False)
+    common["curve"] = (0.25, 1.0)
+    auto = fastmi.recoverability(layers, probe="auto", **common)
+    alone = {form: fastmi.recoverability(layers, probe=form, **common) for form in AUTO_FORMS}
+    assert len(auto.curves) == 4
+    for point in auto.curves:
+        assert point["probe"] in AUTO_FORMS
+        same = next(
+            p
+            for p in alone[point["probe"]].curves
+            if (p["layer"], p["fraction"]) == (point["layer"], point["fraction"])
+        )
+        assert same["probe"] == point["probe"]
+        # The embedding probe is standardised with the statistics of the rows it trains on: under
+        # "auto" a curve point's own subset, alone the whole training part's (a few thousandths of a bit).
+        tolerance = 1e-6 if point["probe"] == "unembedding" or point["fraction"] == 1.0 else 0.01
+        assert point["variational_bits"] == pytest.approx(same["variational_bits"], abs=tolerance)
+
+
 def _fits(embedding: torch.Tensor):
     unembedding = functools.partial(fit_heads, probe="unembedding", unembedding=(embedding, None))
     rows = [("embedding", embedding.float())]

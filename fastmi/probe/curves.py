@@ -61,13 +61,14 @@ def nested_subsets(n_train: int, fractions: Sequence[float], seed: int) -> list[
     return subsets
 
 
-def _point(model: str, layer: int, fraction: float, n_train: int, values: dict) -> dict:
+def _point(model: str, layer: int, fraction: float, n_train: int, values: dict, form: str | None) -> dict:
     return {
         "model": model,
         "layer": int(layer),
         "fraction": float(fraction),
         "n_train": int(n_train),
         **{c: float(values[c]) for c in CURVE_COLUMNS},
+        **({"probe": form} if form else {}),
     }
 
 
@@ -82,12 +83,15 @@ def fit_curve_points(
     config: ProbeConfig,
     progress: bool = True,
     fit: Callable[..., Any] = fit_heads,
+    probe: str | None = None,
 ) -> list[dict]:
     """Refit the probes of one layer group (``z`` [L, N, d], standardised) on each fraction below 1
     of the training rows (``config.curve``); score each on all held-out rows.  ``index``/``bags``:
     rows and bags of the "train", "validation" and "test" parts, as in :func:`fastmi.recoverability`.
     ``fit``: the probe's own fitting function (:func:`fastmi.probe.heads.fit_heads` with its settings
-    bound), so every point of a curve is the same kind of probe as the full fit.
+    bound), so every point of a curve is the same kind of probe as the full fit; under probe="auto"
+    (:func:`fastmi.probe.form_choice.fit_forms`) each point keeps the form better on validation at its
+    size, named in the point's "probe" (elsewhere ``probe``, the form ``fit`` trains).
 
     Every point starts cold.  Starting each from the smaller point before it was measured slower and
     looser (docs/performance.md): a smaller subset's early-stopped probe has fitted that subset's
@@ -126,7 +130,8 @@ def fit_curve_points(
                 n_bootstrap=config.n_bootstrap,
                 entropy=entropy_bits if hasattr(entropy_bits, "draws") else None,
             )
-            points.append(_point(model, layer, fraction, positions.size, values))
+            form = fitted.form[i] if getattr(fitted, "form", None) else probe
+            points.append(_point(model, layer, fraction, positions.size, values, form))
     return points
 
 
@@ -146,7 +151,7 @@ def finish_curves(rows: list[dict], points: list[dict]) -> list[dict]:
     """Add each row's own fit as the curve's last point (fraction 1) and set ``data_limited`` on rows."""
     points = list(points)
     for row in rows:
-        points.append(_point(row["model"], row["layer"], 1.0, row["n_train"], row))
+        points.append(_point(row["model"], row["layer"], 1.0, row["n_train"], row, row.get("probe")))
     for row in rows:
         mine = [p for p in points if p["model"] == row["model"] and p["layer"] == row["layer"]]
         row["data_limited"] = is_data_limited(mine)

@@ -8,9 +8,9 @@ neither wins at every layer and every n_train, so each layer keeps the one with 
 cross-entropy on the *validation* sentences, after each form's "other" symbol is calibrated there.
 The held-out sentences score only the chosen probe, so the bound stays valid (docs/theory.md §3).
 
-The choice is made once per layer, on the first full fit; the other probe seeds and the curve's
-smaller fits train the chosen form only (:func:`fit_forms` with ``forms``), which keeps their cost
-at one form's.  Every fit receives the raw features: the embedding probe is standardised here, with
+The choice is made per layer on the first full fit; the other probe seeds train the chosen form only
+(:func:`fit_forms` with ``forms``), which keeps their cost at one form's.  Each of the curve's smaller
+fits chooses again, at its own size (fewer sentences can favour the other form).  Every fit receives the raw features: the embedding probe is standardised here, with
 the statistics of the rows it trains on, and the unembedding probe standardises itself.
 """
 

@@ -287,12 +287,13 @@ def probe_group(run: ProbeRun, group: Sequence[int]) -> None:
         z_test = fitted.features(z[:, index["test"]])
         fits.append((fitted, score_probes(z_test, fitted.weight, fitted.bias, bags["test"], size, config.k)))
         if j == 0:
-            if fitted.form:  # "auto" chose each layer's form on the first fit: the rest train that form
-                fit = functools.partial(fit, forms=fitted.form)
-            if config.curve:  # the curves refit the first seed's probe only
+            if config.curve:  # the curves refit the first seed's probe only; under "auto" each point
+                # chooses its own form on validation: with fewer sentences the other form can be the better
                 points = fit_curve_points(
-                    z, index, bags, size, group, src.model, run.entropy, config, run.progress, fit=fit
+                    z, index, bags, size, group, src.model, run.entropy, config, run.progress, fit=fit, probe=run.probe
                 )
+            if fitted.form:  # "auto" chose each layer's form on the first fit: the other seeds train that form
+                fit = functools.partial(fit, forms=fitted.form)
     fitted, scores, per_seed = fits[0][0], seed_mean(fits), seed_statistics_of(fits)
     del z
     held = HeldOut(rows=run.rows["test"].astype(np.int64))
