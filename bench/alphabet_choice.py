@@ -27,7 +27,7 @@ from fastmi.probe.config import ProbeConfig
 from fastmi.results.result import RecoverabilityResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from saved_run import add_run_arguments, caches_of, record_new, run_saved  # noqa: E402  (bench/ is not a package)
+from saved_run import add_bound_changes, add_run_arguments, caches_of, record_new, run_saved  # noqa: E402  (bench/ is not a package)
 
 
 def per_layer(result: RecoverabilityResult) -> dict[int, dict]:
@@ -75,10 +75,7 @@ def main() -> None:
             layers[vocab] = per_layer(result)
             if "vocab_choice" in result.config:
                 choices[vocab] = result.config["vocab_choice"]
-        base = layers[vocabs[0]]
-        for rows in layers.values():
-            for layer, row in rows.items():
-                row["bound_change_bits"] = round(row["bound_bits"] - base[layer]["bound_bits"], 4)
+        add_bound_changes(layers, vocabs[0])
         figures = {
             "model": name,
             "probe": args.probe,

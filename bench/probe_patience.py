@@ -32,7 +32,7 @@ from fastmi.probe.config import ProbeConfig
 from fastmi.results.result import RecoverabilityResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from saved_run import add_run_arguments, caches_of, record_new, run_saved  # noqa: E402  (bench/ is not a package)
+from saved_run import add_bound_changes, add_run_arguments, caches_of, record_new, run_saved  # noqa: E402  (bench/ is not a package)
 
 
 def parse_setting(text: str) -> dict:
@@ -90,10 +90,7 @@ def main() -> None:
             config = config_for(setting, args.probe, args.vocab, args.seeds, args.probe_memory)
             timings[setting] = run_saved(cache, name, config, setting, layers_of_cache, out)
             layers[setting] = per_layer(RecoverabilityResult.from_json(out / f"{name}-{setting}.json"))
-        base = layers[settings[0]]
-        for rows in layers.values():
-            for layer, row in rows.items():
-                row["bound_change_bits"] = round(row["bound_bits"] - base[layer]["bound_bits"], 4)
+        add_bound_changes(layers, settings[0])
         figures = {
             "model": name,
             "probe": args.probe,

@@ -61,6 +61,14 @@ def run_saved(cache, name: str, config: ProbeConfig, setting: str, layers, out: 
     return record
 
 
+def add_bound_changes(per_setting: dict[str, dict[int, dict]], baseline: str) -> None:
+    """Each layer row of each setting gains ``bound_change_bits``: its bound minus ``baseline``'s."""
+    base = per_setting[baseline]
+    for rows in per_setting.values():
+        for layer, row in rows.items():
+            row["bound_change_bits"] = round(row["bound_bits"] - base[layer]["bound_bits"], 4)
+
+
 def record_new(bench: str, figures: dict, timings: dict[str, dict], source: str) -> None:
     """``figures`` as a history row of ``bench`` (bench/history.py), unless every run was reused
     (then it was recorded when the runs were made)."""
