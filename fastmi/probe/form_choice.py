@@ -10,8 +10,9 @@ The held-out sentences score only the chosen probe, so the bound stays valid (do
 
 The choice is made per layer on the first full fit; the other probe seeds train the chosen form only
 (:func:`fit_forms` with ``forms``), which keeps their cost at one form's.  Each of the curve's smaller
-fits chooses again, at its own size (fewer sentences can favour the other form).  Every fit receives the raw features: the embedding probe is standardised here, with
-the statistics of the rows it trains on, and the unembedding probe standardises itself.
+fits chooses again, at its own size (fewer sentences can favour the other form).  Every fit receives
+the raw features: the embedding probe is standardised here, with the statistics of the rows it trains
+on, and the unembedding probe standardises itself.
 """
 
 from __future__ import annotations
